@@ -1,0 +1,1 @@
+"""The VQ-VAE network and its checkpoint format (imported by training and app; imports neither)."""

@@ -1,0 +1,75 @@
+"""TrainConfig: every training setting in one place; the CLI flags are generated from its fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from models.config import PRESETS, VQVAEConfig
+from training.data import DEFAULT_DATA_ROOT
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (architecture comes from ``preset`` plus the overrides below)."""
+
+    data: Path = field(default=DEFAULT_DATA_ROOT, metadata={"help": "OASIS root (with keras_png_slices_*)"})
+    train_split: str = field(default="train", metadata={"help": "split name or sub-folder for training"})
+    val_split: str = field(default="validate", metadata={"help": "split name or sub-folder for validation"})
+    out: Path = field(default=Path("runs/default"), metadata={"help": "output folder (checkpoints, log, figures)"})
+    preset: str = field(default="default", metadata={"help": f"architecture preset: {', '.join(PRESETS)}"})
+    codebook_size: int | None = field(default=None, metadata={"help": "override the preset's codebook size"})
+    embedding_dim: int | None = field(default=None, metadata={"help": "override the preset's code dimension"})
+    epochs: int = field(default=20, metadata={"help": "passes over the training images (one crop per image)"})
+    batch_size: int = 16
+    crop: int = field(default=128, metadata={"help": "random crop size for training (0 = full images)"})
+    lr: float = 2e-3
+    min_lr: float = 2e-5
+    warmup_steps: int = 300
+    weight_decay: float = 0.0
+    ssim_weight: float = field(default=0.84, metadata={"help": "weight of (1 - SSIM) against L1 in the loss"})
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = all cores)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
+    channels_last: bool = True
+    max_train_images: int | None = None
+    max_val_images: int | None = field(default=256, metadata={"help": "validation images per epoch (spread)"})
+    resume: bool = field(default=False, metadata={"help": "continue from out/last.pt if present"})
+    progress: bool = True
+
+    def model_config(self) -> VQVAEConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        overrides = {
+            k: v for k, v in {"codebook_size": self.codebook_size, "embedding_dim": self.embedding_dim}.items() if v
+        }
+        return dataclasses.replace(PRESETS[self.preset], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.ArgumentParser:
+    """One --flag per dataclass field (booleans get --flag / --no-flag)."""
+    parser = argparse.ArgumentParser(description=description)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        helptext = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
+            continue
+        caster = {Path: Path, int: int, float: float, str: str, int | None: int, Path | None: Path}.get(kind, str)
+        parser.add_argument(flag, type=caster, default=f.default, help=f"{helptext} (default: {f.default})")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    args = build_parser(TrainConfig, "Train the brain-MRI VQ-VAE.").parse_args(argv)
+    return TrainConfig(**vars(args))

@@ -1,0 +1,127 @@
+"""Slice folders (OASIS ``keras_png_slices_*`` or any folder of images) held in memory as uint8."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.grayscale import to_uint8, to_unit_float
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+OASIS_SPLITS = {
+    "train": "keras_png_slices_train",
+    "validate": "keras_png_slices_validate",
+    "test": "keras_png_slices_test",
+}
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "oasis"
+
+
+class DataError(ValueError):
+    """A data folder or file that cannot be used; the message names the path."""
+
+
+@dataclass
+class SliceSet:
+    """Grayscale slices as uint8 arrays (H, W) with their file names; sizes may differ between images."""
+
+    images: list[np.ndarray]
+    names: list[str]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def same_size(self) -> bool:
+        return len({im.shape for im in self.images}) <= 1
+
+    def stacked(self) -> torch.Tensor:
+        """All images as one uint8 tensor (N, H, W); only when they share one size."""
+        if not self.same_size:
+            raise DataError(f"{self.root}: images have different sizes; use them one by one")
+        return torch.from_numpy(np.stack(self.images))
+
+    def subset(self, count: int | None) -> SliceSet:
+        """``count`` images spread evenly over the set (all when None or larger than the set)."""
+        if count is None or count >= len(self):
+            return self
+        picks = np.linspace(0, len(self) - 1, count).round().astype(int)
+        return SliceSet([self.images[i] for i in picks], [self.names[i] for i in picks], self.root)
+
+
+def read_grayscale(path: Path) -> np.ndarray:
+    """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "L":
+                return np.asarray(image, dtype=np.uint8).copy()
+            return to_uint8(to_unit_float(image))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+
+
+def resolve_folder(data: Path, split: str | None) -> Path:
+    """An OASIS root plus a split name, or a plain folder of images when ``split`` is None."""
+    folder = data / OASIS_SPLITS.get(split, split) if split else data
+    if not folder.exists():
+        hint = f" (expected the OASIS folder {OASIS_SPLITS[split]} under {data})" if split in OASIS_SPLITS else ""
+        raise DataError(f"{folder}: data folder does not exist{hint}")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    return folder
+
+
+def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
+    """Every image file directly in ``folder`` (sorted by name), decoded into memory."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    images = [read_grayscale(p) for p in files]
+    result = SliceSet(images, [p.name for p in files], folder)
+    return result.subset(limit)
+
+
+def load_split(data: Path, split: str | None, limit: int | None = None) -> SliceSet:
+    return load_folder(resolve_folder(data, split), limit)
+
+
+def to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
+    return batch.unsqueeze(1).float().div_(255.0)
+
+
+class CropSampler:
+    """Random square crops of uint8 slices; smaller images are zero-padded up to the crop size.
+
+    Why crops: a conv VQ-VAE is translation-equivariant, so 128x128 crops teach it the same thing as full slices
+    at a quarter of the cost per step (and more variety per epoch).
+    """
+
+    def __init__(self, slices: SliceSet, crop: int, generator: torch.Generator) -> None:
+        self.crop = crop
+        self.generator = generator
+        self.images = [self._pad(torch.from_numpy(im)) for im in slices.images]
+        self.stack = torch.stack(self.images) if len({im.shape for im in self.images}) == 1 else None
+
+    def _pad(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape
+        return torch.nn.functional.pad(image, (0, max(0, self.crop - w), 0, max(0, self.crop - h)))
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        """-> uint8 (B, crop, crop)."""
+        picks = torch.randint(0, len(self.images), (batch_size,), generator=self.generator).tolist()
+        out = torch.empty(batch_size, self.crop, self.crop, dtype=torch.uint8)
+        for row, index in enumerate(picks):
+            image = self.stack[index] if self.stack is not None else self.images[index]
+            h, w = image.shape
+            top = int(torch.randint(0, h - self.crop + 1, (1,), generator=self.generator))
+            left = int(torch.randint(0, w - self.crop + 1, (1,), generator=self.generator))
+            out[row] = image[top : top + self.crop, left : left + self.crop]
+        return out

@@ -1,0 +1,158 @@
+"""Quality of a checkpoint over a split: per-image SSIM/PSNR (DESIGN.md metric), codebook use, bits per slice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import CheckpointError, load, read_metadata, save
+from models.quality import Summary, psnr, ssim
+from models.quantizer import VectorQuantizer
+from models.vqvae import VQVAE
+from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
+
+
+@dataclass
+class Reconstructions:
+    """Originals and reconstructions as float (H, W) arrays in [0, 1], with the index grids."""
+
+    originals: list[np.ndarray]
+    reconstructions: list[np.ndarray]
+    indices: list[torch.Tensor]  # each (h, w)
+    names: list[str]
+
+
+def _batches(slices: SliceSet, batch_size: int) -> Iterator[list[int]]:
+    """Positions grouped by image size, ``batch_size`` at a time, in the set's order within each size."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(slices.images):
+        by_size.setdefault(image.shape, []).append(i)
+    for positions in by_size.values():
+        for start in range(0, len(positions), batch_size):
+            yield positions[start : start + batch_size]
+
+
+def reconstruct_set(model: VQVAE, slices: SliceSet, batch_size: int = 32) -> Reconstructions:
+    """Eval-mode round trip of every image (any sizes), batched, on the model's device."""
+    device = next(model.parameters()).device
+    model.eval()
+    originals: list[np.ndarray] = [np.empty(0)] * len(slices)
+    recons: list[np.ndarray] = [np.empty(0)] * len(slices)
+    grids: list[torch.Tensor] = [torch.empty(0)] * len(slices)
+    for positions in _batches(slices, batch_size):
+        batch = torch.from_numpy(np.stack([slices.images[i] for i in positions])).to(device)
+        x = batch.unsqueeze(1).float() / 255.0  # (B, 1, H, W)
+        indices, recon = model.reconstruct(x)
+        for row, i in enumerate(positions):
+            originals[i] = x[row, 0].cpu().numpy()
+            recons[i] = recon[row, 0].float().cpu().numpy()
+            grids[i] = indices[row].cpu()
+    return Reconstructions(originals, recons, grids, list(slices.names))
+
+
+def score(model: VQVAE, slices: SliceSet, batch_size: int = 32) -> tuple[dict[str, Any], Reconstructions]:
+    """The evaluation report for one set of slices, and the reconstructions it was computed from."""
+    result = reconstruct_set(model, slices, batch_size)
+    ssims = [ssim(a, b) for a, b in zip(result.originals, result.reconstructions, strict=True)]
+    psnrs = [psnr(a, b) for a, b in zip(result.originals, result.reconstructions, strict=True)]
+    config = model.config
+    usage, perplexity = VectorQuantizer.usage(torch.cat([g.reshape(-1) for g in result.indices]), config.codebook_size)
+    bits = [config.bits_for(*im.shape) for im in slices.images]
+    raw_bits = [8 * im.size for im in slices.images]
+    ssim_summary, psnr_summary = Summary.of(ssims), Summary.of(psnrs)
+    report = {
+        "images": len(slices),
+        "ssim": vars(ssim_summary),
+        "psnr": vars(psnr_summary),
+        "codebook_usage": usage,
+        "perplexity": perplexity,
+        "codebook_size": config.codebook_size,
+        "bits_per_slice": float(np.mean(bits)),
+        "compression_ratio": float(np.sum(raw_bits) / np.sum(bits)),
+        "grid": list(result.indices[0].shape),
+        "per_image": [
+            {"name": n, "ssim": s, "psnr": p} for n, s, p in zip(result.names, ssims, psnrs, strict=True)
+        ],
+    }
+    return report, result
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without per-image rows (what goes into checkpoint metadata and the README)."""
+    return {k: v for k, v in report.items() if k != "per_image"}
+
+
+def format_table(report: dict[str, Any], title: str) -> str:
+    s, p = report["ssim"], report["psnr"]
+    rows = [
+        title,
+        f"  images            {report['images']}",
+        f"  SSIM mean/med/p5  {s['mean']:.4f} / {s['median']:.4f} / {s['p5']:.4f}",
+        f"  PSNR mean/med/p5  {p['mean']:.2f} / {p['median']:.2f} / {p['p5']:.2f} dB",
+        f"  codebook usage    {report['codebook_usage'] * 100:.1f}% of {report['codebook_size']}"
+        f" (perplexity {report['perplexity']:.1f})",
+        f"  bits per slice    {report['bits_per_slice']:.0f} (grid {report['grid'][0]}x{report['grid'][1]},"
+        f" {report['compression_ratio']:.1f}x smaller than 8-bit)",
+    ]
+    return "\n".join(rows)
+
+
+def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) -> None:
+    """Store the headline metrics of a split in the checkpoint's own metadata (rewrites the file)."""
+    model, metadata = load(checkpoint)
+    metrics = dict(metadata.get("metrics", {}))
+    metrics[split_name] = headline(report)
+    save(model, checkpoint, {**metadata, "metrics": metrics})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a VQ-VAE checkpoint on a split (SSIM per DESIGN.md).")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root or an image folder")
+    parser.add_argument("--split", default="test", help="train, validate, test, a sub-folder, or '' for --data")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default: <checkpoint>.<split>.json)")
+    parser.add_argument("--figures", type=Path, default=None, help="folder for panels and usage figures")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only this many images (spread)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--record", action="store_true", help="write the metrics into the checkpoint metadata")
+    args = parser.parse_args(argv)
+    try:
+        model, _ = load(args.checkpoint, args.device)
+        slices = load_split(args.data, args.split or None, args.limit)
+    except (CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report, result = score(model, slices, args.batch_size)
+    report = {"checkpoint": str(args.checkpoint), "data": str(slices.root), **report}
+    out = args.out or args.checkpoint.with_suffix(f".{args.split or 'folder'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_table(report, f"{args.checkpoint} on {slices.root}"))
+    print(f"report: {out}")
+    if args.figures:
+        from training.figures import codebook_usage_figure, panels_figure
+
+        args.figures.mkdir(parents=True, exist_ok=True)
+        panels_figure(result.originals, result.reconstructions, [r["ssim"] for r in report["per_image"]],
+                      result.names, args.figures / "reconstructions.png")
+        counts = np.bincount(torch.cat([g.reshape(-1) for g in result.indices]).numpy(),
+                             minlength=model.config.codebook_size)
+        codebook_usage_figure(counts, args.figures / "codebook_usage.png")
+        print(f"figures: {args.figures}")
+    if args.record:
+        record_metrics(args.checkpoint, args.split or "folder", report)
+        print(f"metrics recorded in {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""``vqvae-train``: the training loop (CUDA + bf16 autocast when present, CPU otherwise), resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.checkpoint import CheckpointError, save
+from models.vqvae import VQVAE
+from training.config import TrainConfig, parse_args
+from training.data import CropSampler, DataError, SliceSet, load_split, to_float
+from training.evaluate import headline, score
+from training.figures import loss_curves_figure, panels_figure
+from training.losses import reconstruction_loss
+
+
+@dataclass
+class RunState:
+    """What resuming needs besides the weights."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_ssim: float = -1.0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` (a fraction of the peak)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Owns the model, optimizer, data and files of one run (``out`` folder)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        self.train_set = load_split(config.data, config.train_split, config.max_train_images)
+        self.val_set = load_split(config.data, config.val_split, config.max_val_images)
+        self.model = VQVAE(config.model_config()).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        crop = config.crop or max(max(im.shape) for im in self.train_set.images)
+        crop = -(-crop // self.model.config.stride) * self.model.config.stride
+        self.sampler = CropSampler(self.train_set, crop, self.generator)
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / config.batch_size))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.state = RunState()
+        self.out = config.out
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ---- files -------------------------------------------------------------------------------------------
+    @property
+    def last_state_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "data": {
+                "root": str(self.config.data),
+                "train": {"split": self.config.train_split, "images": len(self.train_set)},
+                "validate": {"split": self.config.val_split, "images": len(self.val_set)},
+            },
+            "training": {
+                "epochs": self.state.epoch,
+                "steps": self.state.step,
+                "seconds": round(self.state.seconds, 1),
+                "device": str(self.device),
+                "config": self.config.to_dict(),
+            },
+            "git_commit": git_commit(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+        }
+
+    def save_state(self) -> None:
+        """Weights (safetensors) + optimizer/RNG state (torch.save of tensors and plain types only)."""
+        save(self.model, self.out / "last.safetensors", self.provenance())
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "run": json.dumps(vars(self.state)),
+        }
+        partial = self.last_state_path.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(self.last_state_path)
+
+    def try_resume(self) -> bool:
+        weights = self.out / "last.safetensors"
+        if not (self.config.resume and self.last_state_path.exists() and weights.exists()):
+            return False
+        from models.checkpoint import load
+
+        model, _ = load(weights)
+        if model.config != self.model.config:
+            raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
+        self.model.load_state_dict(model.state_dict())
+        state = torch.load(self.last_state_path, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.state = RunState(**json.loads(state["run"]))
+        return True
+
+    def write_log(self) -> None:
+        history = self.state.history
+        (self.out / "history.json").write_text(json.dumps(history, indent=1))
+        with (self.out / "history.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+        loss_curves_figure(history, self.out / "loss_curves.png")
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def train_step(self, batch: torch.Tensor) -> tuple[float, float, float, float]:
+        x = to_float(batch.to(self.device, non_blocking=True))  # (B, 1, c, c)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        )
+        with autocast:
+            out = self.step_model(x)
+            recon_loss = reconstruction_loss(x, out.reconstruction, self.config.ssim_weight)
+            loss = recon_loss + out.vq_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return float(loss), float(recon_loss), float(out.vq_loss), float(out.perplexity)
+
+    def validate(self) -> dict[str, Any]:
+        report, _ = score(self.model, self.val_set)
+        self.model.train()
+        return report
+
+    def run(self) -> RunState:
+        cfg = self.config
+        resumed = self.try_resume()
+        if resumed:
+            print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}")
+        self.model.train()
+        for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            sums = np.zeros(4)
+            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
+                       leave=False, dynamic_ncols=True)
+            for _ in bar:
+                factor = lr_factor(self.state.step, self.total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * factor
+                values = self.train_step(self.sampler.sample(cfg.batch_size))
+                sums += values
+                self.state.step += 1
+                bar.set_postfix(loss=f"{values[0]:.4f}", ppl=f"{values[3]:.0f}")
+            self.state.seconds += time.perf_counter() - started
+            self.state.epoch = epoch
+            report = self.validate()
+            means = sums / self.steps_per_epoch
+            row = {
+                "epoch": epoch, "step": self.state.step, "loss": means[0], "recon_loss": means[1],
+                "vq_loss": means[2], "perplexity": means[3], "val_ssim": report["ssim"]["mean"],
+                "val_psnr": report["psnr"]["mean"], "val_usage": report["codebook_usage"],
+                "lr": cfg.lr * factor, "seconds": round(self.state.seconds, 1),
+            }
+            self.state.history.append(row)
+            improved = row["val_ssim"] > self.state.best_val_ssim
+            if improved:
+                self.state.best_val_ssim = row["val_ssim"]
+                save(self.model, self.out / "best.safetensors",
+                     {**self.provenance(), "metrics": {"validate": headline(report)}})
+            self.save_state()
+            self.write_log()
+            tqdm.write(
+                f"epoch {epoch}: loss {means[0]:.4f} (recon {means[1]:.4f}, vq {means[2]:.4f}) "
+                f"val SSIM {row['val_ssim']:.4f} PSNR {row['val_psnr']:.2f} usage {row['val_usage']:.0%}"
+                f"{' *best' if improved else ''} [{self.state.seconds / 60:.1f} min]"
+            )
+        return self.state
+
+    def final_figures(self) -> None:
+        """Reconstruction panels of the best checkpoint on the validation images."""
+        from models.checkpoint import load
+
+        best, _ = load(self.out / "best.safetensors", self.device)
+        report, result = score(best, self.val_set)
+        panels_figure(result.originals, result.reconstructions, [r["ssim"] for r in report["per_image"]],
+                      result.names, self.out / "reconstructions_validate.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        trainer = Trainer(config)
+    except (DataError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"training {sum(p.numel() for p in trainer.model.parameters()):,} parameters on {trainer.device}: "
+        f"{len(trainer.train_set)} train / {len(trainer.val_set)} validation images, "
+        f"{trainer.steps_per_epoch} steps per epoch, crop {trainer.sampler.crop}; output in {config.out}"
+    )
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        trainer.save_state()
+        print(f"\ninterrupted: state saved in {config.out} (resume with --resume)", file=sys.stderr)
+        return 130
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    trainer.final_figures()
+    print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {config.out / 'best.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
