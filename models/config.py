@@ -96,16 +96,16 @@ PRESETS: dict[str, VQVAEConfig] = {
     # 32x32 grid of 10-bit codes for a 256x256 slice: 10,240 bits, 51x smaller than the 8-bit slice.
     "default": VQVAEConfig(),
     # 64x64 grid of 6-bit codes: the original report's grid size, 24,576 bits.
-    "grid64": VQVAEConfig(
-        encoder_channels=(32, 64), decoder_channels=(128, 64), codebook_size=64, embedding_dim=8
-    ),
+    "grid64": VQVAEConfig(encoder_channels=(32, 64), decoder_channels=(128, 64), codebook_size=64, embedding_dim=8),
     # 16x16 grid of 10-bit codes: 2,560 bits.
-    "grid16": VQVAEConfig(
-        encoder_channels=(32, 64, 128, 128), decoder_channels=(192, 192, 96, 48), codebook_size=1024
-    ),
+    "grid16": VQVAEConfig(encoder_channels=(32, 64, 128, 128), decoder_channels=(192, 192, 96, 48), codebook_size=1024),
     # Small and fast, for tests and smoke runs.
     "tiny": VQVAEConfig(
-        encoder_channels=(8, 16), decoder_channels=(16, 8), res_blocks=1, bottleneck_res_blocks=1,
-        embedding_dim=4, codebook_size=32,
+        encoder_channels=(8, 16),
+        decoder_channels=(16, 8),
+        res_blocks=1,
+        bottleneck_res_blocks=1,
+        embedding_dim=4,
+        codebook_size=32,
     ),
 }

@@ -17,7 +17,7 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """
     original = np.asarray(original, dtype=np.float64)
     reconstruction = np.asarray(reconstruction, dtype=np.float64)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, int] = {}
     smallest = min(original.shape)
     if smallest < 11:
         kwargs["win_size"] = smallest if smallest % 2 else smallest - 1
@@ -29,7 +29,7 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
             gaussian_weights=True,
             sigma=1.5,
             use_sample_covariance=False,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
     )
 

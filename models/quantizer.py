@@ -10,7 +10,7 @@ from torch import nn
 
 
 class QuantizerOutput(NamedTuple):
-    quantized: torch.Tensor  # (B, D, h, w), straight-through in training
+    quantized: torch.Tensor  # (B, D, h, w): code vectors (straight-through estimator in training)
     indices: torch.Tensor  # (B, h, w) int64
     loss: torch.Tensor  # () commitment loss
     perplexity: torch.Tensor  # () exp(entropy) of code use in this batch
@@ -70,7 +70,7 @@ class VectorQuantizer(nn.Module):
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Codebook vectors for an index grid (B, h, w) -> (B, D, h, w)."""
-        return self.codebook[indices].permute(0, 3, 1, 2).contiguous()
+        return self.codebook[indices].permute(0, 3, 1, 2)  # same memory layout as forward(), same conv kernels
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         # Quantize in fp32 even under autocast: bf16 distances pick wrong codes.
@@ -82,9 +82,10 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # (K,)
             if self.training:
                 self._ema_update(flat, indices, counts)
-            quantized = self.codebook[indices].view(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, h, w)
+            quantized = self.embed(indices.view(b, h, w))  # (B, D, h, w)
             loss = self.commitment_cost * F.mse_loss(z, quantized.detach())
-            quantized = z + (quantized - z).detach()  # straight-through gradient to the encoder
+            if self.training:  # straight-through gradient to the encoder; eval returns the exact code vectors
+                quantized = z + (quantized - z).detach()
             probs = counts / counts.sum()
             perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
         return QuantizerOutput(quantized, indices.view(b, h, w), loss, perplexity)

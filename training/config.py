@@ -45,10 +45,12 @@ class TrainConfig:
     def model_config(self) -> VQVAEConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        overrides = {
-            k: v for k, v in {"codebook_size": self.codebook_size, "embedding_dim": self.embedding_dim}.items() if v
-        }
-        return dataclasses.replace(PRESETS[self.preset], **overrides)
+        base = PRESETS[self.preset]
+        return dataclasses.replace(
+            base,
+            codebook_size=self.codebook_size or base.codebook_size,
+            embedding_dim=self.embedding_dim or base.embedding_dim,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}

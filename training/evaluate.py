@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load, read_metadata, save
+from models.checkpoint import CheckpointError, load, save
 from models.quality import Summary, psnr, ssim
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
@@ -78,9 +78,7 @@ def score(model: VQVAE, slices: SliceSet, batch_size: int = 32) -> tuple[dict[st
         "bits_per_slice": float(np.mean(bits)),
         "compression_ratio": float(np.sum(raw_bits) / np.sum(bits)),
         "grid": list(result.indices[0].shape),
-        "per_image": [
-            {"name": n, "ssim": s, "psnr": p} for n, s, p in zip(result.names, ssims, psnrs, strict=True)
-        ],
+        "per_image": [{"name": n, "ssim": s, "psnr": p} for n, s, p in zip(result.names, ssims, psnrs, strict=True)],
     }
     return report, result
 
@@ -142,10 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         from training.figures import codebook_usage_figure, panels_figure
 
         args.figures.mkdir(parents=True, exist_ok=True)
-        panels_figure(result.originals, result.reconstructions, [r["ssim"] for r in report["per_image"]],
-                      result.names, args.figures / "reconstructions.png")
-        counts = np.bincount(torch.cat([g.reshape(-1) for g in result.indices]).numpy(),
-                             minlength=model.config.codebook_size)
+        panels_figure(
+            result.originals,
+            result.reconstructions,
+            [r["ssim"] for r in report["per_image"]],
+            result.names,
+            args.figures / "reconstructions.png",
+        )
+        counts = np.bincount(
+            torch.cat([g.reshape(-1) for g in result.indices]).numpy(), minlength=model.config.codebook_size
+        )
         codebook_usage_figure(counts, args.figures / "codebook_usage.png")
         print(f"figures: {args.figures}")
     if args.record:

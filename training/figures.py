@@ -10,8 +10,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def loss_curves_figure(history: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -65,7 +65,9 @@ def codebook_usage_figure(counts: np.ndarray, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0, color="tab:blue")
     ax.set(
-        xlabel="code (sorted by use)", ylabel="uses", yscale="log",
+        xlabel="code (sorted by use)",
+        ylabel="uses",
+        yscale="log",
         title=f"Codebook usage: {used} of {len(counts)} codes used ({used / len(counts):.0%})",
     )
     return _save(fig, path)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(sigma: float, radius: int, device: torch.device) -> torch.Tensor:
-    coords = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+def _gaussian_window(sigma: float, radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    coords = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     window = torch.exp(-(coords**2) / (2 * sigma**2))
     return window / window.sum()  # (2r+1,)
 
@@ -15,7 +15,7 @@ def _gaussian_window(sigma: float, radius: int, device: torch.device) -> torch.T
 def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
     """SSIM map of (B, 1, H, W) images in [0, 1] with the metric's settings (Gaussian 11x11, sigma 1.5,
     population statistics, data_range 1), over the valid region only as scikit-image crops it."""
-    g = _gaussian_window(sigma, radius, x.device)
+    g = _gaussian_window(sigma, radius, x.device, x.dtype)
     gx, gy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from models.checkpoint import CheckpointError, save
 from models.vqvae import VQVAE
 from training.config import TrainConfig, parse_args
-from training.data import CropSampler, DataError, SliceSet, load_split, to_float
+from training.data import CropSampler, DataError, load_split, to_float
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
@@ -76,7 +76,7 @@ class Trainer:
         self.val_set = load_split(config.data, config.val_split, config.max_val_images)
         self.model = VQVAE(config.model_config()).to(self.device)
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
         crop = config.crop or max(max(im.shape) for im in self.train_set.images)
@@ -157,19 +157,17 @@ class Trainer:
         x = to_float(batch.to(self.device, non_blocking=True))  # (B, 1, c, c)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        )
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with autocast:
             out = self.step_model(x)
             recon_loss = reconstruction_loss(x, out.reconstruction, self.config.ssim_weight)
             loss = recon_loss + out.vq_loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
-        return float(loss), float(recon_loss), float(out.vq_loss), float(out.perplexity)
+        return float(loss.detach()), float(recon_loss.detach()), float(out.vq_loss.detach()), float(out.perplexity)
 
     def validate(self) -> dict[str, Any]:
         report, _ = score(self.model, self.val_set)
@@ -185,8 +183,13 @@ class Trainer:
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
             sums = np.zeros(4)
-            bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress,
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                range(self.steps_per_epoch),
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=not cfg.progress,
+                leave=False,
+                dynamic_ncols=True,
+            )
             for _ in bar:
                 factor = lr_factor(self.state.step, self.total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)
                 for group in self.optimizer.param_groups:
@@ -200,17 +203,27 @@ class Trainer:
             report = self.validate()
             means = sums / self.steps_per_epoch
             row = {
-                "epoch": epoch, "step": self.state.step, "loss": means[0], "recon_loss": means[1],
-                "vq_loss": means[2], "perplexity": means[3], "val_ssim": report["ssim"]["mean"],
-                "val_psnr": report["psnr"]["mean"], "val_usage": report["codebook_usage"],
-                "lr": cfg.lr * factor, "seconds": round(self.state.seconds, 1),
+                "epoch": epoch,
+                "step": self.state.step,
+                "loss": means[0],
+                "recon_loss": means[1],
+                "vq_loss": means[2],
+                "perplexity": means[3],
+                "val_ssim": report["ssim"]["mean"],
+                "val_psnr": report["psnr"]["mean"],
+                "val_usage": report["codebook_usage"],
+                "lr": cfg.lr * factor,
+                "seconds": round(self.state.seconds, 1),
             }
             self.state.history.append(row)
             improved = row["val_ssim"] > self.state.best_val_ssim
             if improved:
                 self.state.best_val_ssim = row["val_ssim"]
-                save(self.model, self.out / "best.safetensors",
-                     {**self.provenance(), "metrics": {"validate": headline(report)}})
+                save(
+                    self.model,
+                    self.out / "best.safetensors",
+                    {**self.provenance(), "metrics": {"validate": headline(report)}},
+                )
             self.save_state()
             self.write_log()
             tqdm.write(
@@ -226,8 +239,13 @@ class Trainer:
 
         best, _ = load(self.out / "best.safetensors", self.device)
         report, result = score(best, self.val_set)
-        panels_figure(result.originals, result.reconstructions, [r["ssim"] for r in report["per_image"]],
-                      result.names, self.out / "reconstructions_validate.png")
+        panels_figure(
+            result.originals,
+            result.reconstructions,
+            [r["ssim"] for r in report["per_image"]],
+            result.names,
+            self.out / "reconstructions_validate.png",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

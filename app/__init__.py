@@ -1,0 +1,1 @@
+"""The REST service: encode, decode and reconstruct brain-MRI slices with the VQ-VAE checkpoint."""

@@ -1,0 +1,163 @@
+"""Dynamic micro-batching (as Triton's dynamic batcher does): one worker thread, one forward pass per group.
+
+Requests are queued from the event loop and answered through futures; the worker thread takes the oldest
+request plus every queued request with the same key (same operation and shape, so no padding changes a
+result), up to ``max_batch_size``. It waits up to ``max_wait_s`` for more companions only when other requests
+were already queued: a lone caller runs at once. Under load, requests that arrive during a forward pass form
+the next batch by themselves. The queue is bounded; a full queue raises ``QueueFullError`` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
+
+
+class QueueFullError(RuntimeError):
+    """Too many requests are waiting; the caller should retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, limit: int, retry_after_s: int = 1) -> None:
+        super().__init__(f"server busy: {limit} requests already waiting for the model; retry shortly")
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosedError(RuntimeError):
+    """The service is shutting down and takes no more work."""
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    payload: Any
+    future: Future[Any] = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Groups concurrent ``submit`` calls into calls of ``run_batch(key, payloads) -> results`` on one thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[Hashable, int], None] | None = None,
+        name: str = "inference",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._max_queue = max_queue
+        self._on_batch = on_batch
+        self._pending: deque[_Job] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the worker (not counting the batch it is running)."""
+        with self._condition:
+            return len(self._pending)
+
+    async def submit(self, key: Hashable, payload: Any) -> Any:
+        """Queue one item and wait for its result; cancelling the caller drops the item if not yet started."""
+        return await asyncio.wrap_future(self.enqueue(key, payload))
+
+    def enqueue(self, key: Hashable, payload: Any) -> Future[Any]:
+        """Thread-safe, non-blocking: the future is resolved by the worker thread."""
+        job = _Job(key, payload)
+        with self._condition:
+            if self._closed:
+                raise BatcherClosedError("the service is shutting down")
+            if len(self._pending) >= self._max_queue:
+                raise QueueFullError(self._max_queue)
+            self._pending.append(job)
+            self._condition.notify()
+        return job.future
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Finish the running batch, fail the queued ones, stop the thread."""
+        with self._condition:
+            self._closed = True
+            abandoned = list(self._pending)
+            self._pending.clear()
+            self._condition.notify_all()
+        for job in abandoned:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(BatcherClosedError("the service is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._condition:
+            while not self._pending and not self._closed:
+                self._condition.wait()
+            if self._closed:
+                return None
+            batch = [self._pending.popleft()]
+            crowded = bool(self._pending)
+            self._take_matching(batch)
+            if crowded and self._max_wait_s > 0:
+                deadline = time.monotonic() + self._max_wait_s
+                while len(batch) < self._max_batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._condition.wait(remaining)
+                    self._take_matching(batch)
+            return batch
+
+    def _take_matching(self, batch: list[_Job]) -> None:
+        """Move queued jobs with the batch's key into it, keeping the others in arrival order."""
+        key = batch[0].key
+        others: deque[_Job] = deque()
+        while self._pending and len(batch) < self._max_batch_size:
+            job = self._pending.popleft()
+            (batch if job.key == key else others).append(job)
+        others.extend(self._pending)
+        self._pending = others
+
+    def _execute(self, batch: list[_Job]) -> None:
+        live = [job for job in batch if job.future.set_running_or_notify_cancel()]  # skip cancelled callers
+        if not live:
+            return
+        key = live[0].key
+        try:
+            if self._on_batch is not None:
+                self._on_batch(key, len(live))
+            results = self._run_batch(key, [job.payload for job in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} inputs")
+        except Exception as exc:  # the callers get (and log) the error; the worker lives on
+            logger.debug("batch failed (key=%r, size=%d): %r", key, len(live), exc)
+            for job in live:
+                job.future.set_exception(exc)
+            return
+        for job, result in zip(live, results, strict=True):
+            job.future.set_result(result)

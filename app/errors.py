@@ -1,0 +1,70 @@
+"""Exception handlers: every caller mistake becomes ``{"detail": "<one readable sentence>"}`` with its status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.batcher import BatcherClosedError, QueueFullError
+from app.imaging import ImageError
+
+_MAX_INPUT_REPR = 40
+
+
+def format_validation_errors(errors: Sequence[Any]) -> str:
+    """Pydantic errors -> ``indices[1][0]: Input should be a valid integer (got 1.5)``, joined by '; '."""
+    parts = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            parts.append(f"request body is not valid JSON: {error.get('ctx', {}).get('error', 'decode error')}")
+            continue
+        location = _location(error.get("loc", ()))
+        message = str(error.get("msg", "invalid value"))
+        given = error.get("input")
+        if error.get("type") in {"int_type", "int_from_float", "list_type", "greater_than_equal", "less_than_equal"}:
+            shown = repr(given)
+            message += f" (got {shown if len(shown) <= _MAX_INPUT_REPR else shown[:_MAX_INPUT_REPR] + '...'})"
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "invalid request"
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """('body', 'indices', 1, 0) -> 'indices[1][0]'; the 'body' / 'query' prefix says nothing to a caller."""
+    text = ""
+    for part in loc[1:] if loc and loc[0] in {"body", "query", "path", "header"} else loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _json_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _json_error(422, format_validation_errors(exc.errors()))
+
+
+async def _image(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImageError)
+    return _json_error(exc.status_code, str(exc))
+
+
+async def _queue_full(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFullError)
+    return _json_error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+
+async def _closed(_: Request, exc: Exception) -> JSONResponse:
+    return _json_error(503, str(exc), {"Retry-After": "5"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ImageError, _image)
+    app.add_exception_handler(QueueFullError, _queue_full)
+    app.add_exception_handler(BatcherClosedError, _closed)

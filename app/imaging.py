@@ -1,0 +1,88 @@
+"""Uploaded bytes -> validated grayscale float image, and float image -> PNG; shared by every route.
+
+Pillow is only allowed to identify PNG, JPEG, TIFF and BMP, and the pixel count is checked from the header
+before any pixel is decoded, so a decompression bomb costs nothing but its header.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from models.grayscale import to_uint8, to_unit_float
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+_ACCEPTED_TEXT = "PNG, JPEG, TIFF or BMP"
+# What Pillow raises on damaged data, depending on the plugin; MemoryError and friends are left alone.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
+
+
+class ImageError(Exception):
+    """A caller's image that cannot be used; ``status_code`` is the HTTP answer."""
+
+    status_code = 400
+
+
+class UnsupportedImageError(ImageError):
+    """Empty, not an image, a format we do not accept, or truncated / corrupt data."""
+
+    status_code = 400
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than the configured limit (or than Pillow's decompression-bomb guard)."""
+
+    status_code = 413
+
+
+class ImageTooSmallError(ImageError):
+    """A real image, but smaller than the SSIM window and the configured minimum."""
+
+    status_code = 422
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> np.ndarray:
+    """Image file content -> float32 (H, W) in [0, 1]; the first frame of multi-frame files."""
+    if not data:
+        raise UnsupportedImageError("the uploaded file is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
+    with image:
+        _check_size(image.width, image.height, max_pixels=max_pixels, min_size=min_size)
+        try:
+            image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+        except _DECODE_ERRORS as exc:
+            raise UnsupportedImageError(
+                f"could not decode the {image.format} image (truncated or corrupt file?): {exc}"
+            ) from exc
+        try:
+            return to_unit_float(image)
+        except _DECODE_ERRORS as exc:
+            raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
+
+
+def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels"
+        )
+    if width < min_size or height < min_size:
+        raise ImageTooSmallError(f"image is {width}x{height} pixels; the minimum is {min_size}x{min_size}")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Float (H, W) in [0, 1] -> 8-bit grayscale PNG; the one encoder, so /decode and /reconstruct agree."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,77 @@
+"""Prometheus metrics in a per-app registry (tests build many apps; the global registry would collide)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+UNMATCHED = "unmatched"  # one label for every unknown path, so scanners cannot blow up the label set
+
+
+class Metrics:
+    """Request counts by route template and status, latency in seconds, and inference batch sizes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vqvae_http_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vqvae_http_request_duration_seconds",
+            "time from the request's arrival to its response's last byte",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "vqvae_inference_batch_size",
+            "requests grouped into one forward pass",
+            ["operation"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_batch(self, operation: str, size: int) -> None:
+        self.batch_size.labels(operation=operation).observe(size)
+
+
+class MetricsMiddleware:
+    """Pure ASGI: times every HTTP request and counts it under its route template (``/encode``, not the URL)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app dies before answering, the server answers 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            method, route = scope["method"], self._route(scope)
+            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
+            self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", UNMATCHED))
+        return UNMATCHED

@@ -1,0 +1,1 @@
+"""One router per concern: codec (encode/decode/reconstruct), health, model metadata, metrics."""

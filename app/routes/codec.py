@@ -1,0 +1,154 @@
+"""POST /encode, /decode and /reconstruct: slices to codebook indices and back."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.imaging import decode_image, encode_png
+from app.inference import InferenceService
+from app.routes.deps import Service, error_responses, require_content_type
+from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
+from models.quality import psnr, ssim
+
+router = APIRouter(tags=["codec"])
+
+_multipart = Depends(require_content_type("multipart/form-data", "upload the image in the 'file' field"))
+_json = Depends(require_content_type("application/json", 'send {"indices": [[...], ...]}'))
+ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
+_PNG = {"content": {"image/png": {}}}
+
+
+async def _read_image(file: UploadFile, service: InferenceService) -> np.ndarray:
+    """Upload -> float image, decoded off the event loop."""
+    data = await file.read()
+    limits = service.settings
+    return await run_in_threadpool(decode_image, data, max_pixels=limits.max_pixels, min_size=limits.min_size)
+
+
+def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=png, media_type="image/png", headers=headers)
+
+
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    dependencies=[_multipart],
+    responses=error_responses(400, 413, 415, 422, 503),
+    summary="Image -> grid of codebook indices",
+)
+async def encode(file: ImageFile, service: Service) -> EncodeResponse:
+    image = await _read_image(file, service)
+    indices = await service.encode(image)
+    height, width = image.shape
+    return EncodeResponse(
+        indices=indices.tolist(),
+        grid=(indices.shape[0], indices.shape[1]),
+        codebook_size=service.config.codebook_size,
+        bits=service.config.bits_for(height, width),
+        image_size=(height, width),
+    )
+
+
+@router.post(
+    "/decode",
+    response_class=Response,
+    dependencies=[_json],
+    responses={200: {**_PNG, "description": "8-bit grayscale PNG"}, **error_responses(413, 415, 422, 503)},
+    summary="Grid of codebook indices -> PNG",
+)
+async def decode(body: DecodeRequest, service: Service) -> Response:
+    grid = _checked_grid(body, service)
+    stride = service.config.stride
+    size = body.image_size or (grid.shape[0] * stride, grid.shape[1] * stride)
+    image = await service.decode(grid, size)
+    return _png_response(await run_in_threadpool(encode_png, image))
+
+
+def _checked_grid(request: DecodeRequest, service: InferenceService) -> np.ndarray:
+    """Index rows -> int64 grid, after the checks that need the model: grid size, image_size, codebook range."""
+    config = service.config
+    rows, cols = len(request.indices), len(request.indices[0])
+    pixels = rows * cols * config.stride**2
+    if pixels > service.settings.max_pixels:
+        raise HTTPException(
+            413, f"a {rows}x{cols} grid decodes to {pixels} pixels, over the limit of {service.settings.max_pixels}"
+        )
+    if request.image_size is not None:
+        needed = config.grid_for(*request.image_size)
+        if needed != (rows, cols):
+            height, width = request.image_size
+            raise HTTPException(
+                422,
+                f"indices form a {rows}x{cols} grid but image_size {height}x{width} needs a "
+                f"{needed[0]}x{needed[1]} grid (stride {config.stride})",
+            )
+    top = config.codebook_size
+    for r, row in enumerate(request.indices):
+        for c, value in enumerate(row):
+            if value >= top:
+                raise HTTPException(
+                    422, f"indices[{r}][{c}] = {value} is out of range: the codebook has {top} codes (0..{top - 1})"
+                )
+    return np.asarray(request.indices, dtype=np.int64)
+
+
+@router.post(
+    "/reconstruct",
+    response_model=ReconstructResponse,
+    dependencies=[_multipart],
+    responses={
+        200: {**_PNG, "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers)"},
+        **error_responses(400, 413, 415, 422, 503),
+    },
+    summary="Image -> reconstruction through the codebook, with SSIM and PSNR",
+)
+async def reconstruct(
+    file: ImageFile, service: Service, accept: Annotated[str | None, Header()] = None
+) -> ReconstructResponse | Response:
+    image = await _read_image(file, service)
+    reconstruction = await service.reconstruct(image)
+    png, quality, peak = await run_in_threadpool(_score_and_encode, image, reconstruction)
+    if prefers_png(accept):
+        return _png_response(png, {"X-SSIM": repr(quality), "X-PSNR": repr(peak)})
+    height, width = image.shape
+    return ReconstructResponse(
+        ssim=quality,
+        psnr=peak if math.isfinite(peak) else None,
+        image_png_base64=base64.b64encode(png).decode("ascii"),
+        grid=service.config.grid_for(height, width),
+        bits=service.config.bits_for(height, width),
+        image_size=(height, width),
+    )
+
+
+def _score_and_encode(image: np.ndarray, reconstruction: np.ndarray) -> tuple[bytes, float, float]:
+    """CPU work after the forward pass (PNG, SSIM, PSNR), kept off the event loop and off the model thread."""
+    return encode_png(reconstruction), ssim(image, reconstruction), psnr(image, reconstruction)
+
+
+def prefers_png(accept: str | None) -> bool:
+    """True when the Accept header ranks image/png above JSON; JSON wins ties, wildcards and no header."""
+    if not accept:
+        return False
+    quality = {"image/png": 0.0, "application/json": 0.0}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        for candidate in quality:
+            if media.lower() in {candidate, "*/*", candidate.split("/")[0] + "/*"}:
+                quality[candidate] = max(quality[candidate], weight)
+    return quality["image/png"] > quality["application/json"]

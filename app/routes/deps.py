@@ -1,0 +1,46 @@
+"""Shared route dependencies: the loaded service, content-type guards, documented error answers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from app.inference import InferenceService
+from app.schemas import ErrorResponse
+
+_ERROR_TEXT = {
+    400: "undecodable, empty or unsupported image",
+    413: "body or pixel count over the limit",
+    415: "wrong content type",
+    422: "invalid fields (the message names them)",
+    503: "model not loaded yet, or too many requests queued (see Retry-After)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give."""
+    return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+def get_service(request: Request) -> InferenceService:
+    service: InferenceService | None = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        raise HTTPException(503, "model not loaded yet; retry shortly", headers={"Retry-After": "5"})
+    return service
+
+
+Service = Annotated[InferenceService, Depends(get_service)]
+
+
+def require_content_type(expected: str, hint: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency answering 415 unless the request's media type is ``expected`` (parameters ignored)."""
+
+    async def check(request: Request) -> None:
+        given = request.headers.get("content-type", "")
+        if given.split(";", 1)[0].strip().lower() != expected:
+            shown = given or "none"
+            raise HTTPException(415, f"unsupported content type {shown!r}: expected {expected} ({hint})")
+
+    return check

@@ -1,0 +1,24 @@
+"""GET /healthz (the process answers) and /readyz (the checkpoint is loaded and the model thread runs)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.routes.deps import error_responses
+from app.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses=error_responses(503), summary="Readiness: model loaded")
+async def readyz(request: Request) -> Health | JSONResponse:
+    service = getattr(request.app.state, "service", None)
+    if service is None or not service.ready:
+        return JSONResponse({"detail": "not ready: the checkpoint is not loaded"}, status_code=503)
+    return Health(status="ready")

@@ -1,0 +1,119 @@
+"""Request and response models: they are the OpenAPI contract shown on /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+# Strict: 3.0, true and "3" are not indices. The upper bound keeps numbers sane; the codebook size is checked
+# by the route, which knows the model.
+CodeIndex = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
+Side = Annotated[int, Field(strict=True, ge=1)]
+MAX_GRID_SIDE = 4096
+
+_EXAMPLE_GRID = [[12, 907, 3], [5, 5, 61]]
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status code."""
+
+    detail: str = Field(examples=["image is 1x1 pixels; the minimum is 8x8"])
+
+
+class EncodeResponse(BaseModel):
+    """A slice as a grid of codebook indices: what you store or transmit instead of the pixels."""
+
+    indices: list[list[int]] = Field(description="grid rows of codebook indices", examples=[_EXAMPLE_GRID])
+    grid: tuple[int, int] = Field(description="[rows, cols] of the index grid", examples=[[2, 3]])
+    codebook_size: int = Field(description="indices lie in [0, codebook_size)", examples=[1024])
+    bits: int = Field(description="grid_h * grid_w * ceil(log2 codebook_size)", examples=[60])
+    image_size: tuple[int, int] = Field(description="[height, width] of the encoded image", examples=[[16, 20]])
+
+
+class DecodeRequest(BaseModel):
+    """An index grid as returned by /encode; ``image_size`` crops the decoded image back to the original size."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"indices": _EXAMPLE_GRID, "image_size": [16, 20]}]},
+    )
+
+    indices: list[Annotated[list[CodeIndex], Field(max_length=MAX_GRID_SIDE)]] = Field(
+        min_length=1, max_length=MAX_GRID_SIDE, description="rows of codebook indices, all the same length"
+    )
+    image_size: tuple[Side, Side] | None = Field(
+        default=None,
+        description="[height, width] to crop to; must need exactly this grid (as /encode reports it)",
+    )
+
+    @field_validator("indices")
+    @classmethod
+    def _rectangular(cls, rows: list[list[int]]) -> list[list[int]]:
+        """A grid, not a ragged list: every row non-empty and as long as the first."""
+        width = len(rows[0])
+        if width == 0:
+            raise PydanticCustomError("empty_row", "rows must not be empty")
+        for number, row in enumerate(rows):
+            if len(row) != width:
+                raise PydanticCustomError(
+                    "ragged_rows",
+                    "ragged rows: row {number} has {length} indices but row 0 has {width}; the grid must be rectangular",
+                    {"number": number, "length": len(row), "width": width},
+                )
+        return rows
+
+
+class ReconstructResponse(BaseModel):
+    """Round trip through the codebook and the quality it kept."""
+
+    ssim: float = Field(description="SSIM of the reconstruction against the input (DESIGN.md settings)")
+    psnr: float | None = Field(description="PSNR in dB; null when the reconstruction is exact (infinite)")
+    image_png_base64: str = Field(description="the reconstruction as an 8-bit grayscale PNG, base64")
+    grid: tuple[int, int] = Field(description="[rows, cols] of the index grid", examples=[[32, 32]])
+    bits: int = Field(description="bits to store the slice as indices", examples=[10240])
+    image_size: tuple[int, int] = Field(description="[height, width], the same as the input", examples=[[256, 256]])
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ssim": 0.8731,
+                    "psnr": 29.84,
+                    "image_png_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
+                    "grid": [32, 32],
+                    "bits": 10240,
+                    "image_size": [256, 256],
+                }
+            ]
+        }
+    )
+
+
+class SliceBudget(BaseModel):
+    """What one slice of a given size costs in codes."""
+
+    image_size: tuple[int, int] = Field(examples=[[256, 256]])
+    grid: tuple[int, int] = Field(examples=[[32, 32]])
+    bits: int = Field(examples=[10240])
+    compression_ratio: float = Field(description="8-bit raw size / code size", examples=[51.2])
+
+
+class ModelInfo(BaseModel):
+    """The served checkpoint: architecture, code budget and where it came from."""
+
+    checkpoint: str = Field(description="file name of the checkpoint", examples=["vqvae.safetensors"])
+    sha256: str = Field(description="sha256 of the checkpoint file")
+    format_version: int
+    architecture: dict[str, Any] = Field(description="VQVAEConfig stored in the checkpoint")
+    codebook_size: int = Field(examples=[1024])
+    bits_per_index: int = Field(examples=[10])
+    stride: int = Field(description="pixels per grid cell along each axis", examples=[8])
+    slice_256: SliceBudget = Field(description="the budget for a 256x256 OASIS slice")
+    test_metrics: dict[str, Any] | None = Field(description="metrics on the test split, from the checkpoint")
+    provenance: dict[str, Any] = Field(description="the rest of the checkpoint metadata (data, steps, commit...)")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])

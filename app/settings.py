@@ -1,0 +1,38 @@
+"""Service settings (``VQVAE_*`` environment variables): limits, batching and where the checkpoint lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Resolved from the package, not the working directory, so `vqvae-serve` works from anywhere in a clone.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "vqvae.safetensors"
+
+# SSIM needs a 7x7 window at least (models.quality falls back to the largest odd window that fits).
+SSIM_MIN_SIDE = 7
+
+
+class Settings(BaseSettings):
+    """Everything an operator may tune; architecture is not here, it travels inside the checkpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="VQVAE_", extra="ignore", frozen=True)
+
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="safetensors checkpoint written by models.checkpoint")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where inference runs")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 keeps torch's default")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
+    min_size: int = Field(8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
+    max_batch_size: int = Field(16, ge=1, description="most requests grouped into one forward pass")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for companions, only under load")
+    max_queue: int = Field(256, ge=1, description="requests waiting for the model before 503 is answered")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        """Accept INFO as well as info: operators type both."""
+        return value.lower() if isinstance(value, str) else value

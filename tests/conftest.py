@@ -1,0 +1,51 @@
+"""Shared fixtures: small synthetic slice folders made by the tests, and the genuine OASIS data when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_OASIS = REPO_ROOT.parent / "shared" / "data" / "oasis"
+
+
+def synthetic_slice(rng: np.random.Generator, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """A brain-like uint8 slice: a bright textured ellipse with darker blobs on a black background."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
+    ry, rx = h * rng.uniform(0.3, 0.42), w * rng.uniform(0.25, 0.38)
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    image = np.where(inside, 150 + 40 * np.sin(xx / rng.uniform(2, 5)) * np.cos(yy / rng.uniform(2, 5)), 0.0)
+    for _ in range(3):
+        by, bx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(2, h / 8)
+        image = np.where(((yy - by) ** 2 + (xx - bx) ** 2 <= r * r) & inside, 60.0, image)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_slices(folder: Path, count: int, seed: int, size: tuple[int, int] = (64, 64)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(synthetic_slice(rng, size)).save(folder / f"case_{seed:03d}_slice_{i}.nii.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fixture_oasis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature OASIS-shaped root: keras_png_slices_{train,validate,test} of 64x64 synthetic slices."""
+    root = tmp_path_factory.mktemp("oasis")
+    for seed, split, count in ((1, "train", 24), (2, "validate", 8), (3, "test", 8)):
+        write_slices(root / f"keras_png_slices_{split}", count, seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_oasis() -> Path:
+    """The genuine OASIS slices beside the repository; tests that need them are skipped where absent."""
+    if not (SHARED_OASIS / "keras_png_slices_test").is_dir():
+        pytest.skip(f"genuine OASIS data not present at {SHARED_OASIS}")
+    return SHARED_OASIS

@@ -1,0 +1,133 @@
+"""The console commands on real files: a short real training, its outputs, evaluation, resume and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from models.checkpoint import load, read_metadata
+from training import evaluate, train
+
+TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(fixture_oasis: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert train.main(["--data", str(fixture_oasis), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    return out
+
+
+def test_training_writes_checkpoint_log_and_figures(trained: Path) -> None:
+    model, metadata = load(trained / "best.safetensors")
+    assert model.config.codebook_size == 32
+    assert metadata["data"]["train"]["images"] == 24 and metadata["data"]["validate"]["images"] == 8
+    assert metadata["training"]["steps"] in (6, 12) and metadata["git_commit"]
+    assert 0.0 < metadata["metrics"]["validate"]["ssim"]["mean"] <= 1.0
+    history = json.loads((trained / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {"loss", "recon_loss", "vq_loss", "val_ssim"} <= set(history[0])
+    assert (trained / "history.csv").read_text().startswith("epoch,")
+    for figure in ("loss_curves.png", "reconstructions_validate.png"):
+        with Image.open(trained / figure) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_resume_continues_from_last_state(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "resume"
+    run.mkdir()
+    for name in ("last.safetensors", "last.pt", "best.safetensors", "history.json"):
+        (run / name).write_bytes((trained / name).read_bytes())
+    args = ["--data", str(fixture_oasis), "--out", str(run), "--epochs", "3", "--resume", *TINY]
+    assert train.main(args) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert read_metadata(run / "last.safetensors")["training"]["epochs"] == 3
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "keras_png_slices_train: data folder does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_writes_report_and_records_metrics(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes((trained / "best.safetensors").read_bytes())
+    report_path = tmp_path / "report.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--split", "test"]
+    assert evaluate.main([*args, "--out", str(report_path), "--figures", str(tmp_path / "fig"), "--record"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 8 and len(report["per_image"]) == 8
+    ssims = sorted(row["ssim"] for row in report["per_image"])
+    assert report["ssim"]["median"] == pytest.approx((ssims[3] + ssims[4]) / 2)
+    assert report["bits_per_slice"] == 16 * 16 * 5 and report["compression_ratio"] == pytest.approx(64 * 64 * 8 / 1280)
+    assert 0 < report["codebook_usage"] <= 1
+    assert "SSIM mean/med/p5" in capsys.readouterr().out
+    assert read_metadata(checkpoint)["metrics"]["test"]["ssim"] == report["ssim"]
+    for figure in ("reconstructions.png", "codebook_usage.png"):
+        with Image.open(tmp_path / "fig" / figure) as image:
+            assert image.format == "PNG"
+
+
+def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    assert evaluate.main(["--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
+    assert "bad.safetensors: not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_state_and_exits_130(fixture_oasis: Path, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "--data",
+        str(fixture_oasis),
+        "--out",
+        str(out),
+        "--epochs",
+        "500",
+        *TINY,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted: state saved" in stderr and "Traceback" not in stderr
+    assert (out / "last.pt").exists()
+
+
+def test_short_training_on_genuine_oasis(shared_oasis: Path, tmp_path: Path) -> None:
+    args = [
+        "--data",
+        str(shared_oasis),
+        "--out",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--max-train-images",
+        "32",
+        "--max-val-images",
+        "4",
+        *TINY,
+    ]
+    assert train.main(args) == 0
+    _, metadata = load(tmp_path / "best.safetensors")
+    assert metadata["data"]["train"]["images"] == 32
+    assert metadata["metrics"]["validate"]["images"] == 4

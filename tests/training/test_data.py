@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import CropSampler, DataError, load_folder, load_split, read_grayscale
+
+
+def test_load_split_reads_every_image_as_uint8(fixture_oasis: Path) -> None:
+    slices = load_split(fixture_oasis, "validate")
+    assert len(slices) == 8
+    assert slices.stacked().shape == (8, 64, 64)
+    assert slices.stacked().dtype == torch.uint8
+    assert slices.names == sorted(slices.names)
+
+
+def test_missing_split_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"keras_png_slices_train: data folder does not exist"):
+        load_split(tmp_path, "train")
+
+
+def test_empty_folder_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=rf"{tmp_path}: no image files"):
+        load_folder(tmp_path)
+
+
+def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match=r"broken\.png: cannot read image"):
+        load_folder(tmp_path)
+
+
+def test_colour_16_bit_and_mixed_sizes_are_kept(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a_rgb.png")
+    Image.fromarray(np.full((50, 20), 65535, dtype=np.uint16)).save(tmp_path / "b_16bit.png")
+    Image.fromarray(np.full((256, 256), 7, dtype=np.uint8)).save(tmp_path / "c.tif")
+    slices = load_folder(tmp_path)
+    assert [im.shape for im in slices.images] == [(30, 40), (50, 20), (256, 256)]
+    assert slices.images[0][0, 0] == 76  # luminance of pure red (ITU-R 601)
+    assert slices.images[1][0, 0] == 255  # 16-bit white scaled, not clipped to 65535 % 256
+    assert not slices.same_size
+    with pytest.raises(DataError, match="different sizes"):
+        slices.stacked()
+
+
+def test_read_grayscale_of_16_bit_mid_grey(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "mid.png")
+    assert read_grayscale(tmp_path / "mid.png")[0, 0] == 128
+
+
+def test_crop_sampler_pads_small_images_and_is_seeded(tmp_path: Path) -> None:
+    Image.fromarray(np.full((20, 30), 9, dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.full((64, 64), 200, dtype=np.uint8)).save(tmp_path / "big.png")
+    slices = load_folder(tmp_path)
+    first = CropSampler(slices, 32, torch.Generator().manual_seed(1)).sample(6)
+    second = CropSampler(slices, 32, torch.Generator().manual_seed(1)).sample(6)
+    assert first.shape == (6, 32, 32) and torch.equal(first, second)
+    assert set(first.unique().tolist()) <= {0, 9, 200}
