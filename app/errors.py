@@ -23,7 +23,7 @@ def format_validation_errors(errors: Sequence[Any]) -> str:
             parts.append(f"request body is not valid JSON: {error.get('ctx', {}).get('error', 'decode error')}")
             continue
         location = _location(error.get("loc", ()))
-        message = str(error.get("msg", "invalid value"))
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         given = error.get("input")
         if error.get("type") in {"int_type", "int_from_float", "list_type", "greater_than_equal", "less_than_equal"}:
             shown = repr(given)

@@ -74,9 +74,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> np.ndarray:
 def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels"
-        )
+        raise ImageTooLargeError(f"image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels")
     if width < min_size or height < min_size:
         raise ImageTooSmallError(f"image is {width}x{height} pixels; the minimum is {min_size}x{min_size}")
 

@@ -16,9 +16,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from uvicorn.config import LOGGING_CONFIG
 
 from app.errors import format_validation_errors, install_error_handlers
 from app.inference import InferenceService, StartupError, load_model
@@ -64,20 +66,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.service = None
-    for router in (codec.router, model.router, health.router, metrics.router):
+    routers = (codec.router, model.router, health.router, metrics.router)
+    for router in routers:
         app.include_router(router)
+    docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    known_paths = frozenset(
+        [getattr(route, "path", "") for router in routers for route in router.routes] + [url for url in docs if url]
+    )
     install_error_handlers(app)
     # Last added runs first: metrics see every answer, including the 500s and 413s given below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=app_metrics, router=app.router)
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     return app
 
 
 def _log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes)."""
-    from uvicorn.config import LOGGING_CONFIG
-
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
@@ -90,7 +95,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
+    )
     return parser.parse_args(argv)
 
 
@@ -108,8 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"vqvae-serve: {exc}", file=sys.stderr)
         return 2
-
-    import uvicorn
 
     uvicorn.run(
         "app.main:create_app",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -44,10 +43,10 @@ class Metrics:
 class MetricsMiddleware:
     """Pure ASGI: times every HTTP request and counts it under its route template (``/encode``, not the URL)."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, router: Router) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, known_paths: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
-        self.router = router
+        self.known_paths = known_paths  # our templates have no parameters: for them path == template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,8 +69,9 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
 
     def _route(self, scope: Scope) -> str:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return str(getattr(route, "path", UNMATCHED))
-        return UNMATCHED
+        """The template the router matched; for answers given before routing (413), the path if it is ours."""
+        template = getattr(scope.get("route"), "path", None)
+        if isinstance(template, str):
+            return template
+        path = scope.get("path", "")
+        return path if path in self.known_paths else UNMATCHED

@@ -13,8 +13,6 @@ CodeIndex = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
 Side = Annotated[int, Field(strict=True, ge=1)]
 MAX_GRID_SIDE = 4096
 
-_EXAMPLE_GRID = [[12, 907, 3], [5, 5, 61]]
-
 
 class ErrorResponse(BaseModel):
     """Every error, whatever its status code."""
@@ -25,7 +23,7 @@ class ErrorResponse(BaseModel):
 class EncodeResponse(BaseModel):
     """A slice as a grid of codebook indices: what you store or transmit instead of the pixels."""
 
-    indices: list[list[int]] = Field(description="grid rows of codebook indices", examples=[_EXAMPLE_GRID])
+    indices: list[list[int]] = Field(description="grid rows of codebook indices", examples=[[[12, 907, 3], [5, 5, 61]]])
     grid: tuple[int, int] = Field(description="[rows, cols] of the index grid", examples=[[2, 3]])
     codebook_size: int = Field(description="indices lie in [0, codebook_size)", examples=[1024])
     bits: int = Field(description="grid_h * grid_w * ceil(log2 codebook_size)", examples=[60])
@@ -37,7 +35,7 @@ class DecodeRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"indices": _EXAMPLE_GRID, "image_size": [16, 20]}]},
+        json_schema_extra={"examples": [{"indices": [[12, 907, 3], [5, 5, 61]], "image_size": [16, 20]}]},
     )
 
     indices: list[Annotated[list[CodeIndex], Field(max_length=MAX_GRID_SIDE)]] = Field(
@@ -59,7 +57,8 @@ class DecodeRequest(BaseModel):
             if len(row) != width:
                 raise PydanticCustomError(
                     "ragged_rows",
-                    "ragged rows: row {number} has {length} indices but row 0 has {width}; the grid must be rectangular",
+                    "ragged rows: row {number} has {length} indices but row 0 has {width}; "
+                    "the grid must be rectangular",
                     {"number": number, "length": len(row), "width": width},
                 )
         return rows

@@ -20,15 +20,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VQVAE_", extra="ignore", frozen=True)
 
-    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="safetensors checkpoint written by models.checkpoint")
-    device: Literal["cpu", "cuda"] = Field("cpu", description="where inference runs")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 keeps torch's default")
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
-    max_pixels: int = Field(4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
-    min_size: int = Field(8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
-    max_batch_size: int = Field(16, ge=1, description="most requests grouped into one forward pass")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for companions, only under load")
-    max_queue: int = Field(256, ge=1, description="requests waiting for the model before 503 is answered")
+    checkpoint: Path = Field(
+        default=DEFAULT_CHECKPOINT, description="safetensors checkpoint written by models.checkpoint"
+    )
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="where inference runs")
+    torch_threads: int = Field(default=0, ge=0, description="intra-op threads for torch; 0 keeps torch's default")
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
+    max_pixels: int = Field(default=4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
+    min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
+    max_batch_size: int = Field(default=16, ge=1, description="most requests grouped into one forward pass")
+    max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits for companions, only under load")
+    max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
@@ -22,7 +22,7 @@ router = APIRouter(tags=["codec"])
 _multipart = Depends(require_content_type("multipart/form-data", "upload the image in the 'file' field"))
 _json = Depends(require_content_type("application/json", 'send {"indices": [[...], ...]}'))
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
-_PNG = {"content": {"image/png": {}}}
+_PNG: dict[str, Any] = {"content": {"image/png": {}}}
 
 
 async def _read_image(file: UploadFile, service: InferenceService) -> np.ndarray:
@@ -71,32 +71,32 @@ async def decode(body: DecodeRequest, service: Service) -> Response:
     return _png_response(await run_in_threadpool(encode_png, image))
 
 
-def _checked_grid(request: DecodeRequest, service: InferenceService) -> np.ndarray:
+def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
     """Index rows -> int64 grid, after the checks that need the model: grid size, image_size, codebook range."""
     config = service.config
-    rows, cols = len(request.indices), len(request.indices[0])
+    rows, cols = len(body.indices), len(body.indices[0])
     pixels = rows * cols * config.stride**2
     if pixels > service.settings.max_pixels:
         raise HTTPException(
             413, f"a {rows}x{cols} grid decodes to {pixels} pixels, over the limit of {service.settings.max_pixels}"
         )
-    if request.image_size is not None:
-        needed = config.grid_for(*request.image_size)
+    if body.image_size is not None:
+        needed = config.grid_for(*body.image_size)
         if needed != (rows, cols):
-            height, width = request.image_size
+            height, width = body.image_size
             raise HTTPException(
                 422,
                 f"indices form a {rows}x{cols} grid but image_size {height}x{width} needs a "
                 f"{needed[0]}x{needed[1]} grid (stride {config.stride})",
             )
     top = config.codebook_size
-    for r, row in enumerate(request.indices):
+    for r, row in enumerate(body.indices):
         for c, value in enumerate(row):
             if value >= top:
                 raise HTTPException(
                     422, f"indices[{r}][{c}] = {value} is out of range: the codebook has {top} codes (0..{top - 1})"
                 )
-    return np.asarray(request.indices, dtype=np.int64)
+    return np.asarray(body.indices, dtype=np.int64)
 
 
 @router.post(
@@ -110,7 +110,9 @@ def _checked_grid(request: DecodeRequest, service: InferenceService) -> np.ndarr
     summary="Image -> reconstruction through the codebook, with SSIM and PSNR",
 )
 async def reconstruct(
-    file: ImageFile, service: Service, accept: Annotated[str | None, Header()] = None
+    file: ImageFile,
+    service: Service,
+    accept: Annotated[str | None, Header(description="`image/png` for the PNG itself instead of JSON")] = None,
 ) -> ReconstructResponse | Response:
     image = await _read_image(file, service)
     reconstruction = await service.reconstruct(image)
@@ -148,7 +150,7 @@ def prefers_png(accept: str | None) -> bool:
                     weight = float(value)
                 except ValueError:
                     weight = 0.0
-        for candidate in quality:
+        for candidate, best in quality.items():
             if media.lower() in {candidate, "*/*", candidate.split("/")[0] + "/*"}:
-                quality[candidate] = max(quality[candidate], weight)
+                quality[candidate] = max(best, weight)
     return quality["image/png"] > quality["application/json"]

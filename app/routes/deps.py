@@ -40,7 +40,7 @@ def require_content_type(expected: str, hint: str) -> Callable[[Request], Awaita
     async def check(request: Request) -> None:
         given = request.headers.get("content-type", "")
         if given.split(";", 1)[0].strip().lower() != expected:
-            shown = given or "none"
-            raise HTTPException(415, f"unsupported content type {shown!r}: expected {expected} ({hint})")
+            shown = f"unsupported content type {given!r}" if given else "no content type"
+            raise HTTPException(415, f"{shown}: expected {expected} ({hint})")
 
     return check

@@ -1,0 +1,29 @@
+# The VQ-VAE REST service on CPU: docker build -t vqvae . && docker run -p 8000:8000 vqvae
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VQVAE_CHECKPOINT=/opt/vqvae/models/weights/vqvae.safetensors
+
+WORKDIR /opt/vqvae
+
+# CPU-only torch first, from PyTorch's own index: the default PyPI wheel would pull gigabytes of CUDA libraries.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+# The project itself with its pinned dependencies (torch is already satisfied), the same way CI installs it.
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY training ./training
+COPY app ./app
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 vqvae \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vqvae
+
+USER 10001:10001
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+
+CMD ["vqvae-serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,607 @@
+"""The real service under load, against the bare model measured in the same run.
+
+1. In-process (before any server runs): the model's batched throughput and batch-1 time on the same slices,
+   with the service's own forward pass (benchmarks.bench_model: stack -> model -> numpy, inference_mode).
+2. A real server (``python -m uvicorn --factory app.main:create_app`` subprocess, settings by ``VQVAE_*``
+   environment variables) driven by an async httpx client: for each endpoint and concurrency level a fixed
+   number of requests (multipart PNG uploads; /reconstruct asks for JSON). Per level: req/s, p50/p95/p99
+   latency, errors by status, the mean batch the server formed (from /metrics), CPU seconds of server and
+   client (they share the machine), and the server's RSS (VmRSS, and VmHWM = peak since start).
+3. Overload: a second server with a small ``VQVAE_MAX_QUEUE``, driven above that bound; counts 503s (and their
+   Retry-After) against any other error or timeout, and whether RSS stays bounded.
+
+Ratios: service req/s / in-process best-batch images/s, and service p50 at concurrency 1 / in-process batch-1
+time. The service also does per-request work the in-process figure leaves out (HTTP, multipart, PNG decode;
+for /reconstruct SSIM, PSNR, PNG encode and base64); its in-process cost is printed beside the ratios.
+
+    PYTHONPATH=. python -m benchmarks.bench_service --requests 256 --concurrency 1,4,16,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+
+from app.imaging import decode_image, encode_png
+from app.settings import Settings
+from benchmarks.bench_model import DEFAULT_BATCH_SIZES, OperationFigures, measure_model, model_runner
+from benchmarks.common import (
+    REPO_ROOT,
+    Slices,
+    add_common_args,
+    int_list,
+    load_slices,
+    machine_info,
+    percentiles,
+    print_header,
+    ratio,
+    resolved_checkpoint,
+    set_threads,
+    time_calls,
+    write_json,
+)
+from models.checkpoint import load
+from models.quality import psnr, ssim
+
+# endpoint -> (path, extra headers, a key its JSON answer must have)
+ENDPOINTS: dict[str, tuple[str, dict[str, str], str]] = {
+    "encode": ("/encode", {}, "indices"),
+    "reconstruct": ("/reconstruct", {"Accept": "application/json"}, "ssim"),
+}
+TARGET_THROUGHPUT = 0.8  # issue 6: service at concurrency 16 >= 0.8 x in-process batched
+TARGET_LATENCY = 1.3  # issue 6: p50 at concurrency 1 <= 1.3 x in-process batch 1
+
+
+# ---- the server process ----------------------------------------------------------------------------------
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(server: Server, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with code {server.process.returncode}:\n{server.log_tail()}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+@contextmanager
+def running_server(env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float) -> Iterator[Server]:
+    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env, "PYTHONPATH": path},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server, startup_timeout_s)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def proc_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak since start) of a process, in MiB; empty off Linux."""
+    found: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def memory_text(memory: dict[str, float], key: str) -> str:
+    return f"{memory[key]:.0f}" if key in memory else "?"
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/<pid>/stat); NaN off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def batch_counters(base_url: str) -> dict[str, tuple[float, float]]:
+    """operation -> (sum, count) of the server's batch-size histogram; empty when /metrics lacks it."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+        found: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "vqvae_inference_batch_size":
+                continue
+            for sample in family.samples:
+                suffix = sample.name.rsplit("_", 1)[-1]
+                if suffix in ("sum", "count"):
+                    slot = found.setdefault(sample.labels.get("operation", "?"), [0.0, 0.0])
+                    slot[0 if suffix == "sum" else 1] = sample.value
+        return {op: (s, c) for op, (s, c) in found.items()}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+# ---- load generation -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """A pre-encoded multipart body: the client builds it once, not per request (it shares the CPU)."""
+
+    content: bytes
+    content_type: str
+
+
+def make_uploads(pngs: Sequence[bytes]) -> list[Upload]:
+    uploads = []
+    for png in pngs:
+        request = httpx.Request("POST", "http://localhost/", files={"file": ("slice.png", png, "image/png")})
+        uploads.append(Upload(request.read(), request.headers["content-type"]))
+    return uploads
+
+
+@dataclass
+class Outcome:
+    latency_s: float
+    status: int | None  # None: no answer (see error)
+    error: str | None = None
+    retry_after: bool = False
+
+
+async def one_request(client: httpx.AsyncClient, path: str, headers: dict[str, str], upload: Upload) -> Outcome:
+    started = time.perf_counter()
+    try:
+        response = await client.post(
+            path, content=upload.content, headers={**headers, "Content-Type": upload.content_type}
+        )
+    except httpx.TimeoutException:
+        return Outcome(time.perf_counter() - started, None, "timeout")
+    except httpx.HTTPError as exc:
+        return Outcome(time.perf_counter() - started, None, type(exc).__name__)
+    return Outcome(time.perf_counter() - started, response.status_code, retry_after="retry-after" in response.headers)
+
+
+async def drive(
+    base_url: str, endpoint: str, uploads: Sequence[Upload], *, concurrency: int, total: int, timeout_s: float
+) -> tuple[list[Outcome], float]:
+    """``total`` requests by ``concurrency`` closed-loop callers -> (outcomes, wall seconds)."""
+    path, headers, _ = ENDPOINTS[endpoint]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+        # Open the connections before the clock starts (a real client keeps them alive).
+        await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency)), return_exceptions=True)
+        counter = itertools.count()
+        outcomes: list[Outcome] = []
+
+        async def caller() -> None:
+            while (index := next(counter)) < total:
+                outcomes.append(await one_request(client, path, headers, uploads[index % len(uploads)]))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return outcomes, time.perf_counter() - started
+
+
+def check_endpoint(base_url: str, endpoint: str, upload: Upload, times: int = 3) -> str | None:
+    """A few untimed requests (the server's first forward passes are slow); the problem, or None."""
+    path, headers, key = ENDPOINTS[endpoint]
+    for _ in range(times):
+        response = httpx.post(
+            f"{base_url}{path}",
+            content=upload.content,
+            headers={**headers, "Content-Type": upload.content_type},
+            timeout=120,
+        )
+        if response.status_code != 200:
+            return f"{path} answered {response.status_code}: {response.text[:300]}"
+        if key not in response.json():
+            return f"{path} answered 200 without '{key}': {response.text[:300]}"
+    return None
+
+
+@dataclass
+class LevelFigures:
+    endpoint: str
+    concurrency: int
+    requests: int
+    wall_s: float
+    ok: int
+    throughput_rps: float  # answered 200 per second
+    latency_s: dict[str, float]  # p50/p95/p99 of the 200s
+    statuses: dict[str, int]
+    failures: dict[str, int]  # no answer: timeout, connection errors ...
+    retry_after: int  # 503s that carried Retry-After
+    mean_batch: float | None
+    server_cpu_s: float
+    client_cpu_s: float
+    server_memory_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.requests - self.ok
+
+
+def run_level(
+    server: Server, endpoint: str, uploads: Sequence[Upload], *, concurrency: int, total: int, timeout_s: float
+) -> LevelFigures:
+    batches_before, server_cpu, client_cpu = batch_counters(server.base_url), proc_cpu_s(server.pid), self_cpu_s()
+    outcomes, wall = asyncio.run(
+        drive(server.base_url, endpoint, uploads, concurrency=concurrency, total=total, timeout_s=timeout_s)
+    )
+    server_cpu, client_cpu = proc_cpu_s(server.pid) - server_cpu, self_cpu_s() - client_cpu
+    batches_after = batch_counters(server.base_url)
+    mean_batch = None
+    if endpoint in batches_after:
+        before = batches_before.get(endpoint, (0.0, 0.0))
+        count = batches_after[endpoint][1] - before[1]
+        mean_batch = (batches_after[endpoint][0] - before[0]) / count if count else None
+    ok = [o for o in outcomes if o.status == 200]
+    return LevelFigures(
+        endpoint=endpoint,
+        concurrency=concurrency,
+        requests=len(outcomes),
+        wall_s=wall,
+        ok=len(ok),
+        throughput_rps=len(ok) / wall if wall > 0 else float("nan"),
+        latency_s=percentiles([o.latency_s for o in ok]),
+        statuses=dict(sorted(Counter(str(o.status) for o in outcomes if o.status is not None).items())),
+        failures=dict(Counter(o.error for o in outcomes if o.error is not None)),
+        retry_after=sum(1 for o in outcomes if o.status == 503 and o.retry_after),
+        mean_batch=mean_batch,
+        server_cpu_s=server_cpu,
+        client_cpu_s=client_cpu,
+        server_memory_mb=proc_memory_mb(server.pid),
+    )
+
+
+# ---- in-process references -------------------------------------------------------------------------------
+def request_side_ms(slices: Slices, reconstructions: Sequence[np.ndarray], settings: Settings) -> dict[str, float]:
+    """In-process ms per image of the service's work around the model: PNG decode; SSIM + PSNR + PNG encode."""
+    pngs, floats = slices.pngs(), slices.floats()
+
+    def decode(i: int) -> None:
+        decode_image(pngs[i % len(pngs)], max_pixels=settings.max_pixels, min_size=settings.min_size)
+
+    def score(i: int) -> None:
+        original, reconstruction = floats[i % len(floats)], reconstructions[i % len(reconstructions)]
+        encode_png(reconstruction)
+        ssim(original, reconstruction)
+        psnr(original, reconstruction)
+
+    calls = min(len(pngs), 16)
+    return {
+        "png_decode": 1000 * float(np.median(time_calls(decode, warmup=1, repeats=calls, seconds=0))),
+        "ssim_psnr_png_encode": 1000 * float(np.median(time_calls(score, warmup=1, repeats=calls, seconds=0))),
+    }
+
+
+# ---- reporting -------------------------------------------------------------------------------------------
+def print_levels(levels: Sequence[LevelFigures], inproc: dict[str, OperationFigures]) -> None:
+    print(
+        f"{'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'batch':>5} {'/ best':>7} {'p50/b1':>7} {'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} "
+        f"{'peak MB':>7}"
+    )
+    for lv in levels:
+        ref = inproc[lv.endpoint]
+        batch = f"{lv.mean_batch:.1f}" if lv.mean_batch is not None else "-"
+        memory = lv.server_memory_mb
+        print(
+            f"{lv.endpoint:<12} {lv.concurrency:>4} {lv.requests:>5} {lv.errors:>6} {lv.throughput_rps:>7.1f} "
+            f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
+            f"{batch:>5} {ratio(lv.throughput_rps, ref.best.images_per_s):>6.2f}x "
+            f"{ratio(lv.latency_s['p50'], ref.batch1.call_p50_s):>6.2f}x {lv.server_cpu_s:>7.1f}s "
+            f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7}"
+        )
+        if lv.errors:
+            print(f"{'':<18}statuses {lv.statuses}, no answer {lv.failures}")
+    print(
+        "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); "
+        "/ best = req/s over in-process best-batch images/s; p50/b1 = p50 over in-process batch-1 time; "
+        "cpu = CPU seconds of server and of this client during the level"
+    )
+
+
+def print_targets(
+    levels: Sequence[LevelFigures],
+    inproc: dict[str, OperationFigures],
+    overload: LevelFigures | None,
+    *,
+    max_queue: int,
+    overload_queue: int,
+) -> None:
+    print("-- issue 6 targets (figures from this run)")
+
+    def verdict(good: bool) -> str:
+        return "meets" if good else "MISSES"
+
+    for lv in levels:
+        ref = inproc[lv.endpoint]
+        if lv.concurrency == 16:
+            r = ratio(lv.throughput_rps, ref.best.images_per_s)
+            print(
+                f"{verdict(r >= TARGET_THROUGHPUT)}: /{lv.endpoint} at concurrency 16: {lv.throughput_rps:.1f} req/s = "
+                f"{r:.2f}x in-process batch {ref.best.batch_size} ({ref.best.images_per_s:.1f} images/s); "
+                f"target >= {TARGET_THROUGHPUT}"
+            )
+        if lv.concurrency == 1:
+            r = ratio(lv.latency_s["p50"], ref.batch1.call_p50_s)
+            p50_ms = 1000 * lv.latency_s["p50"]
+            print(
+                f"{verdict(r <= TARGET_LATENCY)}: /{lv.endpoint} p50 at concurrency 1: {p50_ms:.1f} ms = {r:.2f}x "
+                f"in-process batch 1 ({1000 * ref.batch1.call_p50_s:.1f} ms); target <= {TARGET_LATENCY}"
+            )
+    errors = sum(lv.errors for lv in levels if lv.concurrency <= 64)
+    print(f"{verdict(errors == 0)}: errors up to concurrency 64 with max_queue {max_queue}: {errors}; target 0")
+    if overload is not None:
+        others = {k: v for k, v in overload.statuses.items() if k not in ("200", "503")}
+        good = not others and not overload.failures
+        print(
+            f"{verdict(good)}: overload (max_queue {overload_queue}, concurrency {overload.concurrency}): "
+            f"{overload.statuses.get('200', 0)} answered, "
+            f"{overload.statuses.get('503', 0)} x 503 ({overload.retry_after} with Retry-After), other statuses "
+            f"{others or 'none'}, no answer {overload.failures or 'none'}; target: 503s only, no timeouts"
+        )
+
+
+# ---- main ------------------------------------------------------------------------------------------------
+def env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("VQVAE_"):
+        raise argparse.ArgumentTypeError(f"expected VQVAE_NAME=value, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument(
+        "--requests", type=int, default=256, help="requests per endpoint and level (default: %(default)s)"
+    )
+    parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16, 64], help="levels (default: 1,4,16,64)")
+    parser.add_argument("--endpoints", default="encode,reconstruct", help="comma-separated: encode, reconstruct")
+    parser.add_argument(
+        "--images", type=int, default=64, help="distinct slices uploaded in turn (default: %(default)s)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
+    parser.add_argument(
+        "--server-env", type=env_pair, action="append", default=[], metavar="VQVAE_NAME=VALUE", help="server setting"
+    )
+    parser.add_argument("--server-log-level", default="warning", help="uvicorn log level (warning: no access log)")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
+    group = parser.add_argument_group("in-process reference (benchmarks.bench_model)")
+    group.add_argument("--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="sweep (default: 1,...,32)")
+    group.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size")
+    group.add_argument("--repeats", type=int, default=5, help="least timed calls per batch size")
+    group = parser.add_argument_group("overload phase (a second server with a small queue)")
+    group.add_argument("--no-overload", action="store_true", help="skip it")
+    group.add_argument("--overload-queue", type=int, default=8, help="its VQVAE_MAX_QUEUE (default: %(default)s)")
+    group.add_argument("--overload-concurrency", type=int, default=64, help="callers (default: %(default)s)")
+    group.add_argument("--overload-requests", type=int, default=512, help="requests (default: %(default)s)")
+    return parser
+
+
+def server_env(args: argparse.Namespace, checkpoint: Path) -> dict[str, str]:
+    """The server's VQVAE_* variables: checkpoint, log level, the benchmark's thread count, then --server-env."""
+    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_LOG_LEVEL": args.server_log_level}
+    if args.threads > 0:
+        env["VQVAE_TORCH_THREADS"] = str(args.threads)
+    env.update(dict(args.server_env))
+    return env
+
+
+def effective_settings(env: dict[str, str]) -> Settings:
+    """What the server will run with, resolved the way it resolves them (raises ValidationError)."""
+    with mock.patch.dict(os.environ, env):
+        return Settings()
+
+
+def measure_in_process(
+    args: argparse.Namespace, checkpoint: Path, settings: Settings, slices: Slices, endpoints: Sequence[str]
+) -> tuple[dict[str, OperationFigures], dict[str, float]]:
+    """Model figures on the server's device and thread count, and the cost of the service's per-request work."""
+    model, _ = load(checkpoint, settings.device)
+    floats = slices.floats()
+    figures = measure_model(
+        model, floats, operations=endpoints, batch_sizes=args.batch_sizes, repeats=args.repeats, seconds=args.seconds
+    )
+    extra_ms = request_side_ms(slices, model_runner(model, "reconstruct")(floats[:16]), settings)
+    for op, fig in figures.items():
+        at_max = fig.at(settings.max_batch_size)
+        shown = f"; at the server's max batch {at_max.images_per_s:.1f} images/s" if at_max else ""
+        print(
+            f"{op}: batch 1 {1000 * fig.batch1.call_p50_s:.1f} ms p50 ({fig.batch1.images_per_s:.1f} images/s); "
+            f"best batch {fig.best.batch_size} {fig.best.images_per_s:.1f} images/s{shown}"
+        )
+    print(
+        f"per-request work the service adds (in-process, not in the figures above): PNG decode "
+        f"{extra_ms['png_decode']:.1f} ms; for /reconstruct also SSIM + PSNR + PNG encode "
+        f"{extra_ms['ssim_psnr_png_encode']:.1f} ms"
+    )
+    return figures, extra_ms
+
+
+def measure_service(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path, endpoints: Sequence[str], uploads: list[Upload]
+) -> list[LevelFigures]:
+    """Every endpoint at every concurrency level, on one server (raises RuntimeError when it misbehaves)."""
+    started = time.perf_counter()
+    levels: list[LevelFigures] = []
+    with running_server(
+        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout
+    ) as server:
+        print(
+            f"-- server pid {server.pid} at {server.base_url} ready in {time.perf_counter() - started:.1f} s, "
+            f"RSS {memory_text(proc_memory_mb(server.pid), 'VmRSS')} MB; {args.requests} requests per level"
+        )
+        for endpoint in endpoints:
+            problem = check_endpoint(server.base_url, endpoint, uploads[0])
+            if problem:
+                raise RuntimeError(f"{problem}\n{server.log_tail()}")
+            for concurrency in args.concurrency:
+                levels.append(
+                    run_level(
+                        server, endpoint, uploads, concurrency=concurrency, total=args.requests, timeout_s=args.timeout
+                    )
+                )
+    return levels
+
+
+def measure_overload(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path, endpoint: str, uploads: list[Upload]
+) -> LevelFigures:
+    """A fresh server with max_queue = --overload-queue, driven at --overload-concurrency."""
+    env = {**env, "VQVAE_MAX_QUEUE": str(args.overload_queue)}
+    with running_server(
+        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout
+    ) as server:
+        problem = check_endpoint(server.base_url, endpoint, uploads[0], times=1)
+        if problem:
+            raise RuntimeError(f"{problem}\n{server.log_tail()}")
+        before = proc_memory_mb(server.pid)
+        overload = run_level(
+            server,
+            endpoint,
+            uploads,
+            concurrency=args.overload_concurrency,
+            total=args.overload_requests,
+            timeout_s=args.timeout,
+        )
+    after = overload.server_memory_mb
+    print(
+        f"-- overload: /{endpoint}, max_queue {args.overload_queue}, concurrency {args.overload_concurrency}, "
+        f"{overload.requests} requests in {overload.wall_s:.1f} s: statuses {overload.statuses}, no answer "
+        f"{overload.failures or 'none'}; 200s: {overload.throughput_rps:.1f}/s, p99 "
+        f"{1000 * overload.latency_s['p99']:.0f} ms; server RSS {memory_text(before, 'VmRSS')} -> "
+        f"{memory_text(after, 'VmRSS')} MB (peak {memory_text(after, 'VmHWM')} MB)"
+    )
+    return overload
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    unknown = sorted(set(endpoints) - set(ENDPOINTS))
+    if unknown or not endpoints:
+        print(f"error: unknown endpoints {unknown}; choose from {', '.join(ENDPOINTS)}", file=sys.stderr)
+        return 2
+    with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
+        env = server_env(args, checkpoint.path)
+        try:
+            settings = effective_settings(env)
+        except ValidationError as exc:
+            print(f"error: invalid server settings: {exc}", file=sys.stderr)
+            return 2
+        set_threads(settings.torch_threads)  # the in-process reference runs with the server's thread count
+        info = machine_info()
+        print_header("service vs in-process", info)
+        slices = load_slices(args.data, args.split, args.images)
+        print(f"data: {slices.describe()}")
+        print(
+            f"server settings: max_batch_size {settings.max_batch_size}, max_wait_ms {settings.max_wait_ms}, "
+            f"max_queue {settings.max_queue}, torch_threads {settings.torch_threads or 'default'}, "
+            f"device {settings.device}; from env {dict(args.server_env) or 'defaults'}"
+        )
+        print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
+        inproc, extra_ms = measure_in_process(args, checkpoint.path, settings, slices, endpoints)
+
+        uploads = make_uploads(slices.pngs())
+        overload: LevelFigures | None = None
+        with tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs:
+            try:
+                levels = measure_service(args, env, Path(logs), endpoints, uploads)
+                print_levels(levels, inproc)
+                if not args.no_overload:
+                    endpoint = "reconstruct" if "reconstruct" in endpoints else endpoints[0]
+                    overload = measure_overload(args, env, Path(logs), endpoint, uploads)
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        print_targets(levels, inproc, overload, max_queue=settings.max_queue, overload_queue=args.overload_queue)
+        write_json(
+            args.json,
+            {
+                "benchmark": "service",
+                "machine": info,
+                "data": slices.describe(),
+                "checkpoint": checkpoint.label,
+                "settings": settings.model_dump(mode="json"),
+                "server_env": dict(args.server_env),
+                "in_process": {op: figures.to_dict() for op, figures in inproc.items()},
+                "request_side_ms": extra_ms,
+                "levels": [{**asdict(lv), "errors": lv.errors} for lv in levels],
+                "overload": {**asdict(overload), "errors": overload.errors, "max_queue": args.overload_queue}
+                if overload
+                else None,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

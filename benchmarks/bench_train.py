@@ -1,0 +1,225 @@
+"""Training throughput of the real training step: eager fp32 full slices vs what ``vqvae-train`` does by default.
+
+Each variant is a ``training.train.Trainer`` built from a ``TrainConfig`` (same preset, seed, batch size and
+slices), and a timed step is exactly what its loop runs: ``trainer.train_step(trainer.sampler.sample(batch))``
+(forward, loss, backward, clipping, AdamW). Variants are measured in alternating rounds in one process, after
+untimed warm-up steps (which also absorb torch.compile's compilation).
+
+- baseline: eager, fp32, full images (crop 0), contiguous memory;
+- default: the ``TrainConfig`` defaults on CPU (channels_last, crop, compile as declared there);
+- with --compile-too: the default plus torch.compile;
+- on a CUDA machine also both configurations on the GPU, where ``train_step`` runs under bf16 autocast.
+
+Crops see fewer pixels per image, so both ratios are printed: images/s (a crop counts as one image) and
+pixels/s (the work done).
+
+    PYTHONPATH=. python -m benchmarks.bench_train --steps 10 --rounds 2 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from benchmarks.common import (
+    add_common_args,
+    load_slices,
+    machine_info,
+    print_header,
+    ratio,
+    set_threads,
+    time_calls,
+    write_json,
+)
+from models.config import PRESETS
+from training.config import TrainConfig
+from training.train import Trainer
+
+BENCH_SPLIT = "bench"  # the folder of copied slices, under a temporary data root
+
+
+@dataclass
+class Variant:
+    name: str
+    config: TrainConfig
+    trainer: Trainer | None = None
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def crop(self) -> int:
+        return self.trainer.sampler.crop if self.trainer else 0
+
+    @property
+    def images_per_s(self) -> float:
+        return ratio(self.config.batch_size * len(self.step_seconds), sum(self.step_seconds))
+
+    @property
+    def pixels_per_s(self) -> float:
+        return self.images_per_s * self.crop * self.crop
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "name": self.name,
+            "device": cfg.device,
+            "channels_last": cfg.channels_last,
+            "compile": cfg.compile,
+            "crop": self.crop,
+            "batch_size": cfg.batch_size,
+            "steps": len(self.step_seconds),
+            "seconds": sum(self.step_seconds),
+            "images_per_s": self.images_per_s,
+            "pixels_per_s": self.pixels_per_s,
+        }
+
+
+def describe(config: TrainConfig) -> str:
+    crop = f"crop {config.crop}" if config.crop else "full images"
+    layout = "channels_last" if config.channels_last else "contiguous"
+    return f"{crop}, {layout}, {'compiled' if config.compile else 'eager'}"
+
+
+def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[Variant]:
+    """``base`` carries TrainConfig's own defaults for channels_last / crop / compile: that is 'default'."""
+    baseline = dataclasses.replace(base, channels_last=False, crop=0, compile=False)
+    variants = [
+        Variant(f"cpu baseline: fp32, {describe(baseline)}", baseline),
+        Variant(f"cpu vqvae-train default: fp32, {describe(base)}", base),
+    ]
+    if compile_too and not base.compile:
+        compiled = dataclasses.replace(base, compile=True)
+        variants.append(Variant(f"cpu default + torch.compile: {describe(compiled)}", compiled))
+    if cuda:
+        for name, config in (("baseline", baseline), ("default", base)):
+            on_gpu = dataclasses.replace(config, device="cuda")
+            variants.append(Variant(f"cuda {name}: bf16 autocast, {describe(on_gpu)}", on_gpu))
+    return variants
+
+
+def write_bench_data(args: argparse.Namespace, root: Path) -> str:
+    """Copy ``--images`` slices (or synthetic ones) into ``root/bench`` so every Trainer reads only those."""
+    slices = load_slices(args.data, args.split, args.images)
+    folder = root / BENCH_SPLIT
+    folder.mkdir(parents=True)
+    for i, image in enumerate(slices.images):
+        Image.fromarray(image).save(folder / f"slice_{i:04d}.png")
+    return slices.describe()
+
+
+def step_function(trainer: Trainer) -> Callable[[int], None]:
+    """One iteration of the training loop, minus the learning-rate schedule and the progress bar."""
+    batch_size = trainer.config.batch_size
+
+    def step(_: int) -> None:
+        trainer.train_step(trainer.sampler.sample(batch_size))
+
+    return step
+
+
+def run_variants(variants: list[Variant], *, warmup: int, steps: int, rounds: int) -> None:
+    """Warm every variant up, then ``rounds`` x ``steps`` timed steps each, alternating between variants."""
+    steppers = []
+    for variant in variants:
+        variant.trainer = Trainer(variant.config)
+        variant.trainer.model.train()
+        steppers.append(step_function(variant.trainer))
+        time_calls(steppers[-1], warmup=0, repeats=warmup, seconds=0)
+    for _ in range(rounds):
+        for variant, step in zip(variants, steppers, strict=True):
+            variant.step_seconds += time_calls(step, warmup=0, repeats=steps, seconds=0)
+
+
+def print_variants(variants: list[Variant]) -> None:
+    base = variants[0]
+    width = max(len(v.name) for v in variants)
+    print(
+        f"{'variant':<{width}} {'crop':>4} {'steps':>5} {'ms/step':>8} {'images/s':>9} {'Mpix/s':>7} "
+        f"{'x images/s':>10} {'x pixels/s':>10}"
+    )
+    for v in variants:
+        ms = 1000 * sum(v.step_seconds) / max(1, len(v.step_seconds))
+        print(
+            f"{v.name:<{width}} {v.crop:>4} {len(v.step_seconds):>5} {ms:>8.1f} {v.images_per_s:>9.2f} "
+            f"{v.pixels_per_s / 1e6:>7.2f} {ratio(v.images_per_s, base.images_per_s):>9.2f}x "
+            f"{ratio(v.pixels_per_s, base.pixels_per_s):>9.2f}x"
+        )
+    for v in variants[1:]:
+        print(
+            f"{v.name.split(':')[0]} vs baseline: {ratio(v.images_per_s, base.images_per_s):.2f}x images/s "
+            f"(a {v.crop}x{v.crop} crop counts as one image, against {base.crop}x{base.crop} slices), "
+            f"{ratio(v.pixels_per_s, base.pixels_per_s):.2f}x pixels/s (the work actually done)"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, checkpoint=False)
+    defaults = TrainConfig()
+    parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--images", type=int, default=64, help="slices the sampler draws from (default: %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed steps per variant and round (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: %(default)s)")
+    parser.add_argument("--compile-too", action="store_true", help="also the default configuration + torch.compile")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA variants on a GPU machine")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    info = machine_info()
+    print_header("training step throughput", info)
+    cuda = torch.cuda.is_available() and not args.no_cuda
+    with tempfile.TemporaryDirectory(prefix="vqvae-bench-train-") as tmp:
+        root = Path(tmp)
+        data = write_bench_data(args, root / "data")
+        base = TrainConfig(
+            data=root / "data",
+            train_split=BENCH_SPLIT,
+            val_split=BENCH_SPLIT,
+            out=root / "out",
+            preset=args.preset,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            device="cpu",
+            max_train_images=args.images,
+            max_val_images=1,
+            progress=False,
+        )
+        variants = build_variants(base, compile_too=args.compile_too, cuda=cuda)
+        print(f"data: {data}")
+        print(
+            f"model: preset '{args.preset}', batch {args.batch_size}; TrainConfig defaults: crop {base.crop}, "
+            f"channels_last {base.channels_last}, compile {base.compile}; {args.warmup} warm-up steps, then "
+            f"{args.rounds} rounds x {args.steps} timed steps per variant"
+        )
+        run_variants(variants, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+    print_variants(variants)
+    write_json(
+        args.json,
+        {
+            "benchmark": "train",
+            "machine": info,
+            "data": data,
+            "preset": args.preset,
+            "variants": [v.to_dict() for v in variants],
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

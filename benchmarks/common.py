@@ -1,0 +1,249 @@
+"""Pieces shared by the benchmark scripts: machine header, slices, checkpoint, timing, JSON output.
+
+Every script prints what it ran on (CPU, torch, threads, load average) before any figure, because a figure
+without its machine is not a figure, and a busy machine (a training job beside the benchmark) halves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.checkpoint import save
+from models.config import PRESETS
+from models.vqvae import VQVAE
+from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, DataError, read_grayscale, resolve_folder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "weights" / "vqvae.safetensors"
+SYNTHETIC_SIZE = (256, 256)  # an OASIS slice
+
+
+# ---- machine ---------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on; printed by ``print_header`` and stored in every JSON."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda_device": cuda,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def print_header(title: str, info: dict[str, Any]) -> None:
+    print(f"== {title}")
+    print(f"machine: {info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs")
+    print(f"         {info['platform']}, python {info['python']}")
+    print(
+        f"torch:   {info['torch']}, {info['torch_threads']} intra-op / {info['torch_interop_threads']} inter-op "
+        f"threads, CUDA: {info['cuda_device'] or 'none'}"
+    )
+    load = info["load_average"]
+    if load is not None:
+        busy = " (machine is busy: figures will be low and noisy)" if load[0] > 0.5 * (info["usable_cpus"] or 1) else ""
+        print(f"load:    {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min){busy}")
+
+
+def set_threads(threads: int) -> None:
+    """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+# ---- slices ----------------------------------------------------------------------------------------------
+@dataclass
+class Slices:
+    """uint8 (H, W) grayscale slices of one size, and where they came from."""
+
+    images: list[np.ndarray]
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        height, width = self.images[0].shape
+        return int(height), int(width)
+
+    def floats(self) -> list[np.ndarray]:
+        """float32 (H, W) in [0, 1]: what the service's image decoder hands to the model."""
+        return [im.astype(np.float32) / 255.0 for im in self.images]
+
+    def pngs(self) -> list[bytes]:
+        return [png_bytes(im) for im in self.images]
+
+    def describe(self) -> str:
+        return f"{len(self.images)} slices of {self.shape[0]}x{self.shape[1]} from {self.source}"
+
+
+def synthetic_slice(rng: np.random.Generator, size: tuple[int, int] = SYNTHETIC_SIZE) -> np.ndarray:
+    """A brain-like uint8 slice: a bright textured ellipse with darker blobs on black (as tests/conftest.py)."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
+    ry, rx = h * rng.uniform(0.3, 0.42), w * rng.uniform(0.25, 0.38)
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    image = np.where(inside, 150 + 40 * np.sin(xx / rng.uniform(2, 5)) * np.cos(yy / rng.uniform(2, 5)), 0.0)
+    for _ in range(3):
+        by, bx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(2, h / 8)
+        image = np.where(((yy - by) ** 2 + (xx - bx) ** 2 <= r * r) & inside, 60.0, image)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def load_slices(data: Path, split: str, count: int) -> Slices:
+    """``count`` slices spread evenly over an OASIS split (or a plain folder); synthetic 256x256 ones when absent.
+
+    Only the picked files are decoded. Images of a size other than the most common one are dropped, so every
+    batch can be stacked (the service only batches images of one size too).
+    """
+    if count < 1:
+        raise ValueError(f"need at least one slice, got {count}")
+    try:
+        folder = resolve_folder(data, split)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{folder}: no image files")
+        picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
+        images = [read_grayscale(files[i]) for i in picks]
+        source = str(folder)
+    except DataError as exc:
+        rng = np.random.default_rng(0)
+        images = [synthetic_slice(rng) for _ in range(count)]
+        source = f"synthetic slices (no data: {exc})"
+    shapes = [im.shape for im in images]
+    common = max(set(shapes), key=shapes.count)
+    kept = [im for im in images if im.shape == common]
+    if len(kept) < len(images):
+        source += f"; {len(images) - len(kept)} of another size dropped"
+    return Slices(kept, source)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---- checkpoint ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    label: str  # the file, or "random <preset> (…missing)" for the JSON output
+
+
+@contextmanager
+def resolved_checkpoint(path: Path, random_preset: str) -> Iterator[Checkpoint]:
+    """``path`` when it exists; otherwise a randomly initialised ``random_preset`` model in a temporary file.
+
+    Speed does not depend on the weights, so the scripts always run; quality figures of a random model mean
+    nothing, and the script says so.
+    """
+    if path.is_file():
+        print(f"checkpoint: {path}")
+        yield Checkpoint(path, str(path))
+        return
+    if random_preset not in PRESETS:
+        raise ValueError(f"unknown preset {random_preset!r}; choose one of {', '.join(PRESETS)}")
+    with tempfile.TemporaryDirectory(prefix="vqvae-bench-") as tmp:
+        torch.manual_seed(0)
+        target = save(VQVAE(PRESETS[random_preset]), Path(tmp) / "random.safetensors", {"note": "random, benchmarks"})
+        print(
+            f"checkpoint: {path} does not exist; using a randomly initialised '{random_preset}' model instead "
+            f"(speed is representative, quality is not)"
+        )
+        yield Checkpoint(target, f"random '{random_preset}' model ({path} does not exist)")
+
+
+# ---- arguments -------------------------------------------------------------------------------------------
+def int_list(text: str) -> list[int]:
+    """'1,4,16' -> [1, 4, 16] (argparse type)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    """Flags every script shares: data, threads, JSON output (and the checkpoint, where a script loads one)."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    if checkpoint:
+        parser.add_argument(
+            "--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to measure (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--random-preset",
+            default="default",
+            choices=sorted(PRESETS),
+            help="architecture of the random model used when --checkpoint does not exist (default: %(default)s)",
+        )
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"figures written to {path}")
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+def time_calls(call: Callable[[int], object], *, warmup: int, repeats: int, seconds: float) -> list[float]:
+    """Seconds per call of ``call(i)``: ``warmup`` untimed calls, then at least ``repeats`` calls and ``seconds``."""
+    for i in range(warmup):
+        call(i)
+    durations: list[float] = []
+    started = time.perf_counter()
+    while len(durations) < max(1, repeats) or time.perf_counter() - started < seconds:
+        t0 = time.perf_counter()
+        call(warmup + len(durations))
+        durations.append(time.perf_counter() - t0)
+    return durations
+
+
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
+    """{'p50': ..., 'p95': ..., 'p99': ...}; NaN for an empty list."""
+    if not values:
+        return {f"p{p}": float("nan") for p in points}
+    found = np.percentile(np.asarray(values, dtype=np.float64), list(points))
+    return {f"p{p}": float(v) for p, v in zip(points, found, strict=True)}
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")

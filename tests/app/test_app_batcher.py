@@ -1,0 +1,140 @@
+"""app.batcher with a fake model: grouping, the lone-caller path, the bounded queue, errors and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import pytest
+
+from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeModel:
+    """Records each batch; the first batch can be held at a gate so that later requests pile up behind it."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.batches: list[tuple[Hashable, list[Any]]] = []
+        self.gate = threading.Event()
+        self.running = threading.Event()
+        if not hold_first:
+            self.gate.set()
+
+    def __call__(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        self.running.set()
+        self.gate.wait(10)
+        self.batches.append((key, list(payloads)))
+        if any(p == "boom" for p in payloads):
+            raise RuntimeError("model failed")
+        return [(key, p * 10 if isinstance(p, int) else p) for p in payloads]
+
+
+def make(model: FakeModel, **options: Any) -> MicroBatcher:
+    settings = {"max_batch_size": 4, "max_wait_s": 0.0, "max_queue": 16, **options}
+    batcher = MicroBatcher(model, **settings)
+    batcher.start()
+    return batcher
+
+
+@pytest.fixture
+def held() -> Iterator[FakeModel]:
+    model = FakeModel(hold_first=True)
+    yield model
+    model.gate.set()
+
+
+async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_queued_requests_are_grouped_by_key_and_answered_in_place(held: FakeModel) -> None:
+    sizes: list[int] = []
+    batcher = make(held, on_batch=lambda _key, size: sizes.append(size))
+    first = asyncio.ensure_future(batcher.submit("a", 0))
+    await wait_until(held.running.is_set)
+    calls = [asyncio.ensure_future(batcher.submit(key, n)) for n, key in enumerate("abababa", start=1)]
+    await wait_until(lambda: batcher.queued == 7)
+    held.gate.set()
+    results = await asyncio.gather(first, *calls)
+    assert results == [("a", 0)] + [(key, 10 * n) for n, key in enumerate("abababa", start=1)]
+    # a is first in line: all four a's together (max_batch_size), then the three b's in one pass.
+    assert [(key, len(items)) for key, items in held.batches] == [("a", 1), ("a", 4), ("b", 3)]
+    assert sizes == [1, 4, 3]
+    batcher.close()
+
+
+async def test_a_lone_caller_does_not_wait_for_companions() -> None:
+    batcher = make(FakeModel(), max_wait_s=2.0)
+    start = time.perf_counter()
+    assert await batcher.submit("a", 1) == ("a", 10)
+    assert time.perf_counter() - start < 1.0
+    batcher.close()
+
+
+async def test_full_queue_refuses_at_once(held: FakeModel) -> None:
+    batcher = make(held, max_queue=2)
+    running = asyncio.ensure_future(batcher.submit("a", 0))
+    await wait_until(held.running.is_set)
+    queued = [asyncio.ensure_future(batcher.submit("a", n)) for n in (1, 2)]
+    await wait_until(lambda: batcher.queued == 2)
+    with pytest.raises(QueueFullError, match="2 requests already waiting") as caught:
+        await batcher.submit("a", 3)
+    assert caught.value.retry_after_s >= 1
+    held.gate.set()
+    assert len(await asyncio.gather(running, *queued)) == 3
+    batcher.close()
+
+
+async def test_a_failing_batch_fails_its_callers_only() -> None:
+    batcher = make(FakeModel())
+    with pytest.raises(RuntimeError, match="model failed"):
+        await batcher.submit("a", "boom")
+    assert await batcher.submit("a", 2) == ("a", 20)
+    batcher.close()
+
+
+async def test_cancelled_callers_are_skipped(held: FakeModel) -> None:
+    batcher = make(held)
+    running = asyncio.ensure_future(batcher.submit("a", 0))
+    await wait_until(held.running.is_set)
+    abandoned = asyncio.ensure_future(batcher.submit("a", 1))
+    kept = asyncio.ensure_future(batcher.submit("a", 2))
+    await wait_until(lambda: batcher.queued == 2)
+    abandoned.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await abandoned  # by now the queued item is marked cancelled too
+    held.gate.set()
+    assert await asyncio.gather(running, kept) == [("a", 0), ("a", 20)]
+    assert [items for _, items in held.batches] == [[0], [2]]
+    batcher.close()
+
+
+async def test_close_fails_queued_requests_and_refuses_new_ones(held: FakeModel) -> None:
+    batcher = make(held)
+    running = asyncio.ensure_future(batcher.submit("a", 0))
+    await wait_until(held.running.is_set)
+    queued = asyncio.ensure_future(batcher.submit("a", 1))
+    await wait_until(lambda: batcher.queued == 1)
+    closing = asyncio.ensure_future(asyncio.to_thread(batcher.close))
+    with pytest.raises(BatcherClosedError, match="shutting down"):
+        await queued
+    held.gate.set()
+    await closing
+    assert await running == ("a", 0)  # the batch already running is finished
+    assert not batcher.alive
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit("a", 2)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        MicroBatcher(FakeModel(), max_batch_size=0, max_wait_s=0.0, max_queue=1)

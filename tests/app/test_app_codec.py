@@ -1,0 +1,258 @@
+"""Encode / decode / reconstruct in-process: results equal the model's own, whatever the batching."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from app.routes.codec import prefers_png
+from app.settings import DEFAULT_CHECKPOINT
+from models.checkpoint import load
+from models.grayscale import to_uint8, to_unit_float
+from models.quality import psnr, ssim
+from models.vqvae import VQVAE
+
+pytestmark = pytest.mark.anyio
+
+Files = Callable[..., dict[str, tuple[str, bytes, str]]]
+Serve = Callable[..., Any]
+
+
+def in_process(model: VQVAE, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: ``model.reconstruct`` on one image -> (indices, reconstruction)."""
+    indices, reconstruction = model.reconstruct(torch.from_numpy(image)[None, None])
+    return indices[0].numpy(), reconstruction[0, 0].numpy()
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        assert image.mode == "L"
+        return np.asarray(image)
+
+
+def batch_sizes(registry: CollectorRegistry, operation: str) -> tuple[float, float]:
+    """(number of batches, number of requests in them) from the batch-size histogram."""
+    labels = {"operation": operation}
+    count = registry.get_sample_value("vqvae_inference_batch_size_count", labels) or 0.0
+    total = registry.get_sample_value("vqvae_inference_batch_size_sum", labels) or 0.0
+    return count, total
+
+
+async def test_encode_matches_the_model(
+    client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    pixels = noise(37, 53)
+    response = await client.post("/encode", files=as_upload(image_file(pixels), "named-like-a.jpg"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected, _ = in_process(model, pixels.astype(np.float32) / 255.0)
+    assert np.array_equal(np.array(body["indices"]), expected)
+    config = model.config
+    assert body["grid"] == [10, 14] == list(config.grid_for(37, 53))
+    assert body["bits"] == 10 * 14 * config.bits_per_index
+    assert body["codebook_size"] == config.codebook_size
+    assert body["image_size"] == [37, 53]
+
+
+async def test_reconstruct_keeps_size_and_reports_the_projects_metric(
+    client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    pixels = noise(37, 53, seed=4)
+    image = pixels.astype(np.float32) / 255.0
+    response = await client.post("/reconstruct", files=as_upload(image_file(pixels)))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _, reconstruction = in_process(model, image)
+    assert body["image_size"] == [37, 53]
+    assert body["grid"] == [10, 14]
+    assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-9)
+    assert body["psnr"] == pytest.approx(psnr(image, reconstruction), abs=1e-9)
+    assert np.array_equal(png_pixels(base64.b64decode(body["image_png_base64"])), to_uint8(reconstruction))
+
+
+async def test_decode_of_encode_is_byte_identical_to_reconstruct(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    upload = as_upload(image_file(noise(30, 41, seed=5)))
+    encoded = (await client.post("/encode", files=upload)).json()
+    decoded = await client.post("/decode", json={"indices": encoded["indices"], "image_size": encoded["image_size"]})
+    as_json = (await client.post("/reconstruct", files=upload)).json()
+    as_png = await client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+    assert decoded.status_code == 200
+    assert decoded.headers["content-type"] == "image/png"
+    assert decoded.content == base64.b64decode(as_json["image_png_base64"]) == as_png.content
+    assert as_png.headers["content-type"] == "image/png"
+    assert float(as_png.headers["x-ssim"]) == as_json["ssim"]
+    assert float(as_png.headers["x-psnr"]) == as_json["psnr"]
+
+
+async def test_decode_without_image_size_gives_the_whole_grid(client: httpx.AsyncClient, model: VQVAE) -> None:
+    response = await client.post("/decode", json={"indices": [[0, 1, 2], [3, 4, 5]]})
+    assert response.status_code == 200
+    stride = model.config.stride
+    assert png_pixels(response.content).shape == (2 * stride, 3 * stride)
+
+
+async def test_sixteen_bit_and_colour_uploads(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """A 16-bit PNG encodes like the same grey levels in 8 bits; RGB like its luminance."""
+    pixels = noise(24, 24, seed=6)
+    eight = (await client.post("/encode", files=as_upload(image_file(pixels)))).json()
+    sixteen = (await client.post("/encode", files=as_upload(image_file(pixels.astype(np.uint16) * 257)))).json()
+    assert sixteen["indices"] == eight["indices"]
+    rgb = np.stack([noise(24, 24, seed=s) for s in (7, 8, 9)], axis=-1)
+    luminance = np.asarray(Image.fromarray(rgb).convert("L"))
+    from_rgb = (await client.post("/encode", files=as_upload(image_file(rgb)))).json()
+    from_grey = (await client.post("/encode", files=as_upload(image_file(luminance)))).json()
+    assert from_rgb["indices"] == from_grey["indices"]
+
+
+async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoint: Path) -> None:
+    body = (await client.get("/model")).json()
+    assert body["checkpoint"] == checkpoint.name
+    assert body["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert body["architecture"]["codebook_size"] == model.config.codebook_size
+    budget = body["slice_256"]
+    assert budget["grid"] == list(model.config.grid_for(256, 256))
+    assert budget["bits"] == model.config.bits_for(256, 256)
+    assert budget["compression_ratio"] == pytest.approx(256 * 256 * 8 / budget["bits"])
+    assert body["test_metrics"] == {"ssim_mean": 0.5, "images": 3}
+    assert body["provenance"] == {"data": "fixture"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    ("accept", "png"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("application/json", False),
+        ("image/png", True),
+        ("image/*", True),
+        ("application/json, image/png", False),
+        ("application/json;q=0.5, image/png", True),
+        ("image/png;q=0.1, */*", False),
+    ],
+)
+def test_accept_negotiation(accept: str | None, png: bool) -> None:
+    assert prefers_png(accept) is png
+
+
+async def test_real_oasis_slice_ssim_equals_in_process(
+    serve: Serve, checkpoint: Path, oasis_slice: Path, as_upload: Files
+) -> None:
+    """The acceptance check: service SSIM == models.quality.ssim on model.reconstruct (also for the shipped model)."""
+    checkpoints = [checkpoint] + ([DEFAULT_CHECKPOINT] if DEFAULT_CHECKPOINT.is_file() else [])
+    data = oasis_slice.read_bytes()
+    with Image.open(oasis_slice) as decoded:
+        image = to_unit_float(decoded)
+    for path in checkpoints:
+        _, reconstruction = in_process(load(path)[0], image)
+        async with serve(checkpoint=path) as client:
+            body = (await client.post("/reconstruct", files=as_upload(data, oasis_slice.name))).json()
+        assert body["image_size"] == list(image.shape)
+        assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-6)
+
+
+class HeldModel:
+    """Holds the model's first forward pass so that the requests behind it queue up."""
+
+    def __init__(self, model: VQVAE, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        original = getattr(model, method)
+
+        def held(*args: Any) -> Any:
+            self.entered.set()
+            self.gate.wait(10)
+            return original(*args)
+
+        monkeypatch.setattr(model, method, held)
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_concurrent_requests_share_a_forward_pass_and_keep_their_results(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    model: VQVAE,
+    as_upload: Files,
+    image_file: Any,
+    noise: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = app.state.service
+    held = HeldModel(service.model, monkeypatch, "reconstruct")
+    images = [noise(20, 28, seed=100 + n) for n in range(9)]
+
+    async def post(pixels: np.ndarray) -> dict[str, Any]:
+        response = await client.post("/reconstruct", files=as_upload(image_file(pixels)))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = asyncio.ensure_future(post(images[0]))
+    await wait_for(held.entered.is_set)
+    rest = [asyncio.ensure_future(post(pixels)) for pixels in images[1:]]
+    await wait_for(lambda: service.batcher.queued == len(rest))
+    held.gate.set()
+    bodies = await asyncio.gather(first, *rest)
+
+    batches, requests = batch_sizes(app.state.metrics.registry, "reconstruct")
+    assert (batches, requests) == (2, len(images))  # the held one alone, then the 8 queued behind it together
+    for pixels, body in zip(images, bodies, strict=True):
+        image = pixels.astype(np.float32) / 255.0
+        _, reconstruction = in_process(model, image)
+        assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-5)
+        got = png_pixels(base64.b64decode(body["image_png_base64"])).astype(int)
+        assert np.abs(got - to_uint8(reconstruction)).max() <= 1
+    metrics = (await client.get("/metrics")).text
+    assert 'vqvae_inference_batch_size_sum{operation="reconstruct"} 9.0' in metrics
+
+
+async def test_full_queue_answers_503_with_retry_after(
+    make_app: Callable[..., FastAPI],
+    run: Callable[[FastAPI], Any],
+    as_upload: Files,
+    image_file: Any,
+    noise: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app(max_queue=2, max_batch_size=1)
+    async with run(app) as client:
+        service = app.state.service
+        held = HeldModel(service.model, monkeypatch, "encode")
+        upload = as_upload(image_file(noise(16, 16)))
+        running = asyncio.ensure_future(client.post("/encode", files=upload))
+        await wait_for(held.entered.is_set)
+        queued = [asyncio.ensure_future(client.post("/encode", files=upload)) for _ in range(2)]
+        await wait_for(lambda: service.batcher.queued == 2)
+        refused = await client.post("/encode", files=upload)
+        held.gate.set()
+        answered = await asyncio.gather(running, *queued)
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "busy" in refused.json()["detail"]
+    assert [response.status_code for response in answered] == [200, 200, 200]

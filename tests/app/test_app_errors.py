@@ -1,0 +1,185 @@
+"""The error matrix, in-process: every caller mistake gets its status code and a message naming the problem."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+Files = Callable[..., dict[str, tuple[str, bytes, str]]]
+Serve = Callable[..., Any]
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for fragment in fragments:
+        assert fragment in detail, f"{fragment!r} not in {detail!r}"
+
+
+async def test_empty_file(client: httpx.AsyncClient, as_upload: Files) -> None:
+    assert_error(await client.post("/encode", files=as_upload(b"")), 400, "empty")
+
+
+async def test_text_file(client: httpx.AsyncClient, as_upload: Files) -> None:
+    response = await client.post("/reconstruct", files=as_upload(b"not an image\n", "notes.png"))
+    assert_error(response, 400, "PNG, JPEG, TIFF or BMP")
+
+
+async def test_truncated_png(client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any) -> None:
+    png = image_file(noise(64, 64))
+    assert_error(await client.post("/encode", files=as_upload(png[:-200])), 400, "truncated")
+
+
+async def test_one_pixel_image(client: httpx.AsyncClient, as_upload: Files, image_file: Any) -> None:
+    png = image_file(np.zeros((1, 1), np.uint8))
+    assert_error(await client.post("/reconstruct", files=as_upload(png)), 422, "1x1", "minimum is 8x8")
+
+
+async def test_image_over_the_pixel_limit(serve: Serve, as_upload: Files, image_file: Any, noise: Any) -> None:
+    async with serve(max_pixels=32 * 32) as client:
+        response = await client.post("/encode", files=as_upload(image_file(noise(32, 33))))
+    assert_error(response, 413, "33x32 = 1056 pixels", "limit of 1024")
+
+
+async def test_body_over_the_limit_with_content_length(serve: Serve, as_upload: Files) -> None:
+    async with serve(max_body_bytes=1000) as client:
+        response = await client.post("/encode", files=as_upload(bytes(2000)))
+    assert "content-length" in response.request.headers
+    assert_error(response, 413, "limit of 1000 bytes")
+
+
+async def test_body_over_the_limit_without_content_length(serve: Serve) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"[" * 500
+
+    async with serve(max_body_bytes=1000) as client:
+        response = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "limit of 1000 bytes")
+
+
+async def test_a_body_under_the_limit_streamed_without_length_is_served(serve: Serve) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"indices": '
+        yield b"[[1, 2]]}"
+
+    async with serve(max_body_bytes=1000) as client:
+        response = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("path", ["/encode", "/reconstruct"])
+async def test_image_routes_want_multipart(client: httpx.AsyncClient, path: str, image_file: Any, noise: Any) -> None:
+    response = await client.post(path, content=image_file(noise(16, 16)), headers={"content-type": "image/png"})
+    assert_error(response, 415, "image/png", "multipart/form-data")
+    assert_error(await client.post(path), 415, "multipart/form-data")
+
+
+async def test_multipart_without_the_file_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/encode", files={"image": ("x.png", b"123", "image/png")})
+    assert_error(response, 422, "file", "Field required")
+
+
+async def test_decode_wants_json(client: httpx.AsyncClient) -> None:
+    response = await client.post("/decode", content=b"[[1, 2]]", headers={"content-type": "text/plain"})
+    assert_error(response, 415, "text/plain", "application/json")
+
+
+async def test_decode_malformed_json(client: httpx.AsyncClient) -> None:
+    response = await client.post("/decode", content=b'{"indices": [[1,', headers={"content-type": "application/json"})
+    assert_error(response, 422, "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"indices": [[1, 2], [3]]}, ("ragged", "row 1 has 1", "row 0 has 2")),
+        ({"indices": [1, 2, 3]}, ("indices[0]", "valid list")),
+        ({"indices": [[[1]]]}, ("indices[0][0]", "valid integer")),
+        ({"indices": [[1, 2], [3, 32]]}, ("indices[1][1] = 32", "out of range", "32 codes")),
+        ({"indices": [[0, -1]]}, ("indices[0][1]", "greater than or equal to 0", "-1")),
+        ({"indices": [[1.0, 2]]}, ("indices[0][0]", "valid integer", "1.0")),
+        ({"indices": [[1, 2.5]]}, ("indices[0][1]", "valid integer", "2.5")),
+        ({"indices": [["1"]]}, ("indices[0][0]", "valid integer", "'1'")),
+        ({"indices": [[True]]}, ("indices[0][0]", "valid integer", "True")),
+        ({"indices": [[None]]}, ("indices[0][0]", "valid integer")),
+        ({"indices": []}, ("indices", "at least 1 item")),
+        ({"indices": [[]]}, ("indices", "rows must not be empty")),
+        ({"indices": "0 1 2"}, ("indices", "valid list")),
+        ({}, ("indices", "Field required")),
+        ({"indices": [[1]], "extra": 1}, ("extra", "not permitted")),
+        ({"indices": [[1, 2]], "image_size": [64, 64]}, ("1x2 grid", "64x64 needs a 16x16 grid")),
+        ({"indices": [[1, 2]], "image_size": [4, 0]}, ("image_size[1]", "greater than or equal to 1")),
+        ({"indices": [[1, 2]], "image_size": [4.0, 8]}, ("image_size[0]", "valid integer")),
+    ],
+)
+async def test_bad_indices(client: httpx.AsyncClient, body: dict[str, Any], fragments: tuple[str, ...]) -> None:
+    assert_error(await client.post("/decode", json=body), 422, *fragments)
+
+
+async def test_grid_decoding_to_too_many_pixels(serve: Serve) -> None:
+    async with serve(max_pixels=64 * 64) as client:
+        response = await client.post("/decode", json={"indices": [[0] * 17] * 16})
+    assert_error(response, 413, "16x17 grid", "over the limit of 4096")
+
+
+async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/nowhere"), 404, "Not Found")
+    assert_error(await client.get("/encode"), 405, "Method Not Allowed")
+
+
+async def test_not_ready_without_a_loaded_model(make_settings: Callable[..., Settings], as_upload: Files) -> None:
+    """Before the lifespan has loaded the checkpoint, the model routes answer 503 and /readyz says why."""
+    app = create_app(make_settings())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        assert_error(await client.get("/readyz"), 503, "not loaded")
+        response = await client.post("/encode", files=as_upload(b"x"))
+        assert_error(response, 503, "not loaded")
+        assert response.headers["retry-after"]
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_unexpected_errors_are_json_500_without_internals(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    as_upload: Files,
+    image_file: Any,
+    noise: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = app.state.service
+
+    def broken(_: Any) -> Any:
+        raise RuntimeError("secret internal state")
+
+    monkeypatch.setattr(service.model, "encode", broken)
+    response = await client.post("/encode", files=as_upload(image_file(noise(16, 16))))
+    assert_error(response, 500, "internal server error")
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+    assert (await client.get("/healthz")).status_code == 200  # the worker thread survived
+
+
+async def test_metrics_count_route_templates_not_urls(serve: Serve) -> None:
+    """Early 413s still count under their route; unknown URLs share one label so scanners cannot add series."""
+    async with serve(max_body_bytes=100) as client:
+        await client.post("/encode", content=bytes(200), headers={"content-type": "multipart/form-data; boundary=x"})
+        for path in ("/wp-admin", "/random/123", "/docs"):
+            await client.get(path)
+        text = (await client.get("/metrics")).text
+    assert 'vqvae_http_requests_total{method="POST",route="/encode",status="413"} 1.0' in text
+    assert 'vqvae_http_requests_total{method="GET",route="unmatched",status="404"} 2.0' in text
+    assert 'vqvae_http_requests_total{method="GET",route="/docs",status="200"} 1.0' in text

@@ -1,0 +1,158 @@
+"""The real thing: uvicorn in a subprocess on a free port, called over TCP with httpx."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.main import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+Files = Callable[..., dict[str, tuple[str, bytes, str]]]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def service_env(**variables: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("VQVAE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return {**env, **variables}
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=service_env(VQVAE_CHECKPOINT=str(checkpoint)), stdout=output, stderr=output
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, f"server exited:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"server not ready in 60 s:\n{log.read_text()}"
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def request_count(client: httpx.Client, route: str, status: str) -> float:
+    """vqvae_http_requests_total for one route template and status, summed over methods."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "vqvae_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and (sample.labels["route"], sample.labels["status"]) == (route, status)
+    )
+
+
+def test_codec_round_trip_over_http(server: httpx.Client, as_upload: Files, image_file: Any, noise: Any) -> None:
+    before = {route: request_count(server, route, "200") for route in ("/encode", "/decode", "/reconstruct")}
+    upload = as_upload(image_file(noise(40, 36)))
+
+    encoded = server.post("/encode", files=upload)
+    assert encoded.status_code == 200, encoded.text
+    body = encoded.json()
+    assert body["image_size"] == [40, 36]
+    assert len(body["indices"]) == body["grid"][0]
+
+    decoded = server.post("/decode", json={"indices": body["indices"], "image_size": body["image_size"]})
+    assert decoded.status_code == 200
+    assert decoded.headers["content-type"] == "image/png"
+
+    reconstructed = server.post("/reconstruct", files=upload)
+    assert reconstructed.status_code == 200, reconstructed.text
+    result = reconstructed.json()
+    assert -1.0 <= result["ssim"] <= 1.0
+    assert base64.b64decode(result["image_png_base64"]) == decoded.content
+
+    refused = server.post("/decode", json={"indices": [[1, 2], [3]]})
+    assert refused.status_code == 422
+    assert "ragged" in refused.json()["detail"]
+
+    after = {route: request_count(server, route, "200") for route in before}
+    assert after == {route: count + 1 for route, count in before.items()}
+    assert request_count(server, "/decode", "422") >= 1
+
+
+def test_model_docs_and_openapi(server: httpx.Client) -> None:
+    model = server.get("/model").json()
+    assert model["codebook_size"] == 32
+    assert model["slice_256"]["grid"] == [64, 64]
+    assert server.get("/healthz").json() == {"status": "ok"}
+    docs = server.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    schema = server.get("/openapi.json").json()
+    assert {"/encode", "/decode", "/reconstruct", "/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    decode_request = schema["components"]["schemas"]["DecodeRequest"]
+    assert decode_request["examples"][0]["indices"]
+
+
+def test_metrics_exposition(server: httpx.Client) -> None:
+    server.get("/healthz")
+    text = server.get("/metrics").text
+    assert "vqvae_http_request_duration_seconds_bucket" in text
+    assert request_count(server, "/healthz", "200") >= 1
+    assert request_count(server, "/metrics", "200") >= 1
+
+
+def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.safetensors"
+    command = [sys.executable, "-c", "import sys; from app.main import main; sys.exit(main())", "--checkpoint"]
+    result = subprocess.run(
+        [*command, str(missing)],
+        check=False,
+        cwd=REPO_ROOT,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"vqvae-serve: cannot load checkpoint: {missing}: checkpoint file not found"
+    ]
+
+
+def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.delenv("VQVAE_CHECKPOINT", raising=False)  # restored after the test: main() sets it
+    assert main(["--checkpoint", str(checkpoint), "--port", "9123", "--workers", "2", "--host", "0.0.0.0"]) == 0
+    ((args, kwargs),) = calls
+    assert args == ("app.main:create_app",)
+    assert kwargs["factory"] is True
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
+    assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())

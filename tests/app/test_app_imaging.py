@@ -1,0 +1,125 @@
+"""app.imaging: what uploads are accepted, how they become [0, 1] floats, and what is refused (and why)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import (
+    ImageTooLargeError,
+    ImageTooSmallError,
+    UnsupportedImageError,
+    decode_image,
+    encode_png,
+)
+from models.grayscale import to_uint8
+
+LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
+ImageFile = Callable[..., bytes]
+Noise = Callable[..., np.ndarray]
+
+
+def decode(data: bytes, **limits: int) -> np.ndarray:
+    return decode_image(data, **{**LIMITS, **limits})
+
+
+def with_header_size(png: bytes, width: int, height: int) -> bytes:
+    """The same PNG with its IHDR claiming another size (valid CRC): a decompression bomb's header."""
+    ihdr = bytearray(png[12:29])
+    ihdr[4:12] = struct.pack(">II", width, height)
+    return png[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def test_eight_bit_png_is_divided_by_255(image_file: ImageFile, noise: Noise) -> None:
+    pixels = noise(12, 9)
+    image = decode(image_file(pixels))
+    assert image.dtype == np.float32
+    assert image.shape == (12, 9)
+    np.testing.assert_array_equal(image, pixels.astype(np.float32) / 255.0)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(image_file: ImageFile, noise: Noise) -> None:
+    eight = noise(16, 16)
+    sixteen = eight.astype(np.uint16) * 257  # the same grey levels on the 16-bit scale
+    sixteen[0, :3] = [0, 32768, 65535]
+    eight[0, :3] = [0, 0, 255]
+    image = decode(image_file(sixteen))
+    assert image[0, :3] == pytest.approx([0.0, 32768 / 65535, 1.0])
+    np.testing.assert_array_equal(image[1:], decode(image_file(eight))[1:])
+
+
+def test_rgb_is_converted_to_luminance(image_file: ImageFile, noise: Noise) -> None:
+    rgb = np.stack([noise(10, 11, 1), noise(10, 11, 2), noise(10, 11, 3)], axis=-1)
+    expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255.0
+    np.testing.assert_array_equal(decode(image_file(rgb)), expected)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF", "BMP"])
+def test_other_accepted_formats(image_file: ImageFile, noise: Noise, fmt: str) -> None:
+    assert decode(image_file(noise(20, 30), fmt)).shape == (20, 30)
+
+
+def test_multi_frame_tiff_uses_the_first_frame(noise: Noise) -> None:
+    first, second = Image.fromarray(noise(9, 9, 1)), Image.fromarray(noise(9, 9, 2))
+    buffer = io.BytesIO()
+    first.save(buffer, format="TIFF", save_all=True, append_images=[second])
+    np.testing.assert_array_equal(decode(buffer.getvalue()), np.asarray(first, dtype=np.float32) / 255.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"patient name, age\nDoe, 71\n", "not PNG, JPEG, TIFF or BMP"),
+        (b"GIF89a" + bytes(64), "not PNG, JPEG, TIFF or BMP"),
+    ],
+)
+def test_not_an_accepted_image(content: bytes, message: str) -> None:
+    with pytest.raises(UnsupportedImageError, match=message) as caught:
+        decode(content)
+    assert caught.value.status_code == 400
+
+
+def test_gif_is_refused_even_when_valid(image_file: ImageFile, noise: Noise) -> None:
+    with pytest.raises(UnsupportedImageError, match="not PNG, JPEG, TIFF or BMP"):
+        decode(image_file(noise(10, 10), "GIF"))
+
+
+def test_truncated_png(image_file: ImageFile, noise: Noise) -> None:
+    png = image_file(noise(64, 64))
+    with pytest.raises(UnsupportedImageError, match="truncated"):
+        decode(png[: len(png) // 2])
+
+
+def test_pixel_limit_is_checked_before_decoding(image_file: ImageFile, noise: Noise) -> None:
+    with pytest.raises(ImageTooLargeError, match="65x64 = 4160 pixels, over the limit of 4096") as caught:
+        decode(image_file(noise(64, 65)), max_pixels=4096)
+    assert caught.value.status_code == 413
+
+
+@pytest.mark.parametrize(("side", "message"), [(5000, "over the limit"), (40000, "decompression bomb")])
+def test_bomb_headers_are_refused_without_decoding(
+    image_file: ImageFile, noise: Noise, side: int, message: str
+) -> None:
+    """Our limit first; far beyond it Pillow's own guard fires at open. Either way nothing is decoded."""
+    with pytest.raises(ImageTooLargeError, match=message):
+        decode(with_header_size(image_file(noise(8, 8)), side, side))
+
+
+def test_too_small_for_ssim(image_file: ImageFile) -> None:
+    with pytest.raises(ImageTooSmallError, match="1x1 pixels; the minimum is 8x8") as caught:
+        decode(image_file(np.zeros((1, 1), np.uint8)))
+    assert caught.value.status_code == 422
+
+
+def test_png_output_is_the_rounded_8_bit_image() -> None:
+    image = np.linspace(0, 1, 7 * 5, dtype=np.float32).reshape(7, 5)
+    with Image.open(io.BytesIO(encode_png(image))) as decoded:
+        assert decoded.mode == "L"
+        np.testing.assert_array_equal(np.asarray(decoded), to_uint8(image))

@@ -1,0 +1,41 @@
+"""Settings come from VQVAE_* variables; bad ones stop vqvae-serve with one line, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.main import main
+from app.settings import DEFAULT_CHECKPOINT, Settings
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VQVAE_CHECKPOINT", str(tmp_path / "m.safetensors"))
+    monkeypatch.setenv("VQVAE_MAX_PIXELS", "1024")
+    monkeypatch.setenv("VQVAE_MAX_WAIT_MS", "0.5")
+    monkeypatch.setenv("VQVAE_LOG_LEVEL", "WARNING")
+    settings = Settings()
+    assert settings.checkpoint == tmp_path / "m.safetensors"
+    assert (settings.max_pixels, settings.max_wait_ms, settings.log_level) == (1024, 0.5, "warning")
+
+
+def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
+    assert Path(__file__).resolve().parents[2] / "models" / "weights" / "vqvae.safetensors" == DEFAULT_CHECKPOINT
+
+
+@pytest.mark.parametrize(("name", "value"), [("min_size", 3), ("max_queue", 0), ("device", "tpu")])
+def test_invalid_values_are_refused(name: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
+
+
+def test_serve_reports_invalid_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VQVAE_MIN_SIZE", "3")
+    assert main([]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("vqvae-serve: invalid settings: min_size:")
+    assert "\n" not in error

@@ -1,0 +1,93 @@
+"""Smoke tests: each benchmark script runs end to end at a tiny size and prints its figures.
+
+These prove the scripts work; they time nothing and assert no speed (benchmarks never run inside unit tests).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench_model, bench_service, bench_train
+from benchmarks.common import load_slices
+from models.checkpoint import save
+from models.config import PRESETS
+from models.vqvae import VQVAE
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(VQVAE(PRESETS["tiny"]), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+def data_args(root: Path, images: int = 4) -> list[str]:
+    return ["--data", str(root), "--split", "test", "--images", str(images)]
+
+
+def test_load_slices_falls_back_to_synthetic(tmp_path: Path) -> None:
+    slices = load_slices(tmp_path / "absent", "test", 2)
+    assert len(slices.images) == 2 and slices.shape == (256, 256)
+    assert "synthetic" in slices.source
+
+
+def test_bench_model(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis)]
+    argv += ["--batch-sizes", "2", "--seconds", "0", "--repeats", "1", "--warmup", "1", "--json", str(out)]
+    assert bench_model.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "torch:" in text and "threads" in text
+    assert "encode: batch 1" in text and "reconstruct: batch 1" in text and "best batch" in text
+    results = json.loads(out.read_text())["results"]
+    for op in ("encode", "reconstruct"):
+        assert [f["batch_size"] for f in results[op]["sweep"]] == [1, 2]
+        assert results[op]["best_images_per_s"] > 0
+
+
+def test_bench_model_without_checkpoint_uses_a_random_model(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--checkpoint", str(tmp_path / "missing.safetensors"), "--random-preset", "tiny"]
+    argv += [*data_args(fixture_oasis, 2), "--batch-sizes", "1", "--seconds", "0", "--repeats", "1"]
+    assert bench_model.main(argv) == 0
+    assert "randomly initialised 'tiny' model" in capsys.readouterr().out
+
+
+def test_bench_service(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "service.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "6"]
+    argv += ["--concurrency", "1,3", "--batch-sizes", "2", "--seconds", "0", "--repeats", "1"]
+    argv += ["--overload-queue", "1", "--overload-concurrency", "6", "--overload-requests", "12", "--json", str(out)]
+    assert bench_service.main(argv) == 0
+    text = capsys.readouterr().out
+    for expected in ("in-process reference", "req/s", "p99 ms", "peak MB", "-- overload:", "issue 6 targets"):
+        assert expected in text
+    figures = json.loads(out.read_text())
+    levels = figures["levels"]
+    assert [(lv["endpoint"], lv["concurrency"]) for lv in levels] == [
+        ("encode", 1),
+        ("encode", 3),
+        ("reconstruct", 1),
+        ("reconstruct", 3),
+    ]
+    assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
+    assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
+    assert figures["overload"]["requests"] == 12
+
+
+def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "train.json"
+    argv = ["--preset", "tiny", "--batch-size", "2", *data_args(fixture_oasis), "--steps", "1", "--rounds", "1"]
+    argv += ["--warmup", "1", "--no-cuda", "--json", str(out)]
+    assert bench_train.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "cpu baseline" in text and "images/s" in text and "pixels/s" in text and "vs baseline" in text
+    variants = json.loads(out.read_text())["variants"]
+    assert [(v["channels_last"], v["crop"]) for v in variants] == [(False, 64), (True, 128)]
+    assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
