@@ -3,15 +3,15 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VQVAE_CHECKPOINT=/opt/vqvae/models/weights/vqvae.safetensors
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/vqvae
 
 # CPU-only torch first, from PyTorch's own index: the default PyPI wheel would pull gigabytes of CUDA libraries.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# The project itself with its pinned dependencies (torch is already satisfied), the same way CI installs it.
+# The project with its pinned dependencies (torch==2.13.0 is already met by 2.13.0+cpu), as CI installs it.
+# models/weights/*.safetensors is package data, so the shipped checkpoint is the default (VQVAE_CHECKPOINT overrides).
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY training ./training

@@ -110,8 +110,11 @@ class ModelInfo(BaseModel):
     bits_per_index: int = Field(examples=[10])
     stride: int = Field(description="pixels per grid cell along each axis", examples=[8])
     slice_256: SliceBudget = Field(description="the budget for a 256x256 OASIS slice")
-    test_metrics: dict[str, Any] | None = Field(description="metrics on the test split, from the checkpoint")
-    provenance: dict[str, Any] = Field(description="the rest of the checkpoint metadata (data, steps, commit...)")
+    test_metrics: dict[str, Any] | None = Field(
+        description="headline metrics on the test split (SSIM mean/median/p5, PSNR, codebook use), if recorded"
+    )
+    metrics: dict[str, Any] = Field(description="every split's recorded metrics, by split name")
+    provenance: dict[str, Any] = Field(description="the rest of the checkpoint metadata (data, training, commit...)")
 
 
 class Health(BaseModel):

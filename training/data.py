@@ -24,6 +24,11 @@ class DataError(ValueError):
     """A data folder or file that cannot be used; the message names the path."""
 
 
+def spread(total: int, count: int) -> list[int]:
+    """``count`` positions spread evenly over ``range(total)`` (first and last included)."""
+    return [int(i) for i in np.linspace(0, total - 1, count).round()]
+
+
 @dataclass
 class SliceSet:
     """Grayscale slices as uint8 arrays (H, W) with their file names; sizes may differ between images."""
@@ -49,7 +54,7 @@ class SliceSet:
         """``count`` images spread evenly over the set (all when None or larger than the set)."""
         if count is None or count >= len(self):
             return self
-        picks = np.linspace(0, len(self) - 1, count).round().astype(int)
+        picks = spread(len(self), count)
         return SliceSet([self.images[i] for i in picks], [self.names[i] for i in picks], self.root)
 
 
@@ -83,9 +88,9 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-    images = [read_grayscale(p) for p in files]
-    result = SliceSet(images, [p.name for p in files], folder)
-    return result.subset(limit)
+    if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
+        files = [files[i] for i in spread(len(files), limit)]
+    return SliceSet([read_grayscale(p) for p in files], [p.name for p in files], folder)
 
 
 def load_split(data: Path, split: str | None, limit: int | None = None) -> SliceSet:

@@ -9,14 +9,16 @@ from app.schemas import ModelInfo, SliceBudget
 
 router = APIRouter(tags=["model"])
 
-_HIDDEN = {"config", "format_version"}  # shown in their own fields
+_SHOWN_APART = {"config", "format_version", "metrics"}  # in their own fields of the answer
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503), summary="The served checkpoint")
 async def model_info(service: Service) -> ModelInfo:
     config, metadata = service.config, service.metadata
     bits = config.bits_for(256, 256)
-    metrics = metadata.get("test_metrics")
+    recorded = metadata.get("metrics")
+    metrics = recorded if isinstance(recorded, dict) else {}  # {split: headline report}, from training / vqvae-eval
+    test = metrics.get("test")
     return ModelInfo(
         checkpoint=service.settings.checkpoint.name,
         sha256=service.sha256,
@@ -28,6 +30,7 @@ async def model_info(service: Service) -> ModelInfo:
         slice_256=SliceBudget(
             image_size=(256, 256), grid=config.grid_for(256, 256), bits=bits, compression_ratio=256 * 256 * 8 / bits
         ),
-        test_metrics=metrics if isinstance(metrics, dict) else None,
-        provenance={key: value for key, value in metadata.items() if key not in _HIDDEN | {"test_metrics"}},
+        test_metrics=test if isinstance(test, dict) else None,
+        metrics=metrics,
+        provenance={key: value for key, value in metadata.items() if key not in _SHOWN_APART},
     )

@@ -23,7 +23,11 @@ from models.config import PRESETS
 from models.vqvae import VQVAE
 
 OASIS_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "oasis" / "keras_png_slices_test"
-METADATA = {"data": "fixture", "test_metrics": {"ssim_mean": 0.5, "images": 3}}
+METADATA = {
+    "data": {"root": "fixture", "train": {"split": "train", "images": 3}},
+    "metrics": {"test": {"images": 3, "ssim": {"mean": 0.5, "median": 0.5, "p5": 0.4}}, "validate": {"images": 2}},
+    "git_commit": "0123abc",
+}
 
 Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 

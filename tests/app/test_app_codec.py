@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from app.routes.codec import prefers_png
 from app.settings import DEFAULT_CHECKPOINT
-from models.checkpoint import load
+from models.checkpoint import load, read_metadata
 from models.grayscale import to_uint8, to_unit_float
 from models.quality import psnr, ssim
 from models.vqvae import VQVAE
+from training.data import SliceSet, read_grayscale
+from training.evaluate import score
 
 pytestmark = pytest.mark.anyio
 
@@ -133,8 +135,10 @@ async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoin
     assert budget["grid"] == list(model.config.grid_for(256, 256))
     assert budget["bits"] == model.config.bits_for(256, 256)
     assert budget["compression_ratio"] == pytest.approx(256 * 256 * 8 / budget["bits"])
-    assert body["test_metrics"] == {"ssim_mean": 0.5, "images": 3}
-    assert body["provenance"] == {"data": "fixture"}
+    stored = read_metadata(checkpoint)
+    assert body["test_metrics"]["ssim"]["mean"] == 0.5
+    assert body["metrics"] == stored["metrics"]
+    assert body["provenance"] == {"data": stored["data"], "git_commit": "0123abc"}
     assert (await client.get("/readyz")).json() == {"status": "ready"}
 
 
@@ -155,19 +159,22 @@ def test_accept_negotiation(accept: str | None, png: bool) -> None:
     assert prefers_png(accept) is png
 
 
-async def test_real_oasis_slice_ssim_equals_in_process(
+async def test_real_oasis_slice_ssim_equals_vqvae_eval(
     serve: Serve, checkpoint: Path, oasis_slice: Path, as_upload: Files
 ) -> None:
-    """The acceptance check: service SSIM == models.quality.ssim on model.reconstruct (also for the shipped model)."""
+    """Acceptance: the service's SSIM for a real slice is what vqvae-eval computes (also for the shipped model)."""
     checkpoints = [checkpoint] + ([DEFAULT_CHECKPOINT] if DEFAULT_CHECKPOINT.is_file() else [])
-    data = oasis_slice.read_bytes()
+    one_slice = SliceSet([read_grayscale(oasis_slice)], [oasis_slice.name], oasis_slice.parent)
     with Image.open(oasis_slice) as decoded:
         image = to_unit_float(decoded)
     for path in checkpoints:
-        _, reconstruction = in_process(load(path)[0], image)
+        model = load(path)[0]
+        report, _ = score(model, one_slice)
+        _, reconstruction = in_process(model, image)
         async with serve(checkpoint=path) as client:
-            body = (await client.post("/reconstruct", files=as_upload(data, oasis_slice.name))).json()
+            body = (await client.post("/reconstruct", files=as_upload(oasis_slice.read_bytes()))).json()
         assert body["image_size"] == list(image.shape)
+        assert body["ssim"] == pytest.approx(report["per_image"][0]["ssim"], abs=1e-6)
         assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-6)
 
 
