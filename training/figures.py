@@ -3,7 +3,7 @@ rate-distortion."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def codebook_usage_figure(counts: np.ndarray, path: Path) -> Path:
 
 
 def rate_distortion_figure(
-    points: Sequence[dict[str, Any]], curves: dict[str, Sequence[tuple[float, float]]], path: Path
+    points: Sequence[dict[str, Any]], curves: Mapping[str, Sequence[tuple[float, float]]], path: Path
 ) -> Path:
     """Mean SSIM vs bits per slice: our operating points (``label``, ``bits``, ``ssim``) and codec curves."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
