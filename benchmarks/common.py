@@ -27,6 +27,7 @@ from models.checkpoint import save
 from models.config import PRESETS
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, DataError, read_grayscale, resolve_folder
+from training.synthetic import synthetic_slice
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "weights" / "vqvae.safetensors"
@@ -107,20 +108,6 @@ class Slices:
         return f"{len(self.images)} slices of {self.shape[0]}x{self.shape[1]} from {self.source}"
 
 
-def synthetic_slice(rng: np.random.Generator, size: tuple[int, int] = SYNTHETIC_SIZE) -> np.ndarray:
-    """A brain-like uint8 slice: a bright textured ellipse with darker blobs on black (as tests/conftest.py)."""
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
-    ry, rx = h * rng.uniform(0.3, 0.42), w * rng.uniform(0.25, 0.38)
-    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-    image = np.where(inside, 150 + 40 * np.sin(xx / rng.uniform(2, 5)) * np.cos(yy / rng.uniform(2, 5)), 0.0)
-    for _ in range(3):
-        by, bx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(2, h / 8)
-        image = np.where(((yy - by) ** 2 + (xx - bx) ** 2 <= r * r) & inside, 60.0, image)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
 def load_slices(data: Path, split: str, count: int) -> Slices:
     """``count`` slices spread evenly over an OASIS split (or a plain folder); synthetic 256x256 ones when absent.
 
@@ -139,7 +126,7 @@ def load_slices(data: Path, split: str, count: int) -> Slices:
         source = str(folder)
     except DataError as exc:
         rng = np.random.default_rng(0)
-        images = [synthetic_slice(rng) for _ in range(count)]
+        images = [synthetic_slice(rng, SYNTHETIC_SIZE) for _ in range(count)]
         source = f"synthetic slices (no data: {exc})"
     shapes = [im.shape for im in images]
     common = max(set(shapes), key=shapes.count)

@@ -8,22 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.synthetic import synthetic_slice
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_OASIS = REPO_ROOT.parent / "shared" / "data" / "oasis"
-
-
-def synthetic_slice(rng: np.random.Generator, size: tuple[int, int] = (64, 64)) -> np.ndarray:
-    """A brain-like uint8 slice: a bright textured ellipse with darker blobs on a black background."""
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w]
-    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
-    ry, rx = h * rng.uniform(0.3, 0.42), w * rng.uniform(0.25, 0.38)
-    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-    image = np.where(inside, 150 + 40 * np.sin(xx / rng.uniform(2, 5)) * np.cos(yy / rng.uniform(2, 5)), 0.0)
-    for _ in range(3):
-        by, bx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(2, h / 8)
-        image = np.where(((yy - by) ** 2 + (xx - bx) ** 2 <= r * r) & inside, 60.0, image)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def write_slices(folder: Path, count: int, seed: int, size: tuple[int, int] = (64, 64)) -> Path:
