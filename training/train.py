@@ -86,6 +86,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.state = RunState()
+        self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -108,7 +109,7 @@ class Trainer:
                 "device": str(self.device),
                 "config": self.config.to_dict(),
             },
-            "git_commit": git_commit(),
+            "git_commit": self.commit,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__,
         }
