@@ -31,10 +31,13 @@ class EncodeResponse(BaseModel):
 
 
 class DecodeRequest(BaseModel):
-    """An index grid as returned by /encode; ``image_size`` crops the decoded image back to the original size."""
+    """An index grid as returned by /encode; ``image_size`` crops the decoded image back to the original size.
+
+    Other fields are ignored, so the whole /encode response can be posted back as it is.
+    """
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="ignore",
         json_schema_extra={"examples": [{"indices": [[12, 907, 3], [5, 5, 61]], "image_size": [16, 20]}]},
     )
 

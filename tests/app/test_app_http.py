@@ -87,7 +87,7 @@ def test_codec_round_trip_over_http(server: httpx.Client, as_upload: Files, imag
     assert body["image_size"] == [40, 36]
     assert len(body["indices"]) == body["grid"][0]
 
-    decoded = server.post("/decode", json={"indices": body["indices"], "image_size": body["image_size"]})
+    decoded = server.post("/decode", json=body)  # the whole /encode answer posts straight back
     assert decoded.status_code == 200
     assert decoded.headers["content-type"] == "image/png"
 
