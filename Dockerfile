@@ -12,7 +12,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 # The project with its pinned dependencies (torch==2.13.0 is already met by 2.13.0+cpu), as CI installs it.
 # models/weights/*.safetensors is package data, so the shipped checkpoint is the default (VQVAE_CHECKPOINT overrides).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY models ./models
 COPY training ./training
 COPY app ./app
