@@ -24,14 +24,11 @@ import asyncio
 import itertools
 import os
 import resource
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -45,7 +42,6 @@ from app.imaging import decode_image, encode_png
 from app.settings import Settings
 from benchmarks.bench_model import DEFAULT_BATCH_SIZES, OperationFigures, measure_model, model_runner
 from benchmarks.common import (
-    REPO_ROOT,
     Slices,
     add_common_args,
     int_list,
@@ -59,6 +55,7 @@ from benchmarks.common import (
     time_calls,
     write_json,
 )
+from benchmarks.server import Server, running_server
 from models.checkpoint import load
 from models.quality import psnr, ssim
 
@@ -69,74 +66,6 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str], str]] = {
 }
 TARGET_THROUGHPUT = 0.8  # issue 6: service at concurrency 16 >= 0.8 x in-process batched
 TARGET_LATENCY = 1.3  # issue 6: p50 at concurrency 1 <= 1.3 x in-process batch 1
-
-
-# ---- the server process ----------------------------------------------------------------------------------
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(server: Server, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"server exited with code {server.process.returncode}:\n{server.log_tail()}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
-
-
-@contextmanager
-def running_server(env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float) -> Iterator[Server]:
-    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit."""
-    port = free_port()
-    log = log_dir / f"server-{port}.log"
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env={**os.environ, **env, "PYTHONPATH": path},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(server, startup_timeout_s)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def proc_memory_mb(pid: int) -> dict[str, float]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,16 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import main
+from benchmarks.server import running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Files = Callable[..., dict[str, tuple[str, bytes, str]]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def service_env(**variables: str) -> dict[str, str]:
@@ -37,33 +29,13 @@ def service_env(**variables: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=service_env(VQVAE_CHECKPOINT=str(checkpoint)), stdout=output, stderr=output
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, f"server exited:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"server not ready in 60 s:\n{log.read_text()}"
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            yield client
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    env = {"VQVAE_CHECKPOINT": str(checkpoint)}
+    logs = tmp_path_factory.mktemp("server")
+    with (
+        running_server(env, logs, log_level="info", startup_timeout_s=60) as process,
+        httpx.Client(base_url=process.base_url, timeout=30) as client,
+    ):
+        yield client
 
 
 def request_count(client: httpx.Client, route: str, status: str) -> float:

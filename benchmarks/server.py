@@ -1,0 +1,89 @@
+"""The service in a uvicorn subprocess on a free port: shared by the service benchmark and the HTTP tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import REPO_ROOT
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment without VQVAE_* settings, so the caller's ``env`` alone configures the server."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("VQVAE_")}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(server: Server, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with code {server.process.returncode}:\n{server.log_tail()}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+@contextmanager
+def running_server(env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float) -> Iterator[Server]:
+    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**inherited_env(), **env, "PYTHONPATH": path},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server, startup_timeout_s)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
