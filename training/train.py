@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointError, save
+from models.checkpoint import CheckpointError, load, save
 from models.vqvae import VQVAE
 from training.config import TrainConfig, parse_args
 from training.data import CropSampler, DataError, load_split, to_float
@@ -131,8 +131,6 @@ class Trainer:
         weights = self.out / "last.safetensors"
         if not (self.config.resume and self.last_state_path.exists() and weights.exists()):
             return False
-        from models.checkpoint import load
-
         model, _ = load(weights)
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
@@ -236,8 +234,6 @@ class Trainer:
 
     def final_figures(self) -> None:
         """Reconstruction panels of the best checkpoint on the validation images."""
-        from models.checkpoint import load
-
         best, _ = load(self.out / "best.safetensors", self.device)
         report, result = score(best, self.val_set)
         panels_figure(
