@@ -16,6 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from models.grayscale import to_uint8, to_unit_float
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# zlib level of the PNGs we send: on a 256x256 slice level 1 takes half the time of Pillow's default 6
+# (about 2 ms against 4.5 ms here) for a file about 10% larger; the pixels are the same (PNG is lossless).
+PNG_COMPRESS_LEVEL = 1
 _ACCEPTED_TEXT = "PNG, JPEG, TIFF or BMP"
 # What Pillow raises on damaged data, depending on the plugin; MemoryError and friends are left alone.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
@@ -82,5 +85,5 @@ def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> N
 def encode_png(image: np.ndarray) -> bytes:
     """Float (H, W) in [0, 1] -> 8-bit grayscale PNG; the one encoder, so /decode and /reconstruct agree."""
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

@@ -19,6 +19,8 @@ from app.batcher import MicroBatcher
 from app.settings import Settings
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
+from models.quality import ssim
+from models.quality_torch import MIN_SIZE, ssim_per_image
 from models.vqvae import VQVAE
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def batch_ssim(images: torch.Tensor, reconstructions: torch.Tensor) -> list[float]:
+    """(B, 1, H, W) pairs -> the reported SSIM of each, batched in torch on the worker thread (scikit-image's
+    call is several times slower and would compete for the cores from the thread pool)."""
+    if min(images.shape[-2:]) >= MIN_SIZE:
+        return [float(v) for v in ssim_per_image(images, reconstructions).cpu()]
+    pairs = zip(images[:, 0].cpu().numpy(), reconstructions[:, 0].cpu().numpy(), strict=True)
+    return [ssim(a, b) for a, b in pairs]  # below the 11x11 window: scikit-image's smaller-window fallback
 
 
 class InferenceService:
@@ -105,9 +116,9 @@ class InferenceService:
         result: np.ndarray = await self.batcher.submit(("encode", image.shape), image)
         return result
 
-    async def reconstruct(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image -> (H, W) reconstruction in [0, 1], exactly ``model.reconstruct``."""
-        result: np.ndarray = await self.batcher.submit(("reconstruct", image.shape), image)
+    async def reconstruct(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """(H, W) float image -> ((H, W) reconstruction in [0, 1], exactly ``model.reconstruct``; its SSIM)."""
+        result: tuple[np.ndarray, float] = await self.batcher.submit(("reconstruct", image.shape), image)
         return result
 
     async def decode(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -119,7 +130,7 @@ class InferenceService:
         if self._observe_batch is not None and isinstance(key, tuple):
             self._observe_batch(str(key[0]), size)
 
-    def _run_batch(self, key: Hashable, payloads: list[Any]) -> list[np.ndarray]:
+    def _run_batch(self, key: Hashable, payloads: list[Any]) -> list[Any]:
         """One forward pass for a group of same-shaped inputs (runs on the worker thread)."""
         operation = key[0] if isinstance(key, tuple) else key
         with torch.inference_mode():
@@ -131,6 +142,7 @@ class InferenceService:
             if operation == "encode":
                 return list(self.model.encode(batch).cpu().numpy())
             if operation == "reconstruct":
-                _, reconstruction = self.model.reconstruct(batch)
-                return list(reconstruction[:, 0].cpu().numpy())
+                _, reconstruction = self.model.reconstruct(batch)  # (B, 1, H, W)
+                scores = batch_ssim(batch, reconstruction)
+                return list(zip(reconstruction[:, 0].cpu().numpy(), scores, strict=True))
         raise ValueError(f"unknown operation {operation!r}")

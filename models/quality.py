@@ -53,5 +53,6 @@ class Summary:
         array = np.asarray(values, dtype=np.float64)
         if array.size == 0:
             raise ValueError("cannot summarise an empty list of scores")
-        finite = np.where(np.isfinite(array), array, 100.0)  # identical images: cap PSNR for the mean
-        return cls(float(finite.mean()), float(np.median(finite)), float(np.percentile(finite, 5)))
+        # Identical images: cap PSNR's +inf for the mean. NaN stays NaN, so a broken model never looks best.
+        capped = np.where(np.isposinf(array), 100.0, array)
+        return cls(float(capped.mean()), float(np.median(capped)), float(np.percentile(capped, 5)))

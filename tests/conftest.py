@@ -37,3 +37,9 @@ def shared_oasis() -> Path:
     if not (SHARED_OASIS / "keras_png_slices_test").is_dir():
         pytest.skip(f"genuine OASIS data not present at {SHARED_OASIS}")
     return SHARED_OASIS
+
+
+@pytest.fixture(scope="session")
+def oasis_root(fixture_oasis: Path) -> Path:
+    """The genuine OASIS root when present, else the synthetic miniature: for tests that run either way."""
+    return SHARED_OASIS if (SHARED_OASIS / "keras_png_slices_test").is_dir() else fixture_oasis

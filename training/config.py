@@ -36,6 +36,10 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = all cores)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), bf16 or fp32"},
+    )
     channels_last: bool = True
     max_train_images: int | None = None
     max_val_images: int | None = field(default=256, metadata={"help": "validation images per epoch (spread)"})

@@ -1,4 +1,4 @@
-"""``vqvae-train``: the training loop (CUDA + bf16 autocast when present, CPU otherwise), resumable."""
+"""``vqvae-train``: the training loop (CUDA or CPU, bf16 autocast where the hardware has it), resumable."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
 
 
+class DivergedError(RuntimeError):
+    """The training loss stopped being a finite number; the step is refused before it reaches the weights."""
+
+
 @dataclass
 class RunState:
     """What resuming needs besides the weights."""
@@ -44,6 +48,23 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step, or None for plain fp32.
+
+    bf16 needs no loss scaling and halves the convolution cost where the hardware has it (CUDA; CPUs with
+    AVX-512 BF16 or AMX, where oneDNN runs bf16 kernels); elsewhere on the CPU it is emulated and slower.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 def git_commit() -> str:
@@ -68,6 +89,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -90,6 +112,11 @@ class Trainer:
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def precision(self) -> str:
+        """What the training step runs in: "fp32" or the autocast dtype ("bfloat16")."""
+        return "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+
     # ---- files -------------------------------------------------------------------------------------------
     @property
     def last_state_path(self) -> Path:
@@ -107,6 +134,7 @@ class Trainer:
                 "steps": self.state.step,
                 "seconds": round(self.state.seconds, 1),
                 "device": str(self.device),
+                "precision": self.precision,
                 "config": self.config.to_dict(),
             },
             "git_commit": self.commit,
@@ -156,11 +184,19 @@ class Trainer:
         x = to_float(batch.to(self.device, non_blocking=True))  # (B, 1, c, c)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        dtype = self.autocast_dtype
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             out = self.step_model(x)
-            recon_loss = reconstruction_loss(x, out.reconstruction, self.config.ssim_weight)
-            loss = recon_loss + out.vq_loss
+        # The loss in fp32, outside autocast: SSIM's variances are differences of blurred squares, which bf16
+        # (autocast runs convolutions in it) cancels to garbage.
+        recon_loss = reconstruction_loss(x, out.reconstruction, self.config.ssim_weight)
+        loss = recon_loss + out.vq_loss
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"the loss became {float(loss.detach())} at step {self.state.step}; the last epoch's state in "
+                f"{self.out} is intact. Try a lower --lr, or --precision fp32 if this ran in bf16"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -255,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"training {sum(p.numel() for p in trainer.model.parameters()):,} parameters on {trainer.device}: "
         f"{len(trainer.train_set)} train / {len(trainer.val_set)} validation images, "
-        f"{trainer.steps_per_epoch} steps per epoch, crop {trainer.sampler.crop}; output in {config.out}"
+        f"{trainer.steps_per_epoch} steps per epoch, crop {trainer.sampler.crop}, {trainer.precision}; "
+        f"output in {config.out}"
     )
     try:
         trainer.run()
@@ -266,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     trainer.final_figures()
     print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {config.out / 'best.safetensors'}")
     return 0

@@ -73,17 +73,18 @@ async def test_encode_matches_the_model(
     assert body["image_size"] == [37, 53]
 
 
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (9, 30)])  # 9 rows: below the 11x11 SSIM window
 async def test_reconstruct_keeps_size_and_reports_the_projects_metric(
-    client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any
+    client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any, height: int, width: int
 ) -> None:
-    pixels = noise(37, 53, seed=4)
+    pixels = noise(height, width, seed=4)
     image = pixels.astype(np.float32) / 255.0
     response = await client.post("/reconstruct", files=as_upload(image_file(pixels)))
     assert response.status_code == 200, response.text
     body = response.json()
     _, reconstruction = in_process(model, image)
-    assert body["image_size"] == [37, 53]
-    assert body["grid"] == [10, 14]
+    assert body["image_size"] == [height, width]
+    assert body["grid"] == list(model.config.grid_for(height, width))
     assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-9)
     assert body["psnr"] == pytest.approx(psnr(image, reconstruction), abs=1e-9)
     assert np.array_equal(png_pixels(base64.b64decode(body["image_png_base64"])), to_uint8(reconstruction))

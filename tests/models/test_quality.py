@@ -32,3 +32,8 @@ def test_summary() -> None:
     assert (s.mean, s.median, s.p5) == (50.0, 50.0, 5.0)
     with pytest.raises(ValueError):
         Summary.of([])
+
+
+def test_summary_caps_infinite_psnr_but_keeps_nan() -> None:
+    assert Summary.of([30.0, math.inf]).mean == 65.0
+    assert math.isnan(Summary.of([0.5, math.nan]).mean)  # a NaN score must never look like a good one

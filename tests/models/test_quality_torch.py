@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.quality import ssim
+from models.quality_torch import MIN_SIZE, ssim_map, ssim_per_image
+
+
+def _pair(shape: tuple[int, int], noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.random(shape)
+    return a, np.clip(a + rng.normal(0, noise, shape), 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (48, 40), (256, 256), (13, 200)])
+def test_float64_equals_the_reported_metric(shape: tuple[int, int]) -> None:
+    pairs = [_pair(shape, noise, seed) for seed, noise in enumerate((0.02, 0.2, 0.5))]
+    x = torch.tensor(np.stack([a for a, _ in pairs]))[:, None]  # (3, 1, H, W)
+    y = torch.tensor(np.stack([b for _, b in pairs]))[:, None]
+    got = ssim_per_image(x, y).tolist()
+    assert got == pytest.approx([ssim(a, b) for a, b in pairs], abs=1e-12)
+    assert len(set(np.round(got, 6))) == 3  # three different scores, not one broadcast value
+
+
+def test_real_slices_equal_the_reported_metric(oasis_root: Path) -> None:
+    files = sorted((oasis_root / "keras_png_slices_test").glob("*.png"))[:4]
+    images = np.stack([np.asarray(Image.open(f), dtype=np.float64) / 255 for f in files])
+    shifted = np.clip(images * 0.9 + 0.03, 0, 1)
+    got = ssim_per_image(torch.tensor(images)[:, None], torch.tensor(shifted)[:, None])
+    assert got.tolist() == pytest.approx([ssim(a, b) for a, b in zip(images, shifted, strict=True)], abs=1e-12)
+
+
+def test_float32_map_is_close_and_differentiable() -> None:
+    a, b = _pair((40, 40), 0.1, 3)
+    x = torch.tensor(a, dtype=torch.float32)[None, None]
+    y = torch.tensor(b, dtype=torch.float32)[None, None].requires_grad_(True)
+    value = ssim_map(x, y).mean()
+    assert float(value.detach()) == pytest.approx(ssim(a, b), abs=1e-5)
+    value.backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+def test_too_small_is_refused() -> None:
+    x = torch.rand(1, 1, MIN_SIZE - 1, 32)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim_map(x, x)

@@ -1,0 +1,71 @@
+"""Training precision (bf16 autocast where the hardware has it) and the refusal of a diverged step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import read_metadata
+from training import train
+from training.config import TrainConfig
+from training.train import DivergedError, Trainer, autocast_dtype
+
+TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
+CPU = torch.device("cpu")
+
+
+def test_precision_choice() -> None:
+    assert autocast_dtype("fp32", CPU) is None
+    assert autocast_dtype("bf16", CPU) is torch.bfloat16
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if native else None)
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        autocast_dtype("fp16", CPU)
+
+
+def tiny_trainer(root: Path, out: Path, precision: str) -> Trainer:
+    config = TrainConfig(
+        data=root, out=out, preset="tiny", batch_size=4, crop=32, precision=precision, device="cpu", progress=False
+    )
+    trainer = Trainer(config)
+    trainer.model.train()
+    return trainer
+
+
+def test_bf16_step_trains_with_an_fp32_loss(fixture_oasis: Path, tmp_path: Path) -> None:
+    trainer = tiny_trainer(fixture_oasis, tmp_path, "bf16")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    losses = [trainer.train_step(trainer.sampler.sample(4))[0] for _ in range(3)]
+    assert all(0.0 < loss < 2.0 for loss in losses)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_non_finite_loss_is_refused_before_the_update(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = tiny_trainer(fixture_oasis, tmp_path, "fp32")
+    monkeypatch.setattr(train, "reconstruction_loss", lambda *args: torch.tensor(float("nan")))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(DivergedError, match="loss became nan at step 0"):
+        trainer.train_step(trainer.sampler.sample(4))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_diverged_run_exits_1_with_the_reason(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(train, "reconstruction_loss", lambda *args: torch.tensor(float("inf")))
+    assert train.main(["--data", str(fixture_oasis), "--out", str(tmp_path), *TINY]) == 1
+    assert "error: the loss became inf at step 0" in capsys.readouterr().err
+    assert not (tmp_path / "best.safetensors").exists()
+
+
+def test_checkpoint_records_the_precision(fixture_oasis: Path, tmp_path: Path) -> None:
+    args = ["--data", str(fixture_oasis), "--out", str(tmp_path), "--epochs", "1", "--precision", "bf16", *TINY]
+    assert train.main(args) == 0
+    training = read_metadata(tmp_path / "best.safetensors")["training"]
+    assert training["precision"] == "bfloat16" and training["config"]["precision"] == "bf16"
