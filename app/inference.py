@@ -49,7 +49,7 @@ def sha256_of(path: Path) -> str:
 
 
 def batch_ssim(images: torch.Tensor, reconstructions: torch.Tensor) -> list[float]:
-    """(B, 1, H, W) pairs -> the reported SSIM of each, batched in torch on the worker thread (scikit-image's
+    """(B, 1, H, W) pairs -> the reported SSIM of each, in torch on the worker thread (scikit-image's
     call is several times slower and would compete for the cores from the thread pool)."""
     if min(images.shape[-2:]) >= MIN_SIZE:
         return [float(v) for v in ssim_per_image(images, reconstructions).cpu()]

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -42,7 +42,13 @@ from pydantic import ValidationError
 from app.imaging import decode_image, encode_png
 from app.inference import batch_ssim
 from app.settings import Settings
-from benchmarks.bench_model import DEFAULT_BATCH_SIZES, OperationFigures, measure_model, model_runner
+from benchmarks.bench_model import (
+    DEFAULT_BATCH_SIZES,
+    OperationFigures,
+    measure_batch,
+    measure_model,
+    model_runner,
+)
 from benchmarks.common import (
     Slices,
     add_common_args,
@@ -60,6 +66,7 @@ from benchmarks.common import (
 from benchmarks.server import Server, running_server
 from models.checkpoint import load
 from models.quality import psnr
+from models.vqvae import VQVAE
 
 # endpoint -> (path, extra headers, a key its JSON answer must have)
 ENDPOINTS: dict[str, tuple[str, dict[str, str], str]] = {
@@ -195,6 +202,19 @@ def check_endpoint(base_url: str, endpoint: str, upload: Upload, times: int = 3)
     return None
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The level's in-process figures, re-measured just before it: this machine's speed drifts by 10-30% over
+    minutes, so a reference taken once at the start would bias every later ratio."""
+
+    batch1_p50_s: float
+    best_batch_size: int
+    best_images_per_s: float
+
+
+MeasureReference = Callable[[str], Reference]
+
+
 @dataclass
 class LevelFigures:
     endpoint: str
@@ -211,6 +231,7 @@ class LevelFigures:
     server_cpu_s: float
     client_cpu_s: float
     server_memory_mb: dict[str, float] = field(default_factory=dict)
+    reference: Reference | None = None
 
     @property
     def errors(self) -> int:
@@ -218,7 +239,14 @@ class LevelFigures:
 
 
 def run_level(
-    server: Server, endpoint: str, uploads: Sequence[Upload], *, concurrency: int, total: int, timeout_s: float
+    server: Server,
+    endpoint: str,
+    uploads: Sequence[Upload],
+    *,
+    concurrency: int,
+    total: int,
+    timeout_s: float,
+    reference: Reference | None = None,
 ) -> LevelFigures:
     batches_before, server_cpu, client_cpu = batch_counters(server.base_url), proc_cpu_s(server.pid), self_cpu_s()
     outcomes, wall = asyncio.run(
@@ -247,6 +275,7 @@ def run_level(
         server_cpu_s=server_cpu,
         client_cpu_s=client_cpu,
         server_memory_mb=proc_memory_mb(server.pid),
+        reference=reference,
     )
 
 
@@ -272,61 +301,92 @@ def request_side_ms(slices: Slices, reconstructions: Sequence[np.ndarray], setti
     }
 
 
+def reference_measurer(
+    model: VQVAE, floats: Sequence[np.ndarray], inproc: dict[str, OperationFigures], args: argparse.Namespace
+) -> MeasureReference:
+    """Re-measures an operation at batch 1 and at the sweep's best batch size (the server idles meanwhile)."""
+
+    def measure(operation: str) -> Reference:
+        run = model_runner(model, operation)
+        seconds = args.seconds / 2
+        batch1 = measure_batch(run, floats, 1, warmup=1, repeats=args.repeats, seconds=seconds)
+        size = inproc[operation].best.batch_size
+        best = (
+            batch1 if size == 1 else measure_batch(run, floats, size, warmup=1, repeats=args.repeats, seconds=seconds)
+        )
+        return Reference(batch1.call_p50_s, size, best.images_per_s)
+
+    return measure
+
+
 # ---- reporting -------------------------------------------------------------------------------------------
-def print_levels(levels: Sequence[LevelFigures], inproc: dict[str, OperationFigures]) -> None:
+def level_reference(level: LevelFigures) -> Reference:
+    if level.reference is None:
+        raise ValueError(f"/{level.endpoint} at concurrency {level.concurrency} has no in-process reference")
+    return level.reference
+
+
+def throughput_ratio(level: LevelFigures) -> float:
+    return ratio(level.throughput_rps, level_reference(level).best_images_per_s)
+
+
+def latency_ratio(level: LevelFigures) -> float:
+    return ratio(level.latency_s["p50"], level_reference(level).batch1_p50_s)
+
+
+def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
         f"{'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'batch':>5} {'/ best':>7} {'p50/b1':>7} {'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} "
-        f"{'peak MB':>7}"
+        f"{'p99 ms':>8} {'batch':>5} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} {'srv cpu':>8} "
+        f"{'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7}"
     )
     for lv in levels:
-        ref = inproc[lv.endpoint]
+        ref = level_reference(lv)
         batch = f"{lv.mean_batch:.1f}" if lv.mean_batch is not None else "-"
         memory = lv.server_memory_mb
         print(
             f"{lv.endpoint:<12} {lv.concurrency:>4} {lv.requests:>5} {lv.errors:>6} {lv.throughput_rps:>7.1f} "
             f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
-            f"{batch:>5} {ratio(lv.throughput_rps, ref.best.images_per_s):>6.2f}x "
-            f"{ratio(lv.latency_s['p50'], ref.batch1.call_p50_s):>6.2f}x {lv.server_cpu_s:>7.1f}s "
+            f"{batch:>5} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
+            f"{throughput_ratio(lv):>6.2f}x {latency_ratio(lv):>6.2f}x {lv.server_cpu_s:>7.1f}s "
             f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7}"
         )
         if lv.errors:
             print(f"{'':<18}statuses {lv.statuses}, no answer {lv.failures}")
     print(
-        "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); "
-        "/ best = req/s over in-process best-batch images/s; p50/b1 = p50 over in-process batch-1 time; "
-        "cpu = CPU seconds of server and of this client during the level"
+        "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); ref = the "
+        "in-process reference measured just before the level (batch-1 p50, best-batch images/s); / best = req/s "
+        "over ref img/s; p50/b1 = p50 over ref b1; cpu = CPU seconds of server and of this client during the level"
     )
 
 
 def print_targets(
     levels: Sequence[LevelFigures],
-    inproc: dict[str, OperationFigures],
     overload: LevelFigures | None,
     *,
     max_queue: int,
     overload_queue: int,
 ) -> None:
-    print("-- issue 6 targets (figures from this run)")
+    print("-- issue 6 targets (figures from this run; each against the reference measured just before its level)")
 
     def verdict(good: bool) -> str:
         return "meets" if good else "MISSES"
 
     for lv in levels:
-        ref = inproc[lv.endpoint]
+        ref = level_reference(lv)
         if lv.concurrency == 16:
-            r = ratio(lv.throughput_rps, ref.best.images_per_s)
+            r = throughput_ratio(lv)
             print(
                 f"{verdict(r >= TARGET_THROUGHPUT)}: /{lv.endpoint} at concurrency 16: {lv.throughput_rps:.1f} req/s = "
-                f"{r:.2f}x in-process batch {ref.best.batch_size} ({ref.best.images_per_s:.1f} images/s); "
+                f"{r:.2f}x in-process batch {ref.best_batch_size} ({ref.best_images_per_s:.1f} images/s); "
                 f"target >= {TARGET_THROUGHPUT}"
             )
         if lv.concurrency == 1:
-            r = ratio(lv.latency_s["p50"], ref.batch1.call_p50_s)
+            r = latency_ratio(lv)
             p50_ms = 1000 * lv.latency_s["p50"]
             print(
                 f"{verdict(r <= TARGET_LATENCY)}: /{lv.endpoint} p50 at concurrency 1: {p50_ms:.1f} ms = {r:.2f}x "
-                f"in-process batch 1 ({1000 * ref.batch1.call_p50_s:.1f} ms); target <= {TARGET_LATENCY}"
+                f"in-process batch 1 ({1000 * ref.batch1_p50_s:.1f} ms); target <= {TARGET_LATENCY}"
             )
     errors = sum(lv.errors for lv in levels if lv.concurrency <= 64)
     print(f"{verdict(errors == 0)}: errors up to concurrency 64 with max_queue {max_queue}: {errors}; target 0")
@@ -394,10 +454,9 @@ def effective_settings(env: dict[str, str]) -> Settings:
 
 
 def measure_in_process(
-    args: argparse.Namespace, checkpoint: Path, settings: Settings, slices: Slices, endpoints: Sequence[str]
+    args: argparse.Namespace, model: VQVAE, settings: Settings, slices: Slices, endpoints: Sequence[str]
 ) -> tuple[dict[str, OperationFigures], dict[str, float]]:
     """Model figures on the server's device and thread count, and the cost of the service's per-request work."""
-    model, _ = load(checkpoint, settings.device)
     floats = slices.floats()
     figures = measure_model(
         model, floats, operations=endpoints, batch_sizes=args.batch_sizes, repeats=args.repeats, seconds=args.seconds
@@ -419,9 +478,15 @@ def measure_in_process(
 
 
 def measure_service(
-    args: argparse.Namespace, env: dict[str, str], log_dir: Path, endpoints: Sequence[str], uploads: list[Upload]
+    args: argparse.Namespace,
+    env: dict[str, str],
+    log_dir: Path,
+    endpoints: Sequence[str],
+    uploads: list[Upload],
+    reference: MeasureReference,
 ) -> list[LevelFigures]:
-    """Every endpoint at every concurrency level, on one server (raises RuntimeError when it misbehaves)."""
+    """Every endpoint at every concurrency level, on one server, each level right after its in-process
+    reference (raises RuntimeError when the server misbehaves)."""
     started = time.perf_counter()
     levels: list[LevelFigures] = []
     with running_server(
@@ -436,9 +501,16 @@ def measure_service(
             if problem:
                 raise RuntimeError(f"{problem}\n{server.log_tail()}")
             for concurrency in args.concurrency:
+                adjacent = reference(endpoint)
                 levels.append(
                     run_level(
-                        server, endpoint, uploads, concurrency=concurrency, total=args.requests, timeout_s=args.timeout
+                        server,
+                        endpoint,
+                        uploads,
+                        concurrency=concurrency,
+                        total=args.requests,
+                        timeout_s=args.timeout,
+                        reference=adjacent,
                     )
                 )
     return levels
@@ -500,21 +572,23 @@ def main(argv: list[str] | None = None) -> int:
             f"device {settings.device}; from env {dict(args.server_env) or 'defaults'}"
         )
         print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
-        inproc, extra_ms = measure_in_process(args, checkpoint.path, settings, slices, endpoints)
+        model, _ = load(checkpoint.path, settings.device)
+        inproc, extra_ms = measure_in_process(args, model, settings, slices, endpoints)
+        reference = reference_measurer(model, slices.floats(), inproc, args)
 
         uploads = make_uploads(slices.pngs())
         overload: LevelFigures | None = None
         with tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs:
             try:
-                levels = measure_service(args, env, Path(logs), endpoints, uploads)
-                print_levels(levels, inproc)
+                levels = measure_service(args, env, Path(logs), endpoints, uploads, reference)
+                print_levels(levels)
                 if not args.no_overload:
                     endpoint = "reconstruct" if "reconstruct" in endpoints else endpoints[0]
                     overload = measure_overload(args, env, Path(logs), endpoint, uploads)
             except RuntimeError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-        print_targets(levels, inproc, overload, max_queue=settings.max_queue, overload_queue=args.overload_queue)
+        print_targets(levels, overload, max_queue=settings.max_queue, overload_queue=args.overload_queue)
         write_json(
             args.json,
             {

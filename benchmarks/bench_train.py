@@ -6,9 +6,10 @@ slices), and a timed step is exactly what its loop runs: ``trainer.train_step(tr
 untimed warm-up steps (which also absorb torch.compile's compilation).
 
 - baseline: eager, fp32, full images (crop 0), contiguous memory;
-- default: the ``TrainConfig`` defaults on CPU (channels_last, crop, compile as declared there);
+- default: the ``TrainConfig`` defaults on CPU (precision, channels_last, crop, compile as declared there),
+  and, when that default trains in bf16, the same in fp32;
 - with --compile-too: the default plus torch.compile;
-- on a CUDA machine also both configurations on the GPU, where ``train_step`` runs under bf16 autocast.
+- on a CUDA machine also the baseline and the default on the GPU (where the default precision is bf16).
 
 Crops see fewer pixels per image, so both ratios are printed: images/s (a crop counts as one image) and
 pixels/s (the work done).
@@ -42,7 +43,7 @@ from benchmarks.common import (
 )
 from models.config import PRESETS
 from training.config import TrainConfig
-from training.train import Trainer
+from training.train import Trainer, autocast_dtype
 
 BENCH_SPLIT = "bench"  # the folder of copied slices, under a temporary data root
 
@@ -71,6 +72,7 @@ class Variant:
         return {
             "name": self.name,
             "device": cfg.device,
+            "precision": self.trainer.precision if self.trainer else cfg.precision,
             "channels_last": cfg.channels_last,
             "compile": cfg.compile,
             "crop": self.crop,
@@ -83,25 +85,33 @@ class Variant:
 
 
 def describe(config: TrainConfig) -> str:
+    dtype = autocast_dtype(config.precision, torch.device(config.device))
+    precision = "fp32" if dtype is None else "bf16 autocast"
     crop = f"crop {config.crop}" if config.crop else "full images"
     layout = "channels_last" if config.channels_last else "contiguous"
-    return f"{crop}, {layout}, {'compiled' if config.compile else 'eager'}"
+    return f"{precision}, {crop}, {layout}, {'compiled' if config.compile else 'eager'}"
 
 
 def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[Variant]:
-    """``base`` carries TrainConfig's own defaults for channels_last / crop / compile: that is 'default'."""
-    baseline = dataclasses.replace(base, channels_last=False, crop=0, compile=False)
+    """``base`` carries TrainConfig's own defaults for precision / channels_last / crop / compile: 'default'.
+
+    When the default trains in bf16, the same configuration in fp32 is measured too, to show each lever's share.
+    """
+    baseline = dataclasses.replace(base, precision="fp32", channels_last=False, crop=0, compile=False)
     variants = [
-        Variant(f"cpu baseline: fp32, {describe(baseline)}", baseline),
-        Variant(f"cpu vqvae-train default: fp32, {describe(base)}", base),
+        Variant(f"cpu baseline: {describe(baseline)}", baseline),
+        Variant(f"cpu vqvae-train default: {describe(base)}", base),
     ]
+    in_fp32 = dataclasses.replace(base, precision="fp32")
+    if describe(in_fp32) != describe(base):
+        variants.append(Variant(f"cpu default in fp32: {describe(in_fp32)}", in_fp32))
     if compile_too and not base.compile:
         compiled = dataclasses.replace(base, compile=True)
         variants.append(Variant(f"cpu default + torch.compile: {describe(compiled)}", compiled))
     if cuda:
         for name, config in (("baseline", baseline), ("default", base)):
             on_gpu = dataclasses.replace(config, device="cuda")
-            variants.append(Variant(f"cuda {name}: bf16 autocast, {describe(on_gpu)}", on_gpu))
+            variants.append(Variant(f"cuda {name}: {describe(on_gpu)}", on_gpu))
     return variants
 
 
@@ -202,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = build_variants(base, compile_too=args.compile_too, cuda=cuda)
         print(f"data: {data}")
         print(
-            f"model: preset '{args.preset}', batch {args.batch_size}; TrainConfig defaults: crop {base.crop}, "
-            f"channels_last {base.channels_last}, compile {base.compile}; {args.warmup} warm-up steps, then "
+            f"model: preset '{args.preset}', batch {args.batch_size}; TrainConfig defaults: precision "
+            f"{base.precision}, crop {base.crop}, channels_last {base.channels_last}, compile {base.compile}; "
+            f"{args.warmup} warm-up steps, then "
             f"{args.rounds} rounds x {args.steps} timed steps per variant"
         )
         run_variants(variants, warmup=args.warmup, steps=args.steps, rounds=args.rounds)

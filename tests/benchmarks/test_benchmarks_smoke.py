@@ -89,5 +89,10 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     text = capsys.readouterr().out
     assert "cpu baseline" in text and "images/s" in text and "pixels/s" in text and "vs baseline" in text
     variants = json.loads(out.read_text())["variants"]
-    assert [(v["channels_last"], v["crop"]) for v in variants] == [(False, 64), (True, 128)]
+    names = [v["name"].split(":")[0] for v in variants]
+    assert names[:2] == ["cpu baseline", "cpu vqvae-train default"]
+    assert (variants[0]["precision"], variants[0]["channels_last"], variants[0]["crop"]) == ("fp32", False, 64)
+    assert (variants[1]["channels_last"], variants[1]["crop"]) == (True, 128)
+    default_in_bf16 = variants[1]["precision"] == "bfloat16"  # where the CPU has native bf16
+    assert names[2:] == (["cpu default in fp32"] if default_in_bf16 else [])
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
