@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -232,6 +234,7 @@ class LevelFigures:
     client_cpu_s: float
     server_memory_mb: dict[str, float] = field(default_factory=dict)
     reference: Reference | None = None
+    round: int = 1
 
     @property
     def errors(self) -> int:
@@ -334,9 +337,21 @@ def latency_ratio(level: LevelFigures) -> float:
     return ratio(level.latency_s["p50"], level_reference(level).batch1_p50_s)
 
 
+def grouped(levels: Sequence[LevelFigures]) -> dict[tuple[str, int], list[LevelFigures]]:
+    """(endpoint, concurrency) -> that level's figures from every round, in the order measured."""
+    groups: dict[tuple[str, int], list[LevelFigures]] = {}
+    for level in levels:
+        groups.setdefault((level.endpoint, level.concurrency), []).append(level)
+    return groups
+
+
+def spread(ratios: Sequence[float]) -> str:
+    return "rounds: " + ", ".join(f"{r:.2f}x" for r in ratios)
+
+
 def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
-        f"{'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'round':>5} {'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'batch':>5} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} {'srv cpu':>8} "
         f"{'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7}"
     )
@@ -345,14 +360,15 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
         batch = f"{lv.mean_batch:.1f}" if lv.mean_batch is not None else "-"
         memory = lv.server_memory_mb
         print(
-            f"{lv.endpoint:<12} {lv.concurrency:>4} {lv.requests:>5} {lv.errors:>6} {lv.throughput_rps:>7.1f} "
+            f"{lv.round:>5} {lv.endpoint:<12} {lv.concurrency:>4} {lv.requests:>5} {lv.errors:>6} "
+            f"{lv.throughput_rps:>7.1f} "
             f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
             f"{batch:>5} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
             f"{throughput_ratio(lv):>6.2f}x {latency_ratio(lv):>6.2f}x {lv.server_cpu_s:>7.1f}s "
             f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7}"
         )
         if lv.errors:
-            print(f"{'':<18}statuses {lv.statuses}, no answer {lv.failures}")
+            print(f"{'':<24}statuses {lv.statuses}, no answer {lv.failures}")
     print(
         "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); ref = the "
         "in-process reference measured just before the level (batch-1 p50, best-batch images/s); / best = req/s "
@@ -372,21 +388,20 @@ def print_targets(
     def verdict(good: bool) -> str:
         return "meets" if good else "MISSES"
 
-    for lv in levels:
-        ref = level_reference(lv)
-        if lv.concurrency == 16:
-            r = throughput_ratio(lv)
+    for (endpoint, concurrency), group in grouped(levels).items():
+        if concurrency == 16:
+            ratios = [throughput_ratio(lv) for lv in group]
+            r = statistics.median(ratios)
             print(
-                f"{verdict(r >= TARGET_THROUGHPUT)}: /{lv.endpoint} at concurrency 16: {lv.throughput_rps:.1f} req/s = "
-                f"{r:.2f}x in-process batch {ref.best_batch_size} ({ref.best_images_per_s:.1f} images/s); "
-                f"target >= {TARGET_THROUGHPUT}"
+                f"{verdict(r >= TARGET_THROUGHPUT)}: /{endpoint} at concurrency 16: median {r:.2f}x in-process "
+                f"best-batch throughput over {len(group)} rounds ({spread(ratios)}); target >= {TARGET_THROUGHPUT}"
             )
-        if lv.concurrency == 1:
-            r = latency_ratio(lv)
-            p50_ms = 1000 * lv.latency_s["p50"]
+        if concurrency == 1:
+            ratios = [latency_ratio(lv) for lv in group]
+            r = statistics.median(ratios)
             print(
-                f"{verdict(r <= TARGET_LATENCY)}: /{lv.endpoint} p50 at concurrency 1: {p50_ms:.1f} ms = {r:.2f}x "
-                f"in-process batch 1 ({1000 * ref.batch1_p50_s:.1f} ms); target <= {TARGET_LATENCY}"
+                f"{verdict(r <= TARGET_LATENCY)}: /{endpoint} p50 at concurrency 1: median {r:.2f}x in-process "
+                f"batch-1 time over {len(group)} rounds ({spread(ratios)}); target <= {TARGET_LATENCY}"
             )
     errors = sum(lv.errors for lv in levels if lv.concurrency <= 64)
     print(f"{verdict(errors == 0)}: errors up to concurrency 64 with max_queue {max_queue}: {errors}; target 0")
@@ -419,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoints", default="encode,reconstruct", help="comma-separated: encode, reconstruct")
     parser.add_argument(
         "--images", type=int, default=64, help="distinct slices uploaded in turn (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="passes over all levels; targets use each level's median (default: 3)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
     parser.add_argument(
@@ -500,10 +518,11 @@ def measure_service(
             problem = check_endpoint(server.base_url, endpoint, uploads[0])
             if problem:
                 raise RuntimeError(f"{problem}\n{server.log_tail()}")
-            for concurrency in args.concurrency:
-                adjacent = reference(endpoint)
-                levels.append(
-                    run_level(
+        for round_index in range(1, args.rounds + 1):
+            for endpoint in endpoints:
+                for concurrency in args.concurrency:
+                    adjacent = reference(endpoint)
+                    level = run_level(
                         server,
                         endpoint,
                         uploads,
@@ -512,7 +531,7 @@ def measure_service(
                         timeout_s=args.timeout,
                         reference=adjacent,
                     )
-                )
+                    levels.append(dataclasses.replace(level, round=round_index))
     return levels
 
 

@@ -62,7 +62,7 @@ def test_bench_service(
 ) -> None:
     out = tmp_path / "service.json"
     argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "6"]
-    argv += ["--concurrency", "1,3", "--batch-sizes", "2", "--seconds", "0", "--repeats", "1"]
+    argv += ["--concurrency", "1,3", "--rounds", "2", "--batch-sizes", "2", "--seconds", "0", "--repeats", "1"]
     argv += ["--overload-queue", "1", "--overload-concurrency", "6", "--overload-requests", "12", "--json", str(out)]
     assert bench_service.main(argv) == 0
     text = capsys.readouterr().out
@@ -70,12 +70,11 @@ def test_bench_service(
         assert expected in text
     figures = json.loads(out.read_text())
     levels = figures["levels"]
-    assert [(lv["endpoint"], lv["concurrency"]) for lv in levels] == [
-        ("encode", 1),
-        ("encode", 3),
-        ("reconstruct", 1),
-        ("reconstruct", 3),
+    one_round = [("encode", 1), ("encode", 3), ("reconstruct", 1), ("reconstruct", 3)]
+    assert [(lv["round"], lv["endpoint"], lv["concurrency"]) for lv in levels] == [
+        (r, endpoint, concurrency) for r in (1, 2) for endpoint, concurrency in one_round
     ]
+    assert all(lv["reference"]["batch1_p50_s"] > 0 and lv["reference"]["best_images_per_s"] > 0 for lv in levels)
     assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
     assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
     assert figures["overload"]["requests"] == 12
