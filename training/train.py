@@ -62,9 +62,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         return torch.bfloat16
     return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 dot products in hardware. (oneDNN also runs bf16 on plain AVX-512 by converting,
+    which is not faster than fp32, so ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` is the wrong test.)"""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def git_commit() -> str:

@@ -10,7 +10,7 @@ import torch
 from models.checkpoint import read_metadata
 from training import train
 from training.config import TrainConfig
-from training.train import DivergedError, Trainer, autocast_dtype
+from training.train import DivergedError, Trainer, autocast_dtype, cpu_has_native_bf16
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
 CPU = torch.device("cpu")
@@ -19,8 +19,7 @@ CPU = torch.device("cpu")
 def test_precision_choice() -> None:
     assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if native else None)
+    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         autocast_dtype("fp16", CPU)
