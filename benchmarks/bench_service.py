@@ -58,6 +58,7 @@ from benchmarks.common import (
     load_slices,
     machine_info,
     percentiles,
+    positive_int,
     print_header,
     ratio,
     resolved_checkpoint,
@@ -436,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=int, default=64, help="distinct slices uploaded in turn (default: %(default)s)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="passes over all levels; targets use each level's median (default: 3)"
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="passes over all levels; targets use each level's median (default: 3)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
     parser.add_argument(

@@ -184,6 +184,14 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    values = int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
+
+
 def add_common_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
     """Flags every script shares: data, threads, JSON output (and the checkpoint, where a script loads one)."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")

@@ -28,7 +28,8 @@ from training.losses import reconstruction_loss
 
 
 class DivergedError(RuntimeError):
-    """The training loss stopped being a finite number; the step is refused before it reaches the weights."""
+    """The loss or the gradient norm stopped being finite; raised before the optimizer step, so the parameters are
+    untouched (the quantizer's EMA codebook updates inside the forward pass and may not be; nothing is saved)."""
 
 
 @dataclass
@@ -62,9 +63,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -199,16 +200,28 @@ class Trainer:
         recon_loss = reconstruction_loss(x, out.reconstruction, self.config.ssim_weight)
         loss = recon_loss + out.vq_loss
         if not torch.isfinite(loss):
-            raise DivergedError(
-                f"the loss became {float(loss.detach())} at step {self.state.step}; the last epoch's state in "
-                f"{self.out} is intact. Try a lower --lr, or --precision fp32 if this ran in bf16"
-            )
+            raise self.diverged(f"the loss became {float(loss.detach())}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # The gradient norm is needed anyway for clipping; a non-finite one (bf16 overflow) must not reach AdamW.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if not torch.isfinite(norm):
+            raise self.diverged(f"the gradient norm became {float(norm)}")
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.grad_clip, norm)
         self.optimizer.step()
         return float(loss.detach()), float(recon_loss.detach()), float(out.vq_loss.detach()), float(out.perplexity)
+
+    def diverged(self, what: str) -> DivergedError:
+        saved = (
+            f"the state saved after the last finished epoch is in {self.out} (--resume)"
+            if self.last_state_path.exists()
+            else "no epoch had finished, so nothing was saved"
+        )
+        return DivergedError(
+            f"{what} at step {self.state.step}, before the optimizer step; {saved}. "
+            "Try a lower --lr, or --precision fp32 if this ran in bf16"
+        )
 
     def validate(self) -> dict[str, Any]:
         report, _ = score(self.model, self.val_set)
@@ -311,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not (config.out / "best.safetensors").exists():
+        print(f"error: no epoch produced a finite validation SSIM; no best checkpoint in {config.out}", file=sys.stderr)
         return 1
     trainer.final_figures()
     print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {config.out / 'best.safetensors'}")

@@ -10,6 +10,7 @@ import torch
 from models.checkpoint import read_metadata
 from training import train
 from training.config import TrainConfig
+from training.losses import reconstruction_loss
 from training.train import DivergedError, Trainer, autocast_dtype, cpu_has_native_bf16
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
@@ -20,7 +21,9 @@ def test_precision_choice() -> None:
     assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
     assert autocast_dtype("auto", CPU) is (torch.bfloat16 if cpu_has_native_bf16() else None)
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        assert autocast_dtype("auto", torch.device("cuda")) is expected
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         autocast_dtype("fp16", CPU)
 
@@ -34,11 +37,22 @@ def tiny_trainer(root: Path, out: Path, precision: str) -> Trainer:
     return trainer
 
 
-def test_bf16_step_trains_with_an_fp32_loss(fixture_oasis: Path, tmp_path: Path) -> None:
+def test_bf16_step_trains_with_an_fp32_loss(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trainer = tiny_trainer(fixture_oasis, tmp_path, "bf16")
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def spy(x: torch.Tensor, reconstruction: torch.Tensor, weight: float) -> torch.Tensor:
+        seen.append((torch.is_autocast_enabled("cpu"), reconstruction.dtype))
+        return reconstruction_loss(x, reconstruction, weight)
+
+    monkeypatch.setattr(train, "reconstruction_loss", spy)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     losses = [trainer.train_step(trainer.sampler.sample(4))[0] for _ in range(3)]
     assert all(0.0 < loss < 2.0 for loss in losses)
+    assert seen and all(not autocast for autocast, _ in seen)  # the loss runs outside autocast
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}  # while the decoder did run in bf16
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
@@ -50,6 +64,16 @@ def test_non_finite_loss_is_refused_before_the_update(
     monkeypatch.setattr(train, "reconstruction_loss", lambda *args: torch.tensor(float("nan")))
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.raises(DivergedError, match="loss became nan at step 0"):
+        trainer.train_step(trainer.sampler.sample(4))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_non_finite_gradient_is_refused_before_the_update(fixture_oasis: Path, tmp_path: Path) -> None:
+    trainer = tiny_trainer(fixture_oasis, tmp_path, "fp32")
+    first = next(trainer.model.parameters())
+    first.register_hook(lambda grad: grad * float("nan"))  # a finite loss whose gradient is not
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(DivergedError, match=r"gradient norm became nan at step 0.*nothing was saved"):
         trainer.train_step(trainer.sampler.sample(4))
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
@@ -68,3 +92,14 @@ def test_checkpoint_records_the_precision(fixture_oasis: Path, tmp_path: Path) -
     assert train.main(args) == 0
     training = read_metadata(tmp_path / "best.safetensors")["training"]
     assert training["precision"] == "bfloat16" and training["config"]["precision"] == "bf16"
+
+
+def test_run_without_a_finite_validation_score_exits_1(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nan = float("nan")
+    report = {"ssim": {"mean": nan}, "psnr": {"mean": nan}, "codebook_usage": 0.0}
+    monkeypatch.setattr(Trainer, "validate", lambda self: report)
+    assert train.main(["--data", str(fixture_oasis), "--out", str(tmp_path), "--epochs", "1", *TINY]) == 1
+    assert "no epoch produced a finite validation SSIM" in capsys.readouterr().err
+    assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()
