@@ -350,6 +350,13 @@ def spread(ratios: Sequence[float]) -> str:
     return "rounds: " + ", ".join(f"{r:.2f}x" for r in ratios)
 
 
+# concurrency -> (ratio of a level, whether the target is a ceiling, the target, what is compared)
+TARGETS: dict[int, tuple[Callable[[LevelFigures], float], bool, float, str]] = {
+    1: (latency_ratio, True, TARGET_LATENCY, "p50 at concurrency 1 / in-process batch-1 time"),
+    16: (throughput_ratio, False, TARGET_THROUGHPUT, "throughput at concurrency 16 / in-process best batch"),
+}
+
+
 def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
         f"{'round':>5} {'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
@@ -390,20 +397,15 @@ def print_targets(
         return "meets" if good else "MISSES"
 
     for (endpoint, concurrency), group in grouped(levels).items():
-        if concurrency == 16:
-            ratios = [throughput_ratio(lv) for lv in group]
-            r = statistics.median(ratios)
-            print(
-                f"{verdict(r >= TARGET_THROUGHPUT)}: /{endpoint} at concurrency 16: median {r:.2f}x in-process "
-                f"best-batch throughput over {len(group)} rounds ({spread(ratios)}); target >= {TARGET_THROUGHPUT}"
-            )
-        if concurrency == 1:
-            ratios = [latency_ratio(lv) for lv in group]
-            r = statistics.median(ratios)
-            print(
-                f"{verdict(r <= TARGET_LATENCY)}: /{endpoint} p50 at concurrency 1: median {r:.2f}x in-process "
-                f"batch-1 time over {len(group)} rounds ({spread(ratios)}); target <= {TARGET_LATENCY}"
-            )
+        if concurrency not in TARGETS:
+            continue
+        measure, at_most, target, what = TARGETS[concurrency]
+        ratios = [measure(lv) for lv in group]
+        r = statistics.median(ratios)
+        print(
+            f"{verdict(r <= target if at_most else r >= target)}: /{endpoint} {what}: median {r:.2f}x over "
+            f"{len(group)} rounds ({spread(ratios)}); target {'<=' if at_most else '>='} {target}"
+        )
     errors = sum(lv.errors for lv in levels if lv.concurrency <= 64)
     print(f"{verdict(errors == 0)}: errors up to concurrency 64 with max_queue {max_queue}: {errors}; target 0")
     if overload is not None:
