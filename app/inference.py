@@ -19,8 +19,7 @@ from app.batcher import MicroBatcher
 from app.settings import Settings
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
-from models.quality import ssim
-from models.quality_torch import MIN_SIZE, ssim_per_image
+from models.quality_torch import ssim_per_image
 from models.vqvae import VQVAE
 
 logger = logging.getLogger(__name__)
@@ -46,15 +45,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def batch_ssim(images: torch.Tensor, reconstructions: torch.Tensor) -> list[float]:
-    """(B, 1, H, W) pairs -> the reported SSIM of each, in torch on the worker thread (scikit-image's
-    call is several times slower and would compete for the cores from the thread pool)."""
-    if min(images.shape[-2:]) >= MIN_SIZE:
-        return [float(v) for v in ssim_per_image(images, reconstructions).cpu()]
-    pairs = zip(images[:, 0].cpu().numpy(), reconstructions[:, 0].cpu().numpy(), strict=True)
-    return [ssim(a, b) for a, b in pairs]  # below the 11x11 window: scikit-image's smaller-window fallback
 
 
 class InferenceService:
@@ -143,6 +133,7 @@ class InferenceService:
                 return list(self.model.encode(batch).cpu().numpy())
             if operation == "reconstruct":
                 _, reconstruction = self.model.reconstruct(batch)  # (B, 1, H, W)
-                scores = batch_ssim(batch, reconstruction)
+                # Scored here, in torch: scikit-image is several times slower and would compete for the cores.
+                scores = ssim_per_image(batch, reconstruction).tolist()
                 return list(zip(reconstruction[:, 0].cpu().numpy(), scores, strict=True))
         raise ValueError(f"unknown operation {operation!r}")

@@ -42,7 +42,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.imaging import decode_image, encode_png
-from app.inference import batch_ssim
 from app.settings import Settings
 from benchmarks.bench_model import (
     DEFAULT_BATCH_SIZES,
@@ -69,6 +68,7 @@ from benchmarks.common import (
 from benchmarks.server import Server, running_server
 from models.checkpoint import load
 from models.quality import psnr
+from models.quality_torch import ssim_per_image
 from models.vqvae import VQVAE
 
 # endpoint -> (path, extra headers, a key its JSON answer must have)
@@ -294,7 +294,7 @@ def request_side_ms(slices: Slices, reconstructions: Sequence[np.ndarray], setti
 
     def score(i: int) -> None:
         original, reconstruction = floats[i % len(floats)], reconstructions[i % len(reconstructions)]
-        batch_ssim(torch.from_numpy(original)[None, None], torch.from_numpy(reconstruction)[None, None])
+        ssim_per_image(torch.from_numpy(original)[None, None], torch.from_numpy(reconstruction)[None, None])
         encode_png(reconstruction)
         psnr(original, reconstruction)
 

@@ -102,8 +102,8 @@ def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[
         Variant(f"cpu baseline: {describe(baseline)}", baseline),
         Variant(f"cpu vqvae-train default: {describe(base)}", base),
     ]
-    in_fp32 = dataclasses.replace(base, precision="fp32")
-    if describe(in_fp32) != describe(base):
+    if autocast_dtype(base.precision, torch.device(base.device)) is not None:
+        in_fp32 = dataclasses.replace(base, precision="fp32")
         variants.append(Variant(f"cpu default in fp32: {describe(in_fp32)}", in_fp32))
     if compile_too and not base.compile:
         compiled = dataclasses.replace(base, compile=True)
