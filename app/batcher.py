@@ -5,6 +5,9 @@ request plus every queued request with the same key (same operation and shape, s
 result), up to ``max_batch_size``. It waits up to ``max_wait_s`` for more companions only when other requests
 were already queued: a lone caller runs at once. Under load, requests that arrive during a forward pass form
 the next batch by themselves. The queue is bounded; a full queue raises ``QueueFullError`` (HTTP 503).
+
+An ``initializer`` runs on the worker thread before the first batch (``start`` waits for it and re-raises its
+error), so that whatever must live on that thread (the model, its torch thread settings) is set up there.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[Hashable, int], None] | None = None,
+        initializer: Callable[[], None] | None = None,
         name: str = "inference",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
@@ -63,13 +67,26 @@ class MicroBatcher:
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._on_batch = on_batch
+        self._initializer = initializer
+        self._initialized: Future[None] = Future()
         self._pending: deque[_Job] = deque()
         self._condition = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
 
     def start(self) -> None:
+        """Start the worker thread; return once the initializer has run there, or raise what it raised."""
         self._thread.start()
+        try:
+            self._initialized.result()
+        except BaseException:
+            self._thread.join()
+            raise
+
+    @property
+    def thread_id(self) -> int | None:
+        """The worker thread's ident (None before ``start``)."""
+        return self._thread.ident
 
     @property
     def alive(self) -> bool:
@@ -111,6 +128,15 @@ class MicroBatcher:
             self._thread.join(timeout_s)
 
     def _work(self) -> None:
+        try:
+            if self._initializer is not None:
+                self._initializer()
+        except BaseException as exc:  # handed to start(), which re-raises it in the caller
+            with self._condition:
+                self._closed = True
+            self._initialized.set_exception(exc)
+            return
+        self._initialized.set_result(None)
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from models.vqvae import VQVAE
 logger = logging.getLogger(__name__)
 
 
+WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message is one line naming the file or setting at fault."""
 
@@ -39,6 +43,16 @@ def load_model(settings: Settings) -> tuple[VQVAE, dict[str, Any]]:
         raise StartupError(f"cannot load checkpoint: {exc}") from exc
 
 
+def check_checkpoint(settings: Settings) -> None:
+    """Load the checkpoint and drop it, on a short-lived thread: ``vqvae-serve``'s fail-fast check.
+
+    The thread exits before the server starts, and with it the OpenMP team it created, so the model thread
+    stays the only one with a team (see ``InferenceService``). Raises ``StartupError``.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-check") as pool:
+        pool.submit(load_model, settings).result()
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -48,22 +62,24 @@ def sha256_of(path: Path) -> str:
 
 
 class InferenceService:
-    """The model, its provenance, and the micro-batcher that feeds it."""
+    """The model, its provenance, and the micro-batcher whose one worker thread loads and runs it.
 
-    def __init__(
-        self,
-        model: VQVAE,
-        metadata: dict[str, Any],
-        settings: Settings,
-        *,
-        sha256: str,
-        observe_batch: Callable[[str, int], None] | None = None,
-    ) -> None:
-        self.model = model
-        self.metadata = metadata
+    Every torch call of the service runs on that one thread, the checkpoint load included. OpenMP (libgomp)
+    keeps a team of worker threads for each thread that has run a parallel region; once two teams are alive,
+    their threads outnumber the cores and libgomp stops spinning between parallel regions, so each of the
+    hundreds of parallel regions in a forward pass has to wake its worker threads. On the 2-core CPU that made a
+    batch-1 encode about 50% slower when the checkpoint had been loaded on another thread
+    (``python -m benchmarks.bench_threads``).
+    """
+
+    model: VQVAE
+    metadata: dict[str, Any]
+    sha256: str
+    device: torch.device
+
+    def __init__(self, settings: Settings, *, observe_batch: Callable[[str, int], None] | None = None) -> None:
+        """Nothing is loaded yet: ``start`` loads the checkpoint on the worker thread."""
         self.settings = settings
-        self.sha256 = sha256
-        self.device = next(model.parameters()).device
         self._observe_batch = observe_batch
         self.batcher = MicroBatcher(
             self._run_batch,
@@ -71,24 +87,40 @@ class InferenceService:
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue=settings.max_queue,
             on_batch=self._on_batch,
+            initializer=self._load,
         )
 
     @classmethod
     def start(cls, settings: Settings, observe_batch: Callable[[str, int], None] | None = None) -> InferenceService:
-        """Load the checkpoint once and start the worker thread (blocking; call it off the event loop)."""
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
-        model, metadata = load_model(settings)
-        service = cls(model, metadata, settings, sha256=sha256_of(settings.checkpoint), observe_batch=observe_batch)
+        """Load the checkpoint once (on the worker thread), warm the model up and serve (blocking; call it off
+        the event loop). Raises ``StartupError``."""
+        service = cls(settings, observe_batch=observe_batch)
         service.batcher.start()
         logger.info(
             "loaded %s (grid %s for 256x256, %d codes) on %s",
             settings.checkpoint,
-            model.config.grid_for(256, 256),
-            model.config.codebook_size,
+            service.config.grid_for(256, 256),
+            service.config.codebook_size,
             service.device,
         )
         return service
+
+    def _load(self) -> None:
+        """Runs on the worker thread, before any request: threads, checkpoint, warm-up."""
+        if self.settings.torch_threads > 0:
+            torch.set_num_threads(self.settings.torch_threads)
+        self.model, self.metadata = load_model(self.settings)
+        self.sha256 = sha256_of(self.settings.checkpoint)
+        self.device = next(self.model.parameters()).device
+        self._warm_up()
+
+    def _warm_up(self, side: int = WARM_UP_SIDE) -> None:
+        """One pass of each operation on a blank slice, so the first caller does not pay for the kernels'
+        one-off set-up (not counted in the batch metrics)."""
+        blank = np.zeros((side, side), dtype=np.float32)
+        grid = np.zeros(self.config.grid_for(side, side), dtype=np.int64)
+        for operation, payload in (("encode", blank), ("reconstruct", blank), ("decode", (grid, (side, side)))):
+            self._run_batch((operation, (side, side)), [payload])
 
     @property
     def config(self) -> VQVAEConfig:

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.config import LOGGING_CONFIG
 
 from app.errors import format_validation_errors, install_error_handlers
-from app.inference import InferenceService, StartupError, load_model
+from app.inference import InferenceService, StartupError, check_checkpoint
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import BodySizeLimitMiddleware, UnexpectedErrorMiddleware
 from app.routes import codec, health, metrics, model
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["VQVAE_CHECKPOINT"] = str(args.checkpoint.resolve())  # the worker processes read it too
     try:
         settings = Settings()
-        load_model(settings)
+        check_checkpoint(settings)
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
         return 2

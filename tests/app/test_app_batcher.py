@@ -138,3 +138,31 @@ async def test_close_fails_queued_requests_and_refuses_new_ones(held: FakeModel)
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(FakeModel(), max_batch_size=0, max_wait_s=0.0, max_queue=1)
+
+
+def test_initializer_runs_on_the_worker_thread_before_any_batch() -> None:
+    seen: list[str] = []
+    model = FakeModel()
+
+    def initializer() -> None:
+        seen.append(threading.current_thread().name)
+        assert not model.batches
+
+    batcher = MicroBatcher(model, max_batch_size=2, max_wait_s=0.0, max_queue=4, initializer=initializer, name="w")
+    batcher.start()
+    assert seen == ["w"]  # done by the time start() returns
+    assert batcher.thread_id is not None and batcher.thread_id != threading.get_ident()
+    assert batcher.alive
+    batcher.close()
+
+
+def test_a_failing_initializer_fails_start_and_takes_no_work() -> None:
+    def initializer() -> None:
+        raise OSError("no checkpoint here")
+
+    batcher = MicroBatcher(FakeModel(), max_batch_size=2, max_wait_s=0.0, max_queue=4, initializer=initializer)
+    with pytest.raises(OSError, match="no checkpoint here"):
+        batcher.start()
+    assert not batcher.alive
+    with pytest.raises(BatcherClosedError):
+        batcher.enqueue("a", 1)

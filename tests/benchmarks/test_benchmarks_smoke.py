@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_model, bench_service, bench_train
+from benchmarks import bench_model, bench_service, bench_threads, bench_train
 from benchmarks.common import load_slices
 from models.checkpoint import save
 from models.config import PRESETS
@@ -95,3 +95,17 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     default_in_bf16 = variants[1]["precision"] == "bfloat16"  # where the CPU has native bf16
     assert names[2:] == (["cpu default in fp32"] if default_in_bf16 else [])
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
+
+
+def test_bench_threads(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "threads.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis, 2), "--rounds", "1"]
+    argv += ["--repeats", "1", "--seconds", "0", "--json", str(out)]
+    assert bench_threads.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "one thread (the service)" in text and "loaded on the main thread" in text and "vs one" in text
+    rounds = json.loads(out.read_text())["rounds_batch1_p50_s"]
+    assert sorted(rounds) == sorted(bench_threads.VARIANTS)
+    assert all(len(r) == 1 and r[0]["encode"] > 0 and r[0]["reconstruct"] > 0 for r in rounds.values())

@@ -1,0 +1,70 @@
+"""app.inference: every torch call of the service on one thread (see ``InferenceService``), warm-up, start-up errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app.inference as inference
+from app.inference import InferenceService, StartupError, check_checkpoint
+from app.settings import Settings
+
+
+@pytest.fixture
+def load_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """Records the thread of every checkpoint load."""
+    threads: list[threading.Thread] = []
+    real = inference.load_model
+
+    def recording(settings: Settings) -> Any:
+        threads.append(threading.current_thread())
+        return real(settings)
+
+    monkeypatch.setattr(inference, "load_model", recording)
+    return threads
+
+
+def test_the_model_is_loaded_warmed_up_and_run_on_the_batchers_thread(
+    make_settings: Callable[..., Settings], load_threads: list[threading.Thread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_threads: list[tuple[int, str]] = []
+    real = InferenceService._run_batch
+
+    def recording(self: InferenceService, key: Any, payloads: list[Any]) -> list[Any]:
+        batch_threads.append((threading.get_ident(), key[0]))
+        return real(self, key, payloads)
+
+    monkeypatch.setattr(InferenceService, "_run_batch", recording)
+    batches: list[tuple[str, int]] = []
+    service = InferenceService.start(make_settings(), observe_batch=lambda op, size: batches.append((op, size)))
+    try:
+        worker = service.batcher.thread_id
+        assert [thread.ident for thread in load_threads] == [worker]
+        # warmed up: one pass of each operation, on the worker, before start() returned; not counted as batches
+        assert batch_threads == [(worker, "encode"), (worker, "reconstruct"), (worker, "decode")]
+        assert batches == []
+        assert service.ready and len(service.sha256) == 64
+    finally:
+        service.close()
+
+
+def test_a_bad_checkpoint_fails_start_with_one_line(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(StartupError, match=f"cannot load checkpoint: {broken}"):
+        InferenceService.start(make_settings(checkpoint=broken))
+
+
+def test_the_serve_check_loads_on_a_thread_that_has_exited(
+    make_settings: Callable[..., Settings], load_threads: list[threading.Thread], tmp_path: Path
+) -> None:
+    check_checkpoint(make_settings())
+    (thread,) = load_threads
+    assert thread is not threading.main_thread()
+    assert not thread.is_alive()  # its OpenMP team went with it
+    with pytest.raises(StartupError, match="checkpoint file not found"):
+        check_checkpoint(make_settings(checkpoint=tmp_path / "missing.safetensors"))
