@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,13 +20,21 @@ from app.batcher import MicroBatcher
 from app.settings import Settings
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
-from models.quality_torch import ssim_per_image
+from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
 
 logger = logging.getLogger(__name__)
 
 
 WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
+
+
+class Reconstruction(NamedTuple):
+    """One /reconstruct answer from the model thread."""
+
+    image: np.ndarray  # (H, W) float32 in [0, 1]
+    ssim: float  # models.quality.ssim, computed in torch (float64)
+    psnr: float  # dB; +inf for a perfect reconstruction
 
 
 class StartupError(RuntimeError):
@@ -138,9 +146,9 @@ class InferenceService:
         result: np.ndarray = await self.batcher.submit(("encode", image.shape), image)
         return result
 
-    async def reconstruct(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """(H, W) float image -> ((H, W) reconstruction in [0, 1], exactly ``model.reconstruct``; its SSIM)."""
-        result: tuple[np.ndarray, float] = await self.batcher.submit(("reconstruct", image.shape), image)
+    async def reconstruct(self, image: np.ndarray) -> Reconstruction:
+        """(H, W) float image -> its reconstruction (exactly ``model.reconstruct``), SSIM and PSNR."""
+        result: Reconstruction = await self.batcher.submit(("reconstruct", image.shape), image)
         return result
 
     async def decode(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -167,5 +175,7 @@ class InferenceService:
                 _, reconstruction = self.model.reconstruct(batch)  # (B, 1, H, W)
                 # Scored here, in torch: scikit-image is several times slower and would compete for the cores.
                 scores = ssim_per_image(batch, reconstruction).tolist()
-                return list(zip(reconstruction[:, 0].cpu().numpy(), scores, strict=True))
+                peaks = psnr_per_image(batch, reconstruction).tolist()
+                images = reconstruction[:, 0].cpu().numpy()
+                return [Reconstruction(*fields) for fields in zip(images, scores, peaks, strict=True)]
         raise ValueError(f"unknown operation {operation!r}")

@@ -67,8 +67,7 @@ from benchmarks.common import (
 )
 from benchmarks.server import Server, running_server
 from models.checkpoint import load
-from models.quality import psnr
-from models.quality_torch import ssim_per_image
+from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
 
 # endpoint -> (path, extra headers, a key its JSON answer must have)
@@ -207,12 +206,21 @@ def check_endpoint(base_url: str, endpoint: str, upload: Upload, times: int = 3)
 
 @dataclass(frozen=True)
 class Reference:
-    """The level's in-process figures, re-measured just before it: this machine's speed drifts by 10-30% over
-    minutes, so a reference taken once at the start would bias every later ratio."""
+    """The level's in-process figures: the mean of the measurements just before and just after it. This
+    machine's speed drifts by 10-30% over minutes, so a reference taken once at the start would bias every
+    later ratio, and one taken on a single side of the level still follows the drift by half a level."""
 
     batch1_p50_s: float
     best_batch_size: int
     best_images_per_s: float
+
+    def bracket(self, after: Reference) -> Reference:
+        """The mean of this (before) and ``after``: what a linear drift predicts for the level between them."""
+        return Reference(
+            (self.batch1_p50_s + after.batch1_p50_s) / 2,
+            self.best_batch_size,
+            (self.best_images_per_s + after.best_images_per_s) / 2,
+        )
 
 
 MeasureReference = Callable[[str], Reference]
@@ -294,9 +302,10 @@ def request_side_ms(slices: Slices, reconstructions: Sequence[np.ndarray], setti
 
     def score(i: int) -> None:
         original, reconstruction = floats[i % len(floats)], reconstructions[i % len(reconstructions)]
-        ssim_per_image(torch.from_numpy(original)[None, None], torch.from_numpy(reconstruction)[None, None])
+        pair = torch.from_numpy(original)[None, None], torch.from_numpy(reconstruction)[None, None]
+        ssim_per_image(*pair)
+        psnr_per_image(*pair)
         encode_png(reconstruction)
-        psnr(original, reconstruction)
 
     calls = min(len(pngs), 16)
     return {
@@ -379,8 +388,9 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
             print(f"{'':<24}statuses {lv.statuses}, no answer {lv.failures}")
     print(
         "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); ref = the "
-        "in-process reference measured just before the level (batch-1 p50, best-batch images/s); / best = req/s "
-        "over ref img/s; p50/b1 = p50 over ref b1; cpu = CPU seconds of server and of this client during the level"
+        "in-process reference, mean of its measurements just before and just after the level (batch-1 p50, "
+        "best-batch images/s); / best = req/s over ref img/s; p50/b1 = p50 over ref b1; cpu = CPU seconds of "
+        "server and of this client during the level"
     )
 
 
@@ -391,7 +401,7 @@ def print_targets(
     max_queue: int,
     overload_queue: int,
 ) -> None:
-    print("-- issue 6 targets (figures from this run; each against the reference measured just before its level)")
+    print("-- issue 6 targets (figures from this run; each level against the references measured around it)")
 
     def verdict(good: bool) -> str:
         return "meets" if good else "MISSES"
@@ -526,18 +536,14 @@ def measure_service(
                 raise RuntimeError(f"{problem}\n{server.log_tail()}")
         for round_index in range(1, args.rounds + 1):
             for endpoint in endpoints:
+                before = reference(endpoint)
                 for concurrency in args.concurrency:
-                    adjacent = reference(endpoint)
                     level = run_level(
-                        server,
-                        endpoint,
-                        uploads,
-                        concurrency=concurrency,
-                        total=args.requests,
-                        timeout_s=args.timeout,
-                        reference=adjacent,
+                        server, endpoint, uploads, concurrency=concurrency, total=args.requests, timeout_s=args.timeout
                     )
-                    levels.append(dataclasses.replace(level, round=round_index))
+                    after = reference(endpoint)  # also the next level's "before"
+                    levels.append(dataclasses.replace(level, round=round_index, reference=before.bracket(after)))
+                    before = after
     return levels
 
 

@@ -15,7 +15,6 @@ from app.imaging import decode_image, encode_png
 from app.inference import InferenceService
 from app.routes.deps import Service, error_responses, require_content_type
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
-from models.quality import psnr
 
 router = APIRouter(tags=["codec"])
 
@@ -115,24 +114,19 @@ async def reconstruct(
     accept: Annotated[str | None, Header(description="`image/png` for the PNG itself instead of JSON")] = None,
 ) -> ReconstructResponse | Response:
     image = await _read_image(file, service)
-    reconstruction, quality = await service.reconstruct(image)
-    png, peak = await run_in_threadpool(_encode_and_psnr, image, reconstruction)
+    result = await service.reconstruct(image)
+    png = await run_in_threadpool(encode_png, result.image)
     if prefers_png(accept):
-        return _png_response(png, {"X-SSIM": repr(quality), "X-PSNR": repr(peak)})
+        return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr)})
     height, width = image.shape
     return ReconstructResponse(
-        ssim=quality,
-        psnr=peak if math.isfinite(peak) else None,
+        ssim=result.ssim,
+        psnr=result.psnr if math.isfinite(result.psnr) else None,
         image_png_base64=base64.b64encode(png).decode("ascii"),
         grid=service.config.grid_for(height, width),
         bits=service.config.bits_for(height, width),
         image_size=(height, width),
     )
-
-
-def _encode_and_psnr(image: np.ndarray, reconstruction: np.ndarray) -> tuple[bytes, float]:
-    """CPU work after the forward pass (PNG, PSNR), kept off the event loop; SSIM came with the batch."""
-    return encode_png(reconstruction), psnr(image, reconstruction)
 
 
 def prefers_png(accept: str | None) -> bool:

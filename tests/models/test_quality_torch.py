@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.quality import ssim
-from models.quality_torch import MIN_SIZE, ssim_map, ssim_per_image
+from models.quality import psnr, ssim
+from models.quality_torch import MIN_SIZE, psnr_per_image, ssim_map, ssim_per_image
 
 
 def _pair(shape: tuple[int, int], noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +47,15 @@ def test_too_small_is_refused() -> None:
     x = torch.rand(1, 1, MIN_SIZE - 1, 32)
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim_map(x, x)
+
+
+def test_psnr_equals_the_reported_metric() -> None:
+    pairs = [_pair((30, 50), noise, seed) for seed, noise in enumerate((0.01, 0.3))]
+    x = torch.tensor(np.stack([a for a, _ in pairs] + [pairs[0][0]]))[:, None].float()  # (3, 1, H, W)
+    y = torch.tensor(np.stack([b for _, b in pairs] + [pairs[0][0]]))[:, None].float()
+    expected = [psnr(a.numpy(), b.numpy()) for a, b in zip(x[:, 0], y[:, 0], strict=True)]
+    got = psnr_per_image(x, y)
+    assert got.dtype == torch.float64
+    assert got[:2].tolist() == pytest.approx(expected[:2], abs=1e-9)
+    assert expected[0] != pytest.approx(expected[1], abs=1.0)
+    assert got[2].item() == expected[2] == float("inf")  # identical images
