@@ -11,8 +11,11 @@
    Retry-After) against any other error or timeout, and whether RSS stays bounded.
 
 Ratios: service req/s / in-process best-batch images/s, and service p50 at concurrency 1 / in-process batch-1
-time. The service also does per-request work the in-process figure leaves out (HTTP, multipart, PNG decode;
-for /reconstruct SSIM, PSNR, PNG encode and base64); its in-process cost is printed beside the ratios.
+time. This machine's speed swings by 2x within seconds, so each level runs in blocks with the in-process
+reference re-measured before each block and after the last (the server idles meanwhile); each block is
+compared with the mean of its two neighbouring references, and a level's ratio is the median over its blocks.
+The service also does per-request work the in-process figure leaves out (HTTP, multipart, PNG decode; for
+/reconstruct SSIM, PSNR, PNG encode and base64); its in-process cost is printed beside the ratios.
 
     PYTHONPATH=. python -m benchmarks.bench_service --requests 256 --concurrency 1,4,16,64
 """
@@ -206,24 +209,51 @@ def check_endpoint(base_url: str, endpoint: str, upload: Upload, times: int = 3)
 
 @dataclass(frozen=True)
 class Reference:
-    """The level's in-process figures: the mean of the measurements just before and just after it. This
-    machine's speed drifts by 10-30% over minutes, so a reference taken once at the start would bias every
-    later ratio, and one taken on a single side of the level still follows the drift by half a level."""
+    """In-process figures of one operation, re-measured around every block of requests (see ``Block``)."""
 
     batch1_p50_s: float
     best_batch_size: int
     best_images_per_s: float
 
-    def bracket(self, after: Reference) -> Reference:
-        """The mean of this (before) and ``after``: what a linear drift predicts for the level between them."""
+    @staticmethod
+    def mean(references: Sequence[Reference]) -> Reference:
         return Reference(
-            (self.batch1_p50_s + after.batch1_p50_s) / 2,
-            self.best_batch_size,
-            (self.best_images_per_s + after.best_images_per_s) / 2,
+            statistics.fmean(r.batch1_p50_s for r in references),
+            references[0].best_batch_size,
+            statistics.fmean(r.best_images_per_s for r in references),
         )
 
 
 MeasureReference = Callable[[str], Reference]
+
+
+@dataclass
+class Block:
+    """A slice of a level's requests between two in-process measurements, compared with their mean.
+
+    This machine's speed swings by 2x within seconds (a fixed pure-Python loop measured 12 to 31 ms a few
+    seconds apart, idle machine), so the service and the bare model are measured in alternation, and each
+    ratio is taken between neighbours; a level's ratio is the median over its blocks.
+    """
+
+    requests: int
+    ok: int
+    wall_s: float
+    p50_s: float
+    reference: Reference
+
+    @property
+    def throughput_ratio(self) -> float:
+        return ratio(self.ok / self.wall_s if self.wall_s > 0 else float("nan"), self.reference.best_images_per_s)
+
+    @property
+    def latency_ratio(self) -> float:
+        return ratio(self.p50_s, self.reference.batch1_p50_s)
+
+
+def block_count(requests: int, concurrency: int, most: int) -> int:
+    """Blocks of at least 4 x ``concurrency`` requests (a block starts and ends with a partly filled pipeline)."""
+    return max(1, min(most, requests // (4 * concurrency)))
 
 
 @dataclass
@@ -242,7 +272,7 @@ class LevelFigures:
     server_cpu_s: float
     client_cpu_s: float
     server_memory_mb: dict[str, float] = field(default_factory=dict)
-    reference: Reference | None = None
+    blocks: list[Block] = field(default_factory=list)
     round: int = 1
 
     @property
@@ -258,19 +288,37 @@ def run_level(
     concurrency: int,
     total: int,
     timeout_s: float,
-    reference: Reference | None = None,
+    reference: MeasureReference | None = None,
+    blocks: int = 1,
 ) -> LevelFigures:
-    batches_before, server_cpu, client_cpu = batch_counters(server.base_url), proc_cpu_s(server.pid), self_cpu_s()
-    outcomes, wall = asyncio.run(
-        drive(server.base_url, endpoint, uploads, concurrency=concurrency, total=total, timeout_s=timeout_s)
-    )
-    server_cpu, client_cpu = proc_cpu_s(server.pid) - server_cpu, self_cpu_s() - client_cpu
+    """``total`` requests in ``blocks`` blocks; with ``reference``, the in-process figures are measured before
+    each block and after the last (the server idles meanwhile). CPU seconds count the blocks only."""
+    batches_before = batch_counters(server.base_url)
+    outcomes: list[Outcome] = []
+    measured: list[Block] = []
+    wall = server_cpu = client_cpu = 0.0
+    before = reference(endpoint) if reference is not None else None
+    for size in [total // blocks + (1 if k < total % blocks else 0) for k in range(blocks)]:
+        cpu_at_start = proc_cpu_s(server.pid), self_cpu_s()
+        block, block_wall = asyncio.run(
+            drive(server.base_url, endpoint, uploads, concurrency=concurrency, total=size, timeout_s=timeout_s)
+        )
+        server_cpu += proc_cpu_s(server.pid) - cpu_at_start[0]
+        client_cpu += self_cpu_s() - cpu_at_start[1]
+        wall += block_wall
+        outcomes += block
+        if reference is not None and before is not None:
+            after = reference(endpoint)
+            answered = [o.latency_s for o in block if o.status == 200]
+            p50 = percentiles(answered)["p50"]
+            measured.append(Block(len(block), len(answered), block_wall, p50, Reference.mean([before, after])))
+            before = after
     batches_after = batch_counters(server.base_url)
     mean_batch = None
     if endpoint in batches_after:
-        before = batches_before.get(endpoint, (0.0, 0.0))
-        count = batches_after[endpoint][1] - before[1]
-        mean_batch = (batches_after[endpoint][0] - before[0]) / count if count else None
+        start = batches_before.get(endpoint, (0.0, 0.0))
+        count = batches_after[endpoint][1] - start[1]
+        mean_batch = (batches_after[endpoint][0] - start[0]) / count if count else None
     ok = [o for o in outcomes if o.status == 200]
     return LevelFigures(
         endpoint=endpoint,
@@ -287,7 +335,7 @@ def run_level(
         server_cpu_s=server_cpu,
         client_cpu_s=client_cpu,
         server_memory_mb=proc_memory_mb(server.pid),
-        reference=reference,
+        blocks=measured,
     )
 
 
@@ -321,7 +369,7 @@ def reference_measurer(
 
     def measure(operation: str) -> Reference:
         run = model_runner(model, operation)
-        seconds = args.seconds / 2
+        seconds = args.reference_seconds
         batch1 = measure_batch(run, floats, 1, warmup=1, repeats=args.repeats, seconds=seconds)
         size = inproc[operation].best.batch_size
         best = (
@@ -334,17 +382,20 @@ def reference_measurer(
 
 # ---- reporting -------------------------------------------------------------------------------------------
 def level_reference(level: LevelFigures) -> Reference:
-    if level.reference is None:
+    """The mean of the level's block references (shown in the table; the ratios are taken block by block)."""
+    if not level.blocks:
         raise ValueError(f"/{level.endpoint} at concurrency {level.concurrency} has no in-process reference")
-    return level.reference
+    return Reference.mean([block.reference for block in level.blocks])
 
 
 def throughput_ratio(level: LevelFigures) -> float:
-    return ratio(level.throughput_rps, level_reference(level).best_images_per_s)
+    """Median over the level's blocks of (block req/s) / (in-process best-batch images/s around the block)."""
+    return statistics.median(block.throughput_ratio for block in level.blocks)
 
 
 def latency_ratio(level: LevelFigures) -> float:
-    return ratio(level.latency_s["p50"], level_reference(level).batch1_p50_s)
+    """Median over the level's blocks of (block p50) / (in-process batch-1 p50 around the block)."""
+    return statistics.median(block.latency_ratio for block in level.blocks)
 
 
 def grouped(levels: Sequence[LevelFigures]) -> dict[tuple[str, int], list[LevelFigures]]:
@@ -369,8 +420,8 @@ TARGETS: dict[int, tuple[Callable[[LevelFigures], float], bool, float, str]] = {
 def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
         f"{'round':>5} {'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'batch':>5} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} {'srv cpu':>8} "
-        f"{'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7}"
+        f"{'p99 ms':>8} {'batch':>5} {'blk':>3} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} "
+        f"{'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7}"
     )
     for lv in levels:
         ref = level_reference(lv)
@@ -380,17 +431,18 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
             f"{lv.round:>5} {lv.endpoint:<12} {lv.concurrency:>4} {lv.requests:>5} {lv.errors:>6} "
             f"{lv.throughput_rps:>7.1f} "
             f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
-            f"{batch:>5} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
+            f"{batch:>5} {len(lv.blocks):>3} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
             f"{throughput_ratio(lv):>6.2f}x {latency_ratio(lv):>6.2f}x {lv.server_cpu_s:>7.1f}s "
             f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7}"
         )
         if lv.errors:
             print(f"{'':<24}statuses {lv.statuses}, no answer {lv.failures}")
     print(
-        "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); ref = the "
-        "in-process reference, mean of its measurements just before and just after the level (batch-1 p50, "
-        "best-batch images/s); / best = req/s over ref img/s; p50/b1 = p50 over ref b1; cpu = CPU seconds of "
-        "server and of this client during the level"
+        "columns: req/s = 200s per second; batch = mean requests per forward pass (server /metrics); blk = blocks "
+        "the level was run in, with the in-process reference measured before each and after the last; ref = the "
+        "mean of those (batch-1 p50, best-batch images/s); / best and p50/b1 = medians over the blocks of req/s "
+        "over ref img/s and of p50 over ref b1, each block against the references on either side of it; "
+        "cpu = CPU seconds of server and of this client during the blocks"
     )
 
 
@@ -401,7 +453,7 @@ def print_targets(
     max_queue: int,
     overload_queue: int,
 ) -> None:
-    print("-- issue 6 targets (figures from this run; each level against the references measured around it)")
+    print("-- issue 6 targets (figures from this run; each block of requests against the references around it)")
 
     def verdict(good: bool) -> str:
         return "meets" if good else "MISSES"
@@ -462,8 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     group = parser.add_argument_group("in-process reference (benchmarks.bench_model)")
     group.add_argument("--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="sweep (default: 1,...,32)")
-    group.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size")
+    group.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size in the sweep")
     group.add_argument("--repeats", type=int, default=5, help="least timed calls per batch size")
+    group.add_argument(
+        "--reference-seconds", type=float, default=0.5, help="least timed seconds per re-measurement around a block"
+    )
+    group.add_argument(
+        "--blocks", type=positive_int, default=8, help="most blocks per level, of 4 x concurrency requests at least"
+    )
     group = parser.add_argument_group("overload phase (a second server with a small queue)")
     group.add_argument("--no-overload", action="store_true", help="skip it")
     group.add_argument("--overload-queue", type=int, default=8, help="its VQVAE_MAX_QUEUE (default: %(default)s)")
@@ -536,14 +594,18 @@ def measure_service(
                 raise RuntimeError(f"{problem}\n{server.log_tail()}")
         for round_index in range(1, args.rounds + 1):
             for endpoint in endpoints:
-                before = reference(endpoint)
                 for concurrency in args.concurrency:
                     level = run_level(
-                        server, endpoint, uploads, concurrency=concurrency, total=args.requests, timeout_s=args.timeout
+                        server,
+                        endpoint,
+                        uploads,
+                        concurrency=concurrency,
+                        total=args.requests,
+                        timeout_s=args.timeout,
+                        reference=reference,
+                        blocks=block_count(args.requests, concurrency, args.blocks),
                     )
-                    after = reference(endpoint)  # also the next level's "before"
-                    levels.append(dataclasses.replace(level, round=round_index, reference=before.bracket(after)))
-                    before = after
+                    levels.append(dataclasses.replace(level, round=round_index))
     return levels
 
 

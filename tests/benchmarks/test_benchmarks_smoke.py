@@ -61,8 +61,9 @@ def test_bench_service(
     fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "service.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "6"]
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "12"]
     argv += ["--concurrency", "1,3", "--rounds", "2", "--batch-sizes", "2", "--seconds", "0", "--repeats", "1"]
+    argv += ["--reference-seconds", "0", "--blocks", "3"]
     argv += ["--overload-queue", "1", "--overload-concurrency", "6", "--overload-requests", "12", "--json", str(out)]
     assert bench_service.main(argv) == 0
     text = capsys.readouterr().out
@@ -74,10 +75,14 @@ def test_bench_service(
     assert [(lv["round"], lv["endpoint"], lv["concurrency"]) for lv in levels] == [
         (r, endpoint, concurrency) for r in (1, 2) for endpoint, concurrency in one_round
     ]
-    assert all(lv["reference"]["batch1_p50_s"] > 0 and lv["reference"]["best_images_per_s"] > 0 for lv in levels)
+    # blocks of at least 4 x concurrency requests, at most --blocks: 3 at concurrency 1, 1 at concurrency 3
+    assert [len(lv["blocks"]) for lv in levels[:2]] == [3, 1]
+    blocks = [block for lv in levels for block in lv["blocks"]]
+    assert all(b["requests"] == 4 for b in blocks[:3]) and blocks[3]["requests"] == 12
+    assert all(b["reference"]["batch1_p50_s"] > 0 and b["reference"]["best_images_per_s"] > 0 for b in blocks)
     assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
     assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
-    assert figures["overload"]["requests"] == 12
+    assert figures["overload"]["requests"] == 12 and figures["overload"]["blocks"] == []
 
 
 def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
