@@ -75,9 +75,9 @@ class InferenceService:
     Every torch call of the service runs on that one thread, the checkpoint load included. OpenMP (libgomp)
     keeps a team of worker threads for each thread that has run a parallel region; once two teams are alive,
     their threads outnumber the cores and libgomp stops spinning between parallel regions, so each of the
-    hundreds of parallel regions in a forward pass has to wake its worker threads. On the 2-core CPU that made a
-    batch-1 encode about 50% slower when the checkpoint had been loaded on another thread
-    (``python -m benchmarks.bench_threads``).
+    hundreds of parallel regions in a forward pass has to wake its worker threads. On the 2-core CPU a batch-1
+    encode took 1.8x as long when the checkpoint had been loaded on the (living) main thread
+    (``python -m benchmarks.bench_threads``, docs/bench_threads.txt).
     """
 
     model: VQVAE

@@ -95,16 +95,17 @@ def describe(config: TrainConfig) -> str:
 def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[Variant]:
     """``base`` carries TrainConfig's own defaults for precision / channels_last / crop / compile: 'default'.
 
-    When the default trains in bf16, the same configuration in fp32 is measured too, to show each lever's share.
+    The same configuration in the other precision is measured too (bf16 autocast where the default is fp32, and
+    the reverse), to show that lever's share on this machine.
     """
     baseline = dataclasses.replace(base, precision="fp32", channels_last=False, crop=0, compile=False)
     variants = [
         Variant(f"cpu baseline: {describe(baseline)}", baseline),
         Variant(f"cpu vqvae-train default: {describe(base)}", base),
     ]
-    if autocast_dtype(base.precision, torch.device(base.device)) is not None:
-        in_fp32 = dataclasses.replace(base, precision="fp32")
-        variants.append(Variant(f"cpu default in fp32: {describe(in_fp32)}", in_fp32))
+    default_in_bf16 = autocast_dtype(base.precision, torch.device(base.device)) is not None
+    other = dataclasses.replace(base, precision="fp32" if default_in_bf16 else "bf16")
+    variants.append(Variant(f"cpu default in {other.precision}: {describe(other)}", other))
     if compile_too and not base.compile:
         compiled = dataclasses.replace(base, compile=True)
         variants.append(Variant(f"cpu default + torch.compile: {describe(compiled)}", compiled))

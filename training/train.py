@@ -54,8 +54,10 @@ def pick_device(name: str) -> torch.device:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the training step, or None for plain fp32.
 
-    bf16 needs no loss scaling and halves the convolution cost where the hardware has it (CUDA; CPUs with
-    AVX-512 BF16 or AMX, where oneDNN runs bf16 kernels); elsewhere on the CPU it is emulated and slower.
+    ``auto`` is bf16 on CUDA devices that have it and fp32 on the CPU. On the CPU, having bf16 instructions
+    does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core AMD
+    EPYC with AVX-512 BF16, and about 1.3x slower on a 2-core Intel Xeon with AVX-512 BF16 but no AMX
+    (``python -m benchmarks.bench_train``, docs/bench_train.txt). ``--precision bf16`` asks for it where it helps.
     """
     if precision == "fp32":
         return None
@@ -63,15 +65,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 dot products in hardware. (oneDNN also runs bf16 on plain AVX-512 by converting,
-    which is not faster than fp32, so ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` is the wrong test.)"""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def git_commit() -> str:

@@ -97,8 +97,8 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert names[:2] == ["cpu baseline", "cpu vqvae-train default"]
     assert (variants[0]["precision"], variants[0]["channels_last"], variants[0]["crop"]) == ("fp32", False, 64)
     assert (variants[1]["channels_last"], variants[1]["crop"]) == (True, 128)
-    default_in_bf16 = variants[1]["precision"] == "bfloat16"  # where the CPU has native bf16
-    assert names[2:] == (["cpu default in fp32"] if default_in_bf16 else [])
+    assert variants[1]["precision"] == "fp32"  # auto: fp32 on the CPU
+    assert names[2:] == ["cpu default in bf16"] and variants[2]["precision"] == "bfloat16"
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
 
 

@@ -11,7 +11,7 @@ from models.checkpoint import read_metadata
 from training import train
 from training.config import TrainConfig
 from training.losses import reconstruction_loss
-from training.train import DivergedError, Trainer, autocast_dtype, cpu_has_native_bf16
+from training.train import DivergedError, Trainer, autocast_dtype
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
 CPU = torch.device("cpu")
@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 def test_precision_choice() -> None:
     assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
-    assert autocast_dtype("auto", CPU) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    assert autocast_dtype("auto", CPU) is None  # bf16 was slower than fp32 on one of two CPUs with bf16 units
     if torch.cuda.is_available():
         expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         assert autocast_dtype("auto", torch.device("cuda")) is expected
