@@ -76,6 +76,9 @@ class MicroBatcher:
 
     def start(self) -> None:
         """Start the worker thread; return once the initializer has run there, or raise what it raised."""
+        with self._condition:
+            if self._closed:
+                raise BatcherClosedError("the service is shutting down")
         self._thread.start()
         try:
             self._initialized.result()
@@ -116,6 +119,12 @@ class MicroBatcher:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the running batch, fail the queued ones, stop the thread."""
+        self._refuse_all(BatcherClosedError("the service is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _refuse_all(self, error: Exception) -> None:
+        """Close, and fail every queued job with ``error``."""
         with self._condition:
             self._closed = True
             abandoned = list(self._pending)
@@ -123,17 +132,14 @@ class MicroBatcher:
             self._condition.notify_all()
         for job in abandoned:
             if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(BatcherClosedError("the service is shutting down"))
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+                job.future.set_exception(error)
 
     def _work(self) -> None:
         try:
             if self._initializer is not None:
                 self._initializer()
         except BaseException as exc:  # handed to start(), which re-raises it in the caller
-            with self._condition:
-                self._closed = True
+            self._refuse_all(BatcherClosedError(f"the model thread failed to start: {exc}"))
             self._initialized.set_exception(exc)
             return
         self._initialized.set_result(None)

@@ -114,13 +114,19 @@ class InferenceService:
         return service
 
     def _load(self) -> None:
-        """Runs on the worker thread, before any request: threads, checkpoint, warm-up."""
+        """Runs on the worker thread, before any request: threads, checkpoint, warm-up. Raises ``StartupError``."""
         if self.settings.torch_threads > 0:
             torch.set_num_threads(self.settings.torch_threads)
         self.model, self.metadata = load_model(self.settings)
-        self.sha256 = sha256_of(self.settings.checkpoint)
+        try:
+            self.sha256 = sha256_of(self.settings.checkpoint)
+        except OSError as exc:
+            raise StartupError(f"cannot read checkpoint {self.settings.checkpoint}: {exc}") from exc
         self.device = next(self.model.parameters()).device
-        self._warm_up()
+        try:
+            self._warm_up()
+        except RuntimeError as exc:  # out of memory, an unsupported device...: one line, not a traceback
+            raise StartupError(f"the model failed its warm-up pass on {self.device}: {exc}") from exc
 
     def _warm_up(self, side: int = WARM_UP_SIDE) -> None:
         """One pass of each operation on a blank slice, so the first caller does not pay for the kernels'

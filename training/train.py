@@ -56,8 +56,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` is bf16 on CUDA devices that have it and fp32 on the CPU. On the CPU, having bf16 instructions
     does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core AMD
-    EPYC with AVX-512 BF16, and about 1.3x slower on a 2-core Intel Xeon with AVX-512 BF16 but no AMX
-    (``python -m benchmarks.bench_train``, docs/bench_train.txt). ``--precision bf16`` asks for it where it helps.
+    EPYC with AVX-512 BF16, and 1.35x to 1.57x slower on a 2-core Intel Xeon with AVX-512 BF16 but no AMX
+    (``python -m benchmarks.bench_train``; docs/bench_train*.txt). ``--precision bf16`` asks for it where it helps.
     """
     if precision == "fp32":
         return None

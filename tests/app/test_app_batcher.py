@@ -156,13 +156,27 @@ def test_initializer_runs_on_the_worker_thread_before_any_batch() -> None:
     batcher.close()
 
 
-def test_a_failing_initializer_fails_start_and_takes_no_work() -> None:
+def test_a_failing_initializer_fails_start_and_its_queued_work() -> None:
     def initializer() -> None:
         raise OSError("no checkpoint here")
 
     batcher = MicroBatcher(FakeModel(), max_batch_size=2, max_wait_s=0.0, max_queue=4, initializer=initializer)
+    early = batcher.enqueue("a", 1)  # queued before start: failed, not left hanging
     with pytest.raises(OSError, match="no checkpoint here"):
         batcher.start()
     assert not batcher.alive
+    with pytest.raises(BatcherClosedError, match="failed to start: no checkpoint here"):
+        early.result(timeout=5)
     with pytest.raises(BatcherClosedError):
         batcher.enqueue("a", 1)
+
+
+def test_start_after_close_runs_nothing() -> None:
+    calls: list[int] = []
+    batcher = MicroBatcher(
+        FakeModel(), max_batch_size=2, max_wait_s=0.0, max_queue=4, initializer=lambda: calls.append(1)
+    )
+    batcher.close()
+    with pytest.raises(BatcherClosedError):
+        batcher.start()
+    assert calls == [] and not batcher.alive

@@ -68,3 +68,14 @@ def test_the_serve_check_loads_on_a_thread_that_has_exited(
     assert not thread.is_alive()  # its OpenMP team went with it
     with pytest.raises(StartupError, match="checkpoint file not found"):
         check_checkpoint(make_settings(checkpoint=tmp_path / "missing.safetensors"))
+
+
+def test_a_failing_warm_up_is_a_startup_error(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(self: InferenceService, key: Any, payloads: list[Any]) -> list[Any]:
+        raise RuntimeError("not enough memory: you tried to allocate 1 TB")
+
+    monkeypatch.setattr(InferenceService, "_run_batch", out_of_memory)
+    with pytest.raises(StartupError, match="failed its warm-up pass on cpu: not enough memory"):
+        InferenceService.start(make_settings())
