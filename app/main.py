@@ -25,7 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 from app.errors import format_validation_errors, install_error_handlers
 from app.inference import InferenceService, StartupError, check_checkpoint
 from app.metrics import Metrics, MetricsMiddleware
-from app.middleware import BodySizeLimitMiddleware, UnexpectedErrorMiddleware
+from app.middleware import BodySizeLimitMiddleware, QuietStartupFailureMiddleware, UnexpectedErrorMiddleware
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service = await run_in_threadpool(InferenceService.start, settings, app_metrics.observe_batch)
         except StartupError as exc:
             logger.error("startup failed: %s", exc)
+            app.state.startup_error = str(exc)  # said in one line: QuietStartupFailureMiddleware drops the traceback
             raise
         app.state.service = service
         try:
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.service = None
+    app.state.startup_error = None
     routers = (codec.router, model.router, health.router, metrics.router)
     for router in routers:
         app.include_router(router)
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
+    app.add_middleware(QuietStartupFailureMiddleware, state=app.state)
     return app
 
 

@@ -1,10 +1,11 @@
-"""Pure ASGI middleware: request body limit and the last-resort JSON 500."""
+"""Pure ASGI middleware: request body limit, the last-resort JSON 500, and a quiet start-up failure."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,27 @@ class UnexpectedErrorMiddleware:
             if started:
                 raise  # too late for a clean answer; the server closes the connection
             await send_json_error(send, 500, "internal server error; the incident was logged")
+
+
+class QuietStartupFailureMiddleware:
+    """A start-up failure the lifespan has already logged in one line (``state.startup_error``) is not repeated as
+    Starlette's traceback, which plain ``uvicorn`` would print whole; unexpected failures keep their traceback."""
+
+    def __init__(self, app: ASGIApp, *, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(self.state, "startup_error", None):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet_send)
 
 
 def _content_length(scope: Scope) -> int | None:

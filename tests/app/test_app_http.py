@@ -128,3 +128,24 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     assert kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
     assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())
+
+
+def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
+    """Not only vqvae-serve: `uvicorn --factory app.main:create_app` too exits without a traceback."""
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"]
+    result = subprocess.run(
+        command,
+        check=False,
+        cwd=REPO_ROOT,
+        env=service_env(VQVAE_CHECKPOINT=str(broken)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 3  # uvicorn's code for a failed start-up
+    assert f"startup failed: cannot load checkpoint: {broken}" in output
+    assert "Application startup failed" in output
+    assert "Traceback" not in output
