@@ -133,8 +133,9 @@ class InferenceService:
         one-off set-up (not counted in the batch metrics)."""
         blank = np.zeros((side, side), dtype=np.float32)
         grid = np.zeros(self.config.grid_for(side, side), dtype=np.int64)
-        for operation, payload in (("encode", blank), ("reconstruct", blank), ("decode", (grid, (side, side)))):
-            self._run_batch((operation, (side, side)), [payload])
+        self._run_batch(("encode", blank.shape), [blank])
+        self._run_batch(("reconstruct", blank.shape), [blank])
+        self._run_batch(("decode", grid.shape), [(grid, (side, side))])  # keyed as ``decode`` keys its batches
 
     @property
     def config(self) -> VQVAEConfig:
