@@ -50,6 +50,16 @@ class ImageTooSmallError(ImageError):
 
 def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> np.ndarray:
     """Image file content -> float32 (H, W) in [0, 1]; the first frame of multi-frame files."""
+    with open_image(data, max_pixels=max_pixels, min_size=min_size) as image:
+        return load_pixels(image)
+
+
+def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
+    """Identify the format and check the size from the header alone (no pixel decoded yet); the caller closes it.
+
+    Split from ``load_pixels`` so that the cheap, size-checked half can run anywhere and the routes can decide by
+    the pixel count where the expensive half runs (see ``app.routes.offload``).
+    """
     if not data:
         raise UnsupportedImageError("the uploaded file is empty")
     try:
@@ -58,20 +68,28 @@ def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> np.ndarray:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
-    with image:
+    try:
         _check_size(image.width, image.height, max_pixels=max_pixels, min_size=min_size)
-        try:
-            image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-        except _DECODE_ERRORS as exc:
-            raise UnsupportedImageError(
-                f"could not decode the {image.format} image (truncated or corrupt file?): {exc}"
-            ) from exc
-        try:
-            return to_unit_float(image)
-        except _DECODE_ERRORS as exc:
-            raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
+    except ImageError:
+        image.close()
+        raise
+    return image
+
+
+def load_pixels(image: Image.Image) -> np.ndarray:
+    """An image from ``open_image`` -> float32 (H, W) in [0, 1]: the decoding itself."""
+    try:
+        image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise UnsupportedImageError(
+            f"could not decode the {image.format} image (truncated or corrupt file?): {exc}"
+        ) from exc
+    try:
+        return to_unit_float(image)
+    except _DECODE_ERRORS as exc:
+        raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
 
 
 def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> None:

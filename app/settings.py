@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
     min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
+    inline_max_pixels: int = Field(
+        default=512 * 512,
+        ge=0,
+        description="images up to this many pixels are decoded and encoded on the event loop, larger ones on a "
+        "worker thread (0: always a worker thread)",
+    )
     max_batch_size: int = Field(default=4, ge=1, description="most requests grouped into one forward pass")
     max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits for companions, only under load")
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")

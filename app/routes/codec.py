@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
-from app.imaging import decode_image, encode_png
+from app.imaging import encode_png, load_pixels, open_image
 from app.inference import InferenceService
+from app.offload import run_sized
 from app.routes.deps import Service, error_responses, require_content_type
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 
@@ -25,10 +25,15 @@ _PNG: dict[str, Any] = {"content": {"image/png": {}}}
 
 
 async def _read_image(file: UploadFile, service: InferenceService) -> np.ndarray:
-    """Upload -> float image, decoded off the event loop."""
-    data = await file.read()
-    limits = service.settings
-    return await run_in_threadpool(decode_image, data, max_pixels=limits.max_pixels, min_size=limits.min_size)
+    """Upload -> float image: the header is checked here, the pixels decoded where ``run_sized`` says."""
+    settings = service.settings
+    with open_image(await file.read(), max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
+        return await run_sized(image.width * image.height, settings.inline_max_pixels, load_pixels, image)
+
+
+async def _png_of(image: np.ndarray, service: InferenceService) -> bytes:
+    """Float (H, W) image -> PNG bytes, encoded where ``run_sized`` says."""
+    return await run_sized(image.size, service.settings.inline_max_pixels, encode_png, image)
 
 
 def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -67,7 +72,7 @@ async def decode(body: DecodeRequest, service: Service) -> Response:
     stride = service.config.stride
     size = body.image_size or (grid.shape[0] * stride, grid.shape[1] * stride)
     image = await service.decode(grid, size)
-    return _png_response(await run_in_threadpool(encode_png, image))
+    return _png_response(await _png_of(image, service))
 
 
 def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
@@ -115,7 +120,7 @@ async def reconstruct(
 ) -> ReconstructResponse | Response:
     image = await _read_image(file, service)
     result = await service.reconstruct(image)
-    png = await run_in_threadpool(encode_png, result.image)
+    png = await _png_of(result.image, service)
     if prefers_png(accept):
         return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr)})
     height, width = image.shape

@@ -24,7 +24,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
+    """The loaded service, or 503. ``async`` on purpose: FastAPI runs a plain ``def`` dependency on a worker
+    thread, two thread switches per request for a dictionary look-up (``python -m benchmarks.bench_app``)."""
     service: InferenceService | None = getattr(request.app.state, "service", None)
     if service is None or not service.ready:
         raise HTTPException(503, "model not loaded yet; retry shortly", headers={"Retry-After": "5"})

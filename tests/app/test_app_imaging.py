@@ -17,6 +17,8 @@ from app.imaging import (
     UnsupportedImageError,
     decode_image,
     encode_png,
+    load_pixels,
+    open_image,
 )
 from models.grayscale import to_uint8
 
@@ -97,6 +99,17 @@ def test_truncated_png(image_file: ImageFile, noise: Noise) -> None:
         decode(png[: len(png) // 2])
 
 
+def test_open_reads_the_header_only_and_load_decodes(image_file: ImageFile, noise: Noise) -> None:
+    """The split the routes use: a truncated file passes ``open_image`` (its header is whole), its pixels fail."""
+    png = image_file(noise(64, 48))
+    with open_image(png[: len(png) // 2], **LIMITS) as image:
+        assert (image.width, image.height) == (48, 64)
+        with pytest.raises(UnsupportedImageError, match="truncated"):
+            load_pixels(image)
+    with open_image(png, **LIMITS) as image:
+        np.testing.assert_array_equal(load_pixels(image), decode(png))
+
+
 def test_pixel_limit_is_checked_before_decoding(image_file: ImageFile, noise: Noise) -> None:
     with pytest.raises(ImageTooLargeError, match="65x64 = 4160 pixels, over the limit of 4096") as caught:
         decode(image_file(noise(64, 65)), max_pixels=4096)
@@ -109,7 +122,7 @@ def test_bomb_headers_are_refused_without_decoding(
 ) -> None:
     """Our limit first; far beyond it Pillow's own guard fires at open. Either way nothing is decoded."""
     with pytest.raises(ImageTooLargeError, match=message):
-        decode(with_header_size(image_file(noise(8, 8)), side, side))
+        open_image(with_header_size(image_file(noise(8, 8)), side, side), **LIMITS)
 
 
 def test_too_small_for_ssim(image_file: ImageFile) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_model, bench_service, bench_threads, bench_train
+from benchmarks import bench_app, bench_model, bench_service, bench_threads, bench_train
 from benchmarks.common import load_slices
 from models.checkpoint import save
 from models.config import PRESETS
@@ -114,3 +114,16 @@ def test_bench_threads(
     rounds = json.loads(out.read_text())["rounds_batch1_p50_s"]
     assert sorted(rounds) == sorted(bench_threads.VARIANTS)
     assert all(len(r) == 1 and r[0]["encode"] > 0 and r[0]["reconstruct"] > 0 for r in rounds.values())
+
+
+def test_bench_app(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "app.json"
+    argv = [*data_args(fixture_oasis, 2), "--requests", "2", "--rounds", "1", "--json", str(out)]
+    assert bench_app.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "images on the event loop (default)" in text and "/reconstruct" in text and "round trip" in text
+    figures = json.loads(out.read_text())
+    assert sorted(figures["rounds_per_request_s"]) == sorted(bench_app.VARIANTS)
+    for routes in figures["rounds_per_request_s"].values():
+        assert all(len(rounds) == 1 and rounds[0] > 0 for rounds in routes.values())
+    assert figures["thread_round_trip_s"][0] > 0
