@@ -1,9 +1,14 @@
 """Where a route's image work runs: on the event loop when the image is small, on a worker thread when it is not.
 
 Handing a call to a worker thread costs two thread switches (there and back to the loop), which on the 2-core
-machine cost about as much as decoding a 256x256 PNG does: ``python -m benchmarks.bench_app`` measures both ways.
-Images up to ``Settings.inline_max_pixels`` are therefore decoded and encoded on the loop; larger ones (a
-4096x4096 upload takes over 100 ms to decode) go to a worker thread so that they cannot stall other callers.
+machine cost about as much as decoding a 256x256 PNG does (``python -m benchmarks.bench_app`` measures both ways).
+So small uploads are decoded, and small answers PNG-encoded, on the loop. The limits keep what a caller can make
+the loop do short:
+- ``Settings.inline_max_bytes`` bounds the file whose header is parsed on the loop: Pillow walks a PNG's chunks
+  in Python, and a crafted 256 KiB file of empty chunks took 120 ms to open;
+- ``Settings.inline_max_pixels`` bounds the image decoded or encoded on the loop: a few KiB of PNG can hold a
+  4096x4096 image, over 100 ms to decode.
+Everything larger runs on a worker thread, as all of it did before.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
+
+from app.imaging import decode_image, encode_png, load_pixels, open_image
+from app.settings import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -24,3 +33,16 @@ async def run_sized(
     if pixels <= inline_max_pixels:
         return function(*args, **kwargs)
     return await run_in_threadpool(function, *args, **kwargs)
+
+
+async def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
+    """Uploaded file -> float32 (H, W) in [0, 1] (``app.imaging.decode_image``), on the loop when small."""
+    if len(data) > settings.inline_max_bytes:
+        return await run_in_threadpool(decode_image, data, max_pixels=settings.max_pixels, min_size=settings.min_size)
+    with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
+        return await run_sized(image.width * image.height, settings.inline_max_pixels, load_pixels, image)
+
+
+async def encode_answer(image: np.ndarray, settings: Settings) -> bytes:
+    """Float (H, W) image -> PNG bytes (``app.imaging.encode_png``), on the loop when small."""
+    return await run_sized(image.size, settings.inline_max_pixels, encode_png, image)

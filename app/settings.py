@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
     min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
+    inline_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="uploads up to this size are decoded on the event loop when their image is small too (see "
+        "inline_max_pixels), larger ones on a worker thread",
+    )
     inline_max_pixels: int = Field(
         default=512 * 512,
         ge=0,

@@ -5,8 +5,9 @@ What it measures, in one process, variants alternating over rounds:
 
 - ``/encode`` and ``/reconstruct`` per request (multipart parsing, routing, PNG decode, response; for
   /reconstruct also the PNG encode and base64):
-  - ``inline``: images decoded and encoded on the event loop (the default, up to ``VQVAE_INLINE_MAX_PIXELS``);
-  - ``worker``: every image sent to a worker thread (``VQVAE_INLINE_MAX_PIXELS=0``);
+  - ``inline``: images decoded and encoded on the event loop (the default, for uploads up to
+    ``VQVAE_INLINE_MAX_BYTES`` and images up to ``VQVAE_INLINE_MAX_PIXELS``);
+  - ``worker``: every image sent to a worker thread (both set to 0);
   - ``worker+def``: that, and the service dependency as a plain ``def``, which FastAPI also runs on a worker
     thread (the service before both changes);
 - one round trip from the event loop to a worker thread and back (``run_in_threadpool`` of a no-op): what a
@@ -171,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {slices.describe()}")
     uploads = make_uploads(slices.pngs())
     config = PRESETS["default"]
+    offloading = Settings(inline_max_bytes=0, inline_max_pixels=0)
     apps = {
         "inline": stand_in_app(Settings(), config),
-        "worker": stand_in_app(Settings(inline_max_pixels=0), config),
-        "worker+def": stand_in_app(Settings(inline_max_pixels=0), config, def_dependency=True),
+        "worker": stand_in_app(offloading, config),
+        "worker+def": stand_in_app(offloading, config, def_dependency=True),
     }
     figures: dict[str, dict[str, list[float]]] = {v: {r: [] for r in ROUTES} for v in VARIANTS}
     round_trips: list[float] = []

@@ -10,9 +10,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
 from fastapi.responses import Response
 
-from app.imaging import encode_png, load_pixels, open_image
 from app.inference import InferenceService
-from app.offload import run_sized
+from app.offload import decode_upload, encode_answer
 from app.routes.deps import Service, error_responses, require_content_type
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 
@@ -22,18 +21,6 @@ _multipart = Depends(require_content_type("multipart/form-data", "upload the ima
 _json = Depends(require_content_type("application/json", 'send {"indices": [[...], ...]}'))
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
 _PNG: dict[str, Any] = {"content": {"image/png": {}}}
-
-
-async def _read_image(file: UploadFile, service: InferenceService) -> np.ndarray:
-    """Upload -> float image: the header is checked here, the pixels decoded where ``run_sized`` says."""
-    settings = service.settings
-    with open_image(await file.read(), max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
-        return await run_sized(image.width * image.height, settings.inline_max_pixels, load_pixels, image)
-
-
-async def _png_of(image: np.ndarray, service: InferenceService) -> bytes:
-    """Float (H, W) image -> PNG bytes, encoded where ``run_sized`` says."""
-    return await run_sized(image.size, service.settings.inline_max_pixels, encode_png, image)
 
 
 def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -48,7 +35,7 @@ def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response
     summary="Image -> grid of codebook indices",
 )
 async def encode(file: ImageFile, service: Service) -> EncodeResponse:
-    image = await _read_image(file, service)
+    image = await decode_upload(await file.read(), service.settings)
     indices = await service.encode(image)
     height, width = image.shape
     return EncodeResponse(
@@ -72,7 +59,7 @@ async def decode(body: DecodeRequest, service: Service) -> Response:
     stride = service.config.stride
     size = body.image_size or (grid.shape[0] * stride, grid.shape[1] * stride)
     image = await service.decode(grid, size)
-    return _png_response(await _png_of(image, service))
+    return _png_response(await encode_answer(image, service.settings))
 
 
 def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
@@ -118,9 +105,9 @@ async def reconstruct(
     service: Service,
     accept: Annotated[str | None, Header(description="`image/png` for the PNG itself instead of JSON")] = None,
 ) -> ReconstructResponse | Response:
-    image = await _read_image(file, service)
+    image = await decode_upload(await file.read(), service.settings)
     result = await service.reconstruct(image)
-    png = await _png_of(result.image, service)
+    png = await encode_answer(result.image, service.settings)
     if prefers_png(accept):
         return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr)})
     height, width = image.shape

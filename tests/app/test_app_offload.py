@@ -1,9 +1,11 @@
-"""Small images are decoded and encoded on the event loop, large ones on a worker thread; the answers agree."""
+"""Small uploads are decoded and encoded on the event loop, large ones on a worker thread; the answers agree."""
 
 from __future__ import annotations
 
 import base64
+import struct
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -64,3 +66,24 @@ async def test_a_slice_sized_request_never_waits_for_a_worker_thread(
         # decode for /encode and /reconstruct, PNG encode for /decode and /reconstruct
         assert sorted(worker_calls) == ["encode_png", "encode_png", "load_pixels", "load_pixels"]
     assert offloaded == inline
+
+
+def with_empty_chunks(png: bytes, count: int) -> bytes:
+    """The same PNG with ``count`` empty private chunks before its image data: Pillow parses each in Python."""
+    chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return png[:33] + chunk * count + png[33:]  # after the signature (8) and IHDR (25)
+
+
+async def test_a_large_file_is_opened_on_a_worker_thread_even_when_its_image_is_small(
+    serve: Serve, as_upload: Files, image_file: Any, noise: Any, worker_calls: list[str]
+) -> None:
+    """Opening reads the header, and a crafted header can be slow to read: 256 KiB of empty chunks took 120 ms."""
+    png = image_file(noise(16, 16))
+    padded = with_empty_chunks(png, 100)
+    async with serve(inline_max_bytes=len(padded) - 1) as client:
+        worker_calls.clear()
+        small = await client.post("/encode", files=as_upload(png))
+        large = await client.post("/encode", files=as_upload(padded))
+        assert worker_calls == ["decode_image"]
+    assert small.status_code == large.status_code == 200
+    assert small.json() == large.json()

@@ -17,10 +17,11 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("VQVAE_MAX_WAIT_MS", "0.5")
     monkeypatch.setenv("VQVAE_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("VQVAE_INLINE_MAX_PIXELS", "0")
+    monkeypatch.setenv("VQVAE_INLINE_MAX_BYTES", "1000")
     settings = Settings()
     assert settings.checkpoint == tmp_path / "m.safetensors"
     assert (settings.max_pixels, settings.max_wait_ms, settings.log_level) == (1024, 0.5, "warning")
-    assert settings.inline_max_pixels == 0
+    assert (settings.inline_max_pixels, settings.inline_max_bytes) == (0, 1000)
 
 
 def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
@@ -28,7 +29,8 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("min_size", 3), ("max_queue", 0), ("device", "tpu"), ("inline_max_pixels", -1)]
+    ("name", "value"),
+    [("min_size", 3), ("max_queue", 0), ("device", "tpu"), ("inline_max_pixels", -1), ("inline_max_bytes", -1)],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
