@@ -12,7 +12,8 @@ What it measures, in one process, variants alternating over rounds:
     thread (the service before both changes);
 - one round trip from the event loop to a worker thread and back (``run_in_threadpool`` of a no-op): what a
   plain ``def`` dependency or endpoint costs FastAPI on every request;
-- the PNG decode and encode alone, for scale.
+- the PNG decode and encode alone, for scale, and the opening (header only) of a crafted PNG of 256 KiB of empty
+  chunks: why ``VQVAE_INLINE_MAX_BYTES`` bounds what is opened on the event loop.
 
     PYTHONPATH=. python -m benchmarks.bench_app --rounds 5
 """
@@ -22,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import struct
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +34,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
-from app.imaging import decode_image, encode_png
+from app.imaging import decode_image, encode_png, open_image
 from app.inference import Reconstruction
 from app.main import create_app
 from app.routes.deps import get_service
@@ -151,6 +154,15 @@ async def thread_round_trip_s(calls: int) -> float:
     return (loop.time() - started) / calls
 
 
+EMPTY_CHUNK_BYTES = 12  # length, type, CRC
+
+
+def with_empty_chunks(png: bytes, count: int) -> bytes:
+    """The same PNG with ``count`` empty private chunks before its image data; Pillow parses each in Python."""
+    chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return png[:33] + chunk * count + png[33:]  # after the signature (8 bytes) and the IHDR chunk (25)
+
+
 def median_ms(values: Sequence[float]) -> float:
     return 1000 * statistics.median(values)
 
@@ -196,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
 
     pngs, floats = slices.pngs(), slices.floats()
     settings = Settings()
+    chunk_spam = with_empty_chunks(pngs[0], 256 * 1024 // EMPTY_CHUNK_BYTES)
     codec_ms: dict[str, Callable[[int], Any]] = {
         "PNG decode": lambda i: decode_image(
             pngs[i % len(pngs)], max_pixels=settings.max_pixels, min_size=settings.min_size
         ),
         "PNG encode": lambda i: encode_png(floats[i % len(floats)]),
+        "opening a 256 KiB PNG of empty chunks": lambda i: open_image(
+            chunk_spam, max_pixels=settings.max_pixels, min_size=settings.min_size
+        ).close(),
     }
     alone = {name: median_ms(time_calls(call, warmup=1, repeats=50, seconds=0)) for name, call in codec_ms.items()}
 

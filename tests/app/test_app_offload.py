@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import struct
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +12,7 @@ import httpx
 import pytest
 
 from app.offload import run_sized
+from benchmarks.bench_app import with_empty_chunks
 
 pytestmark = pytest.mark.anyio
 
@@ -68,16 +67,10 @@ async def test_a_slice_sized_request_never_waits_for_a_worker_thread(
     assert offloaded == inline
 
 
-def with_empty_chunks(png: bytes, count: int) -> bytes:
-    """The same PNG with ``count`` empty private chunks before its image data: Pillow parses each in Python."""
-    chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
-    return png[:33] + chunk * count + png[33:]  # after the signature (8) and IHDR (25)
-
-
 async def test_a_large_file_is_opened_on_a_worker_thread_even_when_its_image_is_small(
     serve: Serve, as_upload: Files, image_file: Any, noise: Any, worker_calls: list[str]
 ) -> None:
-    """Opening reads the header, and a crafted header can be slow to read: 256 KiB of empty chunks took 120 ms."""
+    """Opening reads the header, and a crafted header is slow to read (``python -m benchmarks.bench_app``)."""
     png = image_file(noise(16, 16))
     padded = with_empty_chunks(png, 100)
     async with serve(inline_max_bytes=len(padded) - 1) as client:
