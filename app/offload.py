@@ -2,13 +2,14 @@
 
 Handing a call to a worker thread costs two thread switches (there and back to the loop), which on the 2-core
 machine cost about as much as decoding a 256x256 PNG does (``python -m benchmarks.bench_app`` measures both ways).
-So small uploads are decoded, and small answers PNG-encoded, on the loop. The limits keep what a caller can make
-the loop do short:
-- ``Settings.inline_max_bytes`` bounds the file whose header is parsed on the loop: Pillow walks a PNG's chunks
-  in Python, and a crafted 256 KiB file of empty chunks took 120 ms to open;
-- ``Settings.inline_max_pixels`` bounds the image decoded or encoded on the loop: a few KiB of PNG can hold a
-  4096x4096 image, over 100 ms to decode.
-Everything larger runs on a worker thread, as all of it did before.
+So small PNG uploads are decoded, and small answers PNG-encoded, on the loop. What a caller can make the loop do
+stays short (worst crafted cases measured by ``bench_app``):
+- only PNG is opened on the loop: a progressive JPEG is decoded once per scan, so its pixel count does not bound
+  its time, and BMP's RLE and TIFF's tags are parsed in Python;
+- ``Settings.inline_max_bytes`` bounds the PNG file: Pillow walks its chunks in Python, and its compressed text
+  chunks are capped by ``app.imaging.MAX_PNG_TEXT_BYTES``;
+- ``Settings.inline_max_pixels`` bounds the image decoded or encoded: a few KiB of PNG can hold a 4096x4096 image.
+Everything else runs on a worker thread, as all of it did before.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.imaging import decode_image, encode_png, load_pixels, open_image
+from app.imaging import PNG_SIGNATURE, decode_image, encode_png, load_pixels, open_image
 from app.settings import Settings
 
 P = ParamSpec("P")
@@ -37,7 +38,7 @@ async def run_sized(
 
 async def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
     """Uploaded file -> float32 (H, W) in [0, 1] (``app.imaging.decode_image``), on the loop when small."""
-    if len(data) > settings.inline_max_bytes:
+    if len(data) > settings.inline_max_bytes or not data.startswith(PNG_SIGNATURE):
         return await run_in_threadpool(decode_image, data, max_pixels=settings.max_pixels, min_size=settings.min_size)
     with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
         return await run_sized(image.width * image.height, settings.inline_max_pixels, load_pixels, image)

@@ -29,10 +29,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
     min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
     inline_max_bytes: int = Field(
-        default=64 * 1024,
+        default=32 * 1024,
         ge=0,
-        description="uploads up to this size are decoded on the event loop when their image is small too (see "
-        "inline_max_pixels), larger ones on a worker thread",
+        description="PNG uploads up to this size are decoded on the event loop when their image is small too (see "
+        "inline_max_pixels); larger ones, and every other format, on a worker thread",
     )
     inline_max_pixels: int = Field(
         default=512 * 512,

@@ -12,8 +12,9 @@ What it measures, in one process, variants alternating over rounds:
     thread (the service before both changes);
 - one round trip from the event loop to a worker thread and back (``run_in_threadpool`` of a no-op): what a
   plain ``def`` dependency or endpoint costs FastAPI on every request;
-- the PNG decode and encode alone, for scale, and the opening (header only) of a crafted PNG of 256 KiB of empty
-  chunks: why ``VQVAE_INLINE_MAX_BYTES`` bounds what is opened on the event loop.
+- the PNG decode and encode alone, for scale, and the worst crafted PNGs the event loop may be handed, of
+  ``VQVAE_INLINE_MAX_BYTES``: one padded with empty chunks, one padded with compressed text chunks (refused once
+  their text passes ``app.imaging.MAX_PNG_TEXT_BYTES``).
 
     PYTHONPATH=. python -m benchmarks.bench_app --rounds 5
 """
@@ -34,7 +35,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
-from app.imaging import decode_image, encode_png, open_image
+from app.imaging import ImageError, decode_image, encode_png, load_pixels, open_image
 from app.inference import Reconstruction
 from app.main import create_app
 from app.routes.deps import get_service
@@ -154,13 +155,27 @@ async def thread_round_trip_s(calls: int) -> float:
     return (loop.time() - started) / calls
 
 
-EMPTY_CHUNK_BYTES = 12  # length, type, CRC
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def with_empty_chunks(png: bytes, count: int) -> bytes:
-    """The same PNG with ``count`` empty private chunks before its image data; Pillow parses each in Python."""
-    chunk = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+EMPTY_CHUNK = png_chunk(b"prVt", b"")  # a private chunk Pillow skips, after parsing it in Python
+TEXT_BOMB_CHUNK = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(bytes(1 << 20), 9))  # 1 KiB -> 1 MiB of text
+
+
+def padded_png(png: bytes, chunk: bytes, size: int) -> bytes:
+    """The same PNG padded to about ``size`` bytes with copies of ``chunk`` before its image data."""
+    count = max(0, size - len(png)) // len(chunk)
     return png[:33] + chunk * count + png[33:]  # after the signature (8 bytes) and the IHDR chunk (25)
+
+
+def open_and_load(data: bytes, settings: Settings) -> None:
+    """What the event loop does with a small PNG; a refusal counts as done (it is the answer)."""
+    try:
+        with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
+            load_pixels(image)
+    except ImageError:
+        pass
 
 
 def median_ms(values: Sequence[float]) -> float:
@@ -208,15 +223,16 @@ def main(argv: list[str] | None = None) -> int:
 
     pngs, floats = slices.pngs(), slices.floats()
     settings = Settings()
-    chunk_spam = with_empty_chunks(pngs[0], 256 * 1024 // EMPTY_CHUNK_BYTES)
+    kib = settings.inline_max_bytes // 1024
+    empty_chunks = padded_png(pngs[0], EMPTY_CHUNK, settings.inline_max_bytes)
+    text_chunks = padded_png(pngs[0], TEXT_BOMB_CHUNK, settings.inline_max_bytes)
     codec_ms: dict[str, Callable[[int], Any]] = {
         "PNG decode": lambda i: decode_image(
             pngs[i % len(pngs)], max_pixels=settings.max_pixels, min_size=settings.min_size
         ),
         "PNG encode": lambda i: encode_png(floats[i % len(floats)]),
-        "opening a 256 KiB PNG of empty chunks": lambda i: open_image(
-            chunk_spam, max_pixels=settings.max_pixels, min_size=settings.min_size
-        ).close(),
+        f"a {kib} KiB PNG of empty chunks": lambda i: open_and_load(empty_chunks, settings),
+        f"a {kib} KiB PNG of text chunks": lambda i: open_and_load(text_chunks, settings),
     }
     alone = {name: median_ms(time_calls(call, warmup=1, repeats=50, seconds=0)) for name, call in codec_ms.items()}
 

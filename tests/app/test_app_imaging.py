@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import (
+    MAX_PNG_TEXT_BYTES,
     ImageTooLargeError,
     ImageTooSmallError,
     UnsupportedImageError,
@@ -20,6 +21,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
+from benchmarks.bench_app import TEXT_BOMB_CHUNK, padded_png
 from models.grayscale import to_uint8
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
@@ -97,6 +99,26 @@ def test_truncated_png(image_file: ImageFile, noise: Noise) -> None:
     png = image_file(noise(64, 64))
     with pytest.raises(UnsupportedImageError, match="truncated"):
         decode(png[: len(png) // 2])
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow says so of a cut TIFF, then raises
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "TIFF", "PNG"])
+def test_a_header_cut_short_is_a_400_not_a_crash(image_file: ImageFile, noise: Noise, fmt: str) -> None:
+    data = image_file(noise(64, 64), fmt)
+    for cut in (20, 40, 100):
+        with pytest.raises(UnsupportedImageError) as caught:
+            decode(data[:cut])
+        assert caught.value.status_code == 400
+
+
+def test_png_text_chunks_are_capped(image_file: ImageFile, noise: Noise) -> None:
+    """Compressed text inflating past MAX_PNG_TEXT_BYTES is refused (a slice needs no text at all)."""
+    png = image_file(noise(16, 16))
+    chunks = MAX_PNG_TEXT_BYTES // (1 << 20) + 1  # each inflates to 1 MiB
+    with pytest.raises(UnsupportedImageError, match="text chunks"):
+        decode(padded_png(png, TEXT_BOMB_CHUNK, len(png) + chunks * len(TEXT_BOMB_CHUNK)))
+    within = padded_png(png, TEXT_BOMB_CHUNK, len(png) + (chunks - 2) * len(TEXT_BOMB_CHUNK))
+    np.testing.assert_array_equal(decode(within), decode(png))
 
 
 def test_open_reads_the_header_only_and_load_decodes(image_file: ImageFile, noise: Noise) -> None:

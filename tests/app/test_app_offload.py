@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.offload import run_sized
-from benchmarks.bench_app import with_empty_chunks
+from benchmarks.bench_app import EMPTY_CHUNK, padded_png
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +72,7 @@ async def test_a_large_file_is_opened_on_a_worker_thread_even_when_its_image_is_
 ) -> None:
     """Opening reads the header, and a crafted header is slow to read (``python -m benchmarks.bench_app``)."""
     png = image_file(noise(16, 16))
-    padded = with_empty_chunks(png, 100)
+    padded = padded_png(png, EMPTY_CHUNK, len(png) + 1200)
     async with serve(inline_max_bytes=len(padded) - 1) as client:
         worker_calls.clear()
         small = await client.post("/encode", files=as_upload(png))
@@ -80,3 +80,16 @@ async def test_a_large_file_is_opened_on_a_worker_thread_even_when_its_image_is_
         assert worker_calls == ["decode_image"]
     assert small.status_code == large.status_code == 200
     assert small.json() == large.json()
+
+
+async def test_only_png_is_opened_on_the_event_loop(
+    serve: Serve, as_upload: Files, image_file: Any, noise: Any, worker_calls: list[str]
+) -> None:
+    """A progressive JPEG is decoded once per scan, BMP's RLE and TIFF's tags in Python: small is not cheap."""
+    pixels = noise(16, 16)
+    async with serve() as client:
+        worker_calls.clear()
+        for fmt in ("JPEG", "BMP", "TIFF"):
+            response = await client.post("/encode", files=as_upload(image_file(pixels, fmt)))
+            assert response.status_code == 200, response.text
+        assert worker_calls == ["decode_image"] * 3
