@@ -8,6 +8,12 @@ the next batch by themselves. The queue is bounded; a full queue raises ``QueueF
 
 An ``initializer`` runs on the worker thread before the first batch (``start`` waits for it and re-raises its
 error), so that whatever must live on that thread (the model, its torch thread settings) is set up there.
+
+Under load, ``helpers`` more threads run batches beside the worker: a lone caller is served by the worker alone
+(with all of its torch threads), but while a batch still waits when the worker takes its own, the worker runs
+its batch "shared" and a helper takes the next. ``on_share(shared)`` runs on the worker thread before each of its
+batches, so that it can use one torch thread while helpers run theirs. Helpers only start a batch while the
+worker's is shared, so the threads never outnumber what ``on_share`` allows.
 """
 
 from __future__ import annotations
@@ -59,9 +65,12 @@ class MicroBatcher:
         on_batch: Callable[[Hashable, int], None] | None = None,
         initializer: Callable[[], None] | None = None,
         name: str = "inference",
+        helpers: int = 0,
+        helper_initializer: Callable[[], None] | None = None,
+        on_share: Callable[[bool], None] | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0 or helpers < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s and helpers >= 0")
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
@@ -70,12 +79,24 @@ class MicroBatcher:
         self._initializer = initializer
         self._initialized: Future[None] = Future()
         self._pending: deque[_Job] = deque()
-        self._condition = threading.Condition()
+        lock = threading.Lock()
+        self._condition = threading.Condition(lock)  # the worker waits on it, the helpers on the other
+        self._helper_wakeup = threading.Condition(lock)
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._helper_initializer = helper_initializer
+        self._on_share = on_share
+        self._sharing = False  # the worker runs a shared batch: helpers may start one
+        self._helpers_busy = 0
+        self._helpers = [
+            threading.Thread(target=self._help, args=(k,), name=f"{name}-helper-{k + 1}", daemon=True)
+            for k in range(helpers)
+        ]
+        self._helpers_ready: list[Future[None]] = [Future() for _ in range(helpers)]
 
     def start(self) -> None:
-        """Start the worker thread; return once the initializer has run there, or raise what it raised."""
+        """Start the worker thread, then the helpers; return once every initializer has run, or raise the first
+        error (the batcher is then closed)."""
         with self._condition:
             if self._closed:
                 raise BatcherClosedError("the service is shutting down")
@@ -85,6 +106,18 @@ class MicroBatcher:
         except BaseException:
             self._thread.join()
             raise
+        for helper in self._helpers:
+            helper.start()
+        try:
+            for ready in self._helpers_ready:
+                ready.result()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def helper_thread_ids(self) -> list[int | None]:
+        return [helper.ident for helper in self._helpers]
 
     @property
     def thread_id(self) -> int | None:
@@ -115,13 +148,16 @@ class MicroBatcher:
                 raise QueueFullError(self._max_queue)
             self._pending.append(job)
             self._condition.notify()
+            if self._sharing:  # helpers only take work then: waking them otherwise costs a lone caller time
+                self._helper_wakeup.notify()
         return job.future
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Finish the running batch, fail the queued ones, stop the thread."""
+        """Finish the running batches, fail the queued ones, stop the threads."""
         self._refuse_all(BatcherClosedError("the service is shutting down"))
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        for thread in [self._thread, *self._helpers]:
+            if thread.is_alive():
+                thread.join(timeout_s)
 
     def _refuse_all(self, error: Exception) -> None:
         """Close, and fail every queued job with ``error``."""
@@ -130,6 +166,7 @@ class MicroBatcher:
             abandoned = list(self._pending)
             self._pending.clear()
             self._condition.notify_all()
+            self._helper_wakeup.notify_all()
         for job in abandoned:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(error)
@@ -143,16 +180,45 @@ class MicroBatcher:
             self._initialized.set_exception(exc)
             return
         self._initialized.set_result(None)
-        while (batch := self._next_batch()) is not None:
+        while (batch := self._next_batch(helper=False)) is not None:
+            with self._condition:
+                # shared when another batch already waits for a helper, or a helper is still running one
+                self._sharing = bool(self._helpers) and (bool(self._pending) or self._helpers_busy > 0)
+                shared = self._sharing
+                if shared:
+                    self._helper_wakeup.notify_all()
+            if self._on_share is not None:
+                self._on_share(shared)
             self._execute(batch)
+            with self._condition:
+                self._sharing = False
 
-    def _next_batch(self) -> list[_Job] | None:
+    def _help(self, index: int) -> None:
+        try:
+            if self._helper_initializer is not None:
+                self._helper_initializer()
+        except BaseException as exc:
+            self._helpers_ready[index].set_exception(exc)
+            return
+        self._helpers_ready[index].set_result(None)
+        while (batch := self._next_batch(helper=True)) is not None:
+            try:
+                self._execute(batch)
+            finally:
+                with self._condition:
+                    self._helpers_busy -= 1
+
+    def _next_batch(self, *, helper: bool) -> list[_Job] | None:
+        """The next batch for the worker, or for a helper (only while the worker runs a shared batch)."""
+        wakeup = self._helper_wakeup if helper else self._condition
         with self._condition:
-            while not self._pending and not self._closed:
-                self._condition.wait()
+            while not self._closed and not (self._pending and (not helper or self._sharing)):
+                wakeup.wait()
             if self._closed:
                 return None
             batch = [self._pending.popleft()]
+            if helper:
+                self._helpers_busy += 1
             crowded = bool(self._pending)
             self._take_matching(batch)
             if crowded and self._max_wait_s > 0:
@@ -161,7 +227,7 @@ class MicroBatcher:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._condition.wait(remaining)
+                    wakeup.wait(remaining)
                     self._take_matching(batch)
             return batch
 

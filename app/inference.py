@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 
 WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
+# torch's own default, read at import: torch.set_num_threads (which helper threads call) also changes the default
+# that threads starting later inherit.
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
 
 
 class Reconstruction(NamedTuple):
@@ -78,6 +81,11 @@ class InferenceService:
     hundreds of parallel regions in a forward pass has to wake its worker threads. On the 2-core CPU a batch-1
     encode took 1.8x as long when the checkpoint had been loaded on the (living) main thread
     (``python -m benchmarks.bench_threads``, docs/bench_threads.txt).
+
+    Under load the batcher's helper threads run batches too, each with one torch thread, while the worker runs
+    its own with one (``MicroBatcher``'s ``on_share``). One-thread forward passes never create an OpenMP team,
+    so the worker's stays the only one; and with no team to keep in step, the event loop taking a core from a
+    forward pass costs that pass only its own time, not its partner thread's wait at every barrier.
     """
 
     model: VQVAE
@@ -89,6 +97,8 @@ class InferenceService:
         """Nothing is loaded yet: ``start`` loads the checkpoint on the worker thread."""
         self.settings = settings
         self._observe_batch = observe_batch
+        self._threads = settings.torch_threads or DEFAULT_TORCH_THREADS  # the worker's, when not shared
+        self._shared = False
         self.batcher = MicroBatcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
@@ -96,7 +106,17 @@ class InferenceService:
             max_queue=settings.max_queue,
             on_batch=self._on_batch,
             initializer=self._load,
+            helpers=self.parallel_batches - 1,
+            helper_initializer=self._start_helper,
+            on_share=self._share,
         )
+
+    @property
+    def parallel_batches(self) -> int:
+        """Forward passes at once under load: the setting, or by default one per torch thread (1 on CUDA)."""
+        if self.settings.parallel_batches:
+            return self.settings.parallel_batches
+        return 1 if self.settings.device == "cuda" else self._threads
 
     @classmethod
     def start(cls, settings: Settings, observe_batch: Callable[[str, int], None] | None = None) -> InferenceService:
@@ -115,8 +135,7 @@ class InferenceService:
 
     def _load(self) -> None:
         """Runs on the worker thread, before any request: threads, checkpoint, warm-up. Raises ``StartupError``."""
-        if self.settings.torch_threads > 0:
-            torch.set_num_threads(self.settings.torch_threads)
+        torch.set_num_threads(self._threads)
         self.model, self.metadata = load_model(self.settings)
         try:
             self.sha256 = sha256_of(self.settings.checkpoint)
@@ -127,6 +146,20 @@ class InferenceService:
             self._warm_up()
         except RuntimeError as exc:  # out of memory, an unsupported device...: one line, not a traceback
             raise StartupError(f"the model failed its warm-up pass on {self.device}: {exc}") from exc
+
+    def _start_helper(self) -> None:
+        """Runs on each helper thread after the worker's ``_load``: one torch thread, and its own warm-up."""
+        torch.set_num_threads(1)
+        try:
+            self._warm_up()
+        except RuntimeError as exc:
+            raise StartupError(f"the model failed its warm-up pass on a helper thread: {exc}") from exc
+
+    def _share(self, shared: bool) -> None:
+        """On the worker thread, before each of its batches: one torch thread while helpers may run theirs."""
+        if shared != self._shared:
+            torch.set_num_threads(1 if shared else self._threads)
+            self._shared = shared
 
     def _warm_up(self, side: int = WARM_UP_SIDE) -> None:
         """One pass of each operation on a blank slice, so the first caller does not pay for the kernels'

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="images up to this many pixels are decoded and encoded on the event loop, larger ones on a "
         "worker thread (0: always a worker thread)",
     )
+    parallel_batches: int = Field(
+        default=0,
+        ge=0,
+        description="forward passes run at once under load, each on one torch thread (a lone request still gets "
+        "all of them); 0: the torch thread count on the CPU, 1 on CUDA",
+    )
     max_batch_size: int = Field(default=4, ge=1, description="most requests grouped into one forward pass")
     max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits for companions, only under load")
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")

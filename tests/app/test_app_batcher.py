@@ -180,3 +180,80 @@ def test_start_after_close_runs_nothing() -> None:
     with pytest.raises(BatcherClosedError):
         batcher.start()
     assert calls == [] and not batcher.alive
+
+
+class ThreadRecorder:
+    """A model that records which thread ran each key; keys in ``held`` wait at their own gate."""
+
+    def __init__(self, *held: Hashable) -> None:
+        self.threads: dict[Hashable, str] = {}
+        self.entered: dict[Hashable, threading.Event] = {}
+        self.gates = {key: threading.Event() for key in held}
+        self.lock = threading.Lock()
+
+    def started(self, key: Hashable) -> threading.Event:
+        with self.lock:
+            return self.entered.setdefault(key, threading.Event())
+
+    def __call__(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        self.threads[key] = threading.current_thread().name
+        self.started(key).set()
+        if key in self.gates:
+            self.gates[key].wait(10)
+        return payloads
+
+    def release(self) -> None:
+        for gate in self.gates.values():
+            gate.set()
+
+
+def with_helper(model: ThreadRecorder, shares: list[bool]) -> MicroBatcher:
+    batcher = MicroBatcher(
+        model, max_batch_size=4, max_wait_s=0.0, max_queue=16, name="w", helpers=1, on_share=shares.append
+    )
+    batcher.start()
+    return batcher
+
+
+async def test_a_lone_caller_is_served_by_the_worker_unshared_and_helpers_wait() -> None:
+    """While the worker runs an unshared batch (all its torch threads), a new request waits for it."""
+    model, shares = ThreadRecorder("a"), []
+    batcher = with_helper(model, shares)
+    first = asyncio.ensure_future(batcher.submit("a", 1))
+    await wait_until(model.started("a").is_set)
+    second = asyncio.ensure_future(batcher.submit("b", 2))
+    await asyncio.sleep(0.05)
+    assert not model.started("b").is_set() and batcher.queued == 1  # no helper took it
+    model.release()
+    assert await asyncio.gather(first, second) == [1, 2]
+    assert model.threads == {"a": "w", "b": "w"}
+    assert shares == [False, False]
+    batcher.close()
+
+
+async def test_under_load_the_worker_shares_and_a_helper_runs_the_next_batch_beside_it() -> None:
+    model, shares = ThreadRecorder("z", "a"), []
+    batcher = with_helper(model, shares)
+    blocker = asyncio.ensure_future(batcher.submit("z", 0))  # holds the worker while a and b queue up
+    await wait_until(model.started("z").is_set)
+    queued = [asyncio.ensure_future(batcher.submit(key, n)) for n, key in enumerate("ab", start=1)]
+    await wait_until(lambda: batcher.queued == 2)
+    model.gates["z"].set()  # the worker takes a with b still queued: shared, so the helper takes b
+    assert await asyncio.wait_for(queued[1], 5) == 2  # answered while the worker is still held in a
+    assert model.threads == {"z": "w", "a": "w", "b": "w-helper-1"}
+    assert shares == [False, True]
+    model.release()
+    assert await asyncio.gather(blocker, queued[0]) == [0, 1]
+    batcher.close()
+
+
+def test_a_failing_helper_initializer_fails_start_and_closes() -> None:
+    def broken() -> None:
+        raise RuntimeError("no memory for a second model thread")
+
+    batcher = MicroBatcher(
+        FakeModel(), max_batch_size=2, max_wait_s=0.0, max_queue=4, helpers=1, helper_initializer=broken
+    )
+    with pytest.raises(RuntimeError, match="no memory"):
+        batcher.start()
+    assert not batcher.alive

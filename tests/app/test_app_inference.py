@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import app.inference as inference
 from app.inference import InferenceService, StartupError, check_checkpoint
@@ -40,7 +41,8 @@ def test_the_model_is_loaded_warmed_up_and_run_on_the_batchers_thread(
 
     monkeypatch.setattr(InferenceService, "_run_batch", recording)
     batches: list[tuple[str, int]] = []
-    service = InferenceService.start(make_settings(), observe_batch=lambda op, size: batches.append((op, size)))
+    settings = make_settings(parallel_batches=1)
+    service = InferenceService.start(settings, observe_batch=lambda op, size: batches.append((op, size)))
     try:
         worker = service.batcher.thread_id
         assert [thread.ident for thread in load_threads] == [worker]
@@ -48,6 +50,27 @@ def test_the_model_is_loaded_warmed_up_and_run_on_the_batchers_thread(
         assert batch_threads == [(worker, "encode"), (worker, "reconstruct"), (worker, "decode")]
         assert batches == []
         assert service.ready and len(service.sha256) == 64
+    finally:
+        service.close()
+
+
+def test_helpers_warm_up_on_one_torch_thread_and_the_worker_keeps_its_own(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load helpers run forward passes beside the worker, one torch thread each (see InferenceService)."""
+    passes: list[tuple[int, str, int]] = []
+    real = InferenceService._run_batch
+
+    def recording(self: InferenceService, key: Any, payloads: list[Any]) -> list[Any]:
+        passes.append((threading.get_ident(), key[0], torch.get_num_threads()))
+        return real(self, key, payloads)
+
+    monkeypatch.setattr(InferenceService, "_run_batch", recording)
+    service = InferenceService.start(make_settings(parallel_batches=2, torch_threads=2))
+    try:
+        worker, (helper,) = service.batcher.thread_id, service.batcher.helper_thread_ids
+        operations = ["encode", "reconstruct", "decode"]
+        assert passes == [(worker, op, 2) for op in operations] + [(helper, op, 1) for op in operations]
     finally:
         service.close()
 

@@ -30,7 +30,14 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("min_size", 3), ("max_queue", 0), ("device", "tpu"), ("inline_max_pixels", -1), ("inline_max_bytes", -1)],
+    [
+        ("min_size", 3),
+        ("max_queue", 0),
+        ("device", "tpu"),
+        ("inline_max_pixels", -1),
+        ("inline_max_bytes", -1),
+        ("parallel_batches", -1),
+    ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
