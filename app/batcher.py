@@ -1,4 +1,4 @@
-"""Dynamic micro-batching (as Triton's dynamic batcher does): one worker thread, one forward pass per group.
+"""Dynamic micro-batching (as Triton's dynamic batcher does): one forward pass per group of requests.
 
 Requests are queued from the event loop and answered through futures; the worker thread takes the oldest
 request plus every queued request with the same key (same operation and shape, so no padding changes a
