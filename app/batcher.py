@@ -19,6 +19,7 @@ worker's is shared, so the threads never outnumber what ``on_share`` allows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -149,15 +150,16 @@ class MicroBatcher:
             self._pending.append(job)
             self._condition.notify()
             if self._sharing:  # helpers only take work then: waking them otherwise costs a lone caller time
-                self._helper_wakeup.notify()
+                self._helper_wakeup.notify_all()  # one helper may be waiting for companions of another key
         return job.future
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the running batches, fail the queued ones, stop the threads."""
         self._refuse_all(BatcherClosedError("the service is shutting down"))
+        deadline = time.monotonic() + timeout_s
         for thread in [self._thread, *self._helpers]:
             if thread.is_alive():
-                thread.join(timeout_s)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _refuse_all(self, error: Exception) -> None:
         """Close, and fail every queued job with ``error``."""
@@ -187,11 +189,12 @@ class MicroBatcher:
                 shared = self._sharing
                 if shared:
                     self._helper_wakeup.notify_all()
-            if self._on_share is not None:
-                self._on_share(shared)
-            self._execute(batch)
-            with self._condition:
-                self._sharing = False
+            prepare = None if self._on_share is None else functools.partial(self._on_share, shared)
+            try:
+                self._execute(batch, prepare)
+            finally:
+                with self._condition:
+                    self._sharing = False
 
     def _help(self, index: int) -> None:
         try:
@@ -241,12 +244,15 @@ class MicroBatcher:
         others.extend(self._pending)
         self._pending = others
 
-    def _execute(self, batch: list[_Job]) -> None:
+    def _execute(self, batch: list[_Job], prepare: Callable[[], None] | None = None) -> None:
+        """Run one batch and answer its callers; ``prepare`` runs first, and its failure fails the batch."""
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]  # skip cancelled callers
         if not live:
             return
         key = live[0].key
         try:
+            if prepare is not None:
+                prepare()
             if self._on_batch is not None:
                 self._on_batch(key, len(live))
             results = self._run_batch(key, [job.payload for job in live])

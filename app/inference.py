@@ -149,6 +149,7 @@ class InferenceService:
 
     def _start_helper(self) -> None:
         """Runs on each helper thread after the worker's ``_load``: one torch thread, and its own warm-up."""
+        torch.get_num_threads()  # first: a thread's first torch call would reset its count to the process default
         torch.set_num_threads(1)
         try:
             self._warm_up()

@@ -240,6 +240,7 @@ async def test_under_load_the_worker_shares_and_a_helper_runs_the_next_batch_bes
     await wait_until(lambda: batcher.queued == 2)
     model.gates["z"].set()  # the worker takes a with b still queued: shared, so the helper takes b
     assert await asyncio.wait_for(queued[1], 5) == 2  # answered while the worker is still held in a
+    await wait_until(model.started("a").is_set)
     assert model.threads == {"z": "w", "a": "w", "b": "w-helper-1"}
     assert shares == [False, True]
     model.release()
@@ -257,3 +258,25 @@ def test_a_failing_helper_initializer_fails_start_and_closes() -> None:
     with pytest.raises(RuntimeError, match="no memory"):
         batcher.start()
     assert not batcher.alive
+    assert batcher.thread_id not in {thread.ident for thread in threading.enumerate()}  # the worker stopped too
+
+
+async def test_the_worker_stays_shared_while_a_helper_still_runs() -> None:
+    """Otherwise the worker would take all its torch threads while a helper's one-thread pass still runs."""
+    model, shares = ThreadRecorder("z", "a", "b"), []
+    batcher = with_helper(model, shares)
+    blocker = asyncio.ensure_future(batcher.submit("z", 0))
+    await wait_until(model.started("z").is_set)
+    queued = [asyncio.ensure_future(batcher.submit(key, n)) for n, key in enumerate("ab", start=1)]
+    await wait_until(lambda: batcher.queued == 2)
+    model.gates["z"].set()  # the worker takes a (shared, b waits), the helper takes b; both are held
+    await wait_until(lambda: model.started("a").is_set() and model.started("b").is_set())
+    model.gates["a"].set()
+    assert await asyncio.wait_for(queued[0], 5) == 1
+    later = asyncio.ensure_future(batcher.submit("c", 3))  # alone in the queue, but the helper is still busy
+    assert await asyncio.wait_for(later, 5) == 3
+    assert model.threads == {"z": "w", "a": "w", "b": "w-helper-1", "c": "w"}
+    assert shares == [False, True, True]
+    model.release()
+    assert await asyncio.gather(blocker, queued[1]) == [0, 2]
+    batcher.close()
