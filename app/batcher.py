@@ -63,7 +63,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: Callable[[Hashable, int], None] | None = None,
+        on_batch: Callable[[Hashable, int, float], None] | None = None,
         initializer: Callable[[], None] | None = None,
         name: str = "inference",
         helpers: int = 0,
@@ -253,9 +253,10 @@ class MicroBatcher:
         try:
             if prepare is not None:
                 prepare()
-            if self._on_batch is not None:
-                self._on_batch(key, len(live))
+            start = time.perf_counter()
             results = self._run_batch(key, [job.payload for job in live])
+            if self._on_batch is not None:  # before any caller hears back, so that /metrics already counts it
+                self._on_batch(key, len(live), time.perf_counter() - start)
             if len(results) != len(live):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} inputs")
         except Exception as exc:  # the callers get (and log) the error; the worker lives on

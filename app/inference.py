@@ -25,6 +25,8 @@ from models.vqvae import VQVAE
 
 logger = logging.getLogger(__name__)
 
+ObserveBatch = Callable[[str, int, float], None]  # (operation, requests in the batch, seconds of its pass)
+
 
 WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
 # torch's own default, read at import: torch.set_num_threads (which helper threads call) also changes the default
@@ -93,7 +95,7 @@ class InferenceService:
     sha256: str
     device: torch.device
 
-    def __init__(self, settings: Settings, *, observe_batch: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, settings: Settings, *, observe_batch: ObserveBatch | None = None) -> None:
         """Nothing is loaded yet: ``start`` loads the checkpoint on the worker thread."""
         self.settings = settings
         self._observe_batch = observe_batch
@@ -119,7 +121,7 @@ class InferenceService:
         return 1 if self.settings.device == "cuda" else self._threads
 
     @classmethod
-    def start(cls, settings: Settings, observe_batch: Callable[[str, int], None] | None = None) -> InferenceService:
+    def start(cls, settings: Settings, observe_batch: ObserveBatch | None = None) -> InferenceService:
         """Load the checkpoint once (on the worker thread), warm the model up and serve (blocking; call it off
         the event loop). Raises ``StartupError``."""
         service = cls(settings, observe_batch=observe_batch)
@@ -197,9 +199,9 @@ class InferenceService:
         result: np.ndarray = await self.batcher.submit(("decode", indices.shape), (indices, size))
         return result
 
-    def _on_batch(self, key: Hashable, size: int) -> None:
+    def _on_batch(self, key: Hashable, size: int, seconds: float) -> None:
         if self._observe_batch is not None and isinstance(key, tuple):
-            self._observe_batch(str(key[0]), size)
+            self._observe_batch(str(key[0]), size, seconds)
 
     def _run_batch(self, key: Hashable, payloads: list[Any]) -> list[Any]:
         """One forward pass for a group of same-shaped inputs (runs on the worker thread)."""

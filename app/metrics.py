@@ -12,7 +12,10 @@ UNMATCHED = "unmatched"  # one label for every unknown path, so scanners cannot 
 
 
 class Metrics:
-    """Request counts by route template and status, latency in seconds, and inference batch sizes."""
+    """Request counts by route template and status, latency in seconds, inference batch sizes and times.
+
+    The time of a batch's pass beside the request latency tells queueing and HTTP apart from the model.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -35,9 +38,16 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.batch_seconds = Histogram(
+            "vqvae_inference_batch_duration_seconds",
+            "time of one batch's forward pass, with its scoring for /reconstruct, on its model thread",
+            ["operation"],
+            registry=self.registry,
+        )
 
-    def observe_batch(self, operation: str, size: int) -> None:
+    def observe_batch(self, operation: str, size: int, seconds: float) -> None:
         self.batch_size.labels(operation=operation).observe(size)
+        self.batch_seconds.labels(operation=operation).observe(seconds)
 
 
 class MetricsMiddleware:

@@ -58,7 +58,7 @@ async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
 
 async def test_queued_requests_are_grouped_by_key_and_answered_in_place(held: FakeModel) -> None:
     sizes: list[int] = []
-    batcher = make(held, on_batch=lambda _key, size: sizes.append(size))
+    batcher = make(held, on_batch=lambda _key, size, _seconds: sizes.append(size))
     first = asyncio.ensure_future(batcher.submit("a", 0))
     await wait_until(held.running.is_set)
     calls = [asyncio.ensure_future(batcher.submit(key, n)) for n, key in enumerate("abababa", start=1)]

@@ -224,8 +224,11 @@ async def test_concurrent_requests_share_a_forward_pass_and_keep_their_results(
 
     first = asyncio.ensure_future(post(images[0]))
     await wait_for(held.entered.is_set)
+    held_since = time.monotonic()
     rest = [asyncio.ensure_future(post(pixels)) for pixels in images[1:]]
     await wait_for(lambda: service.batcher.queued == len(rest))
+    await asyncio.sleep(0.05)
+    held_s = time.monotonic() - held_since
     held.gate.set()
     bodies = await asyncio.gather(first, *rest)
 
@@ -243,6 +246,10 @@ async def test_concurrent_requests_share_a_forward_pass_and_keep_their_results(
         assert np.abs(got - to_uint8(reconstruction)).max() <= 1
     metrics = (await client.get("/metrics")).text
     assert 'vqvae_inference_batch_size_sum{operation="reconstruct"} 9.0' in metrics
+    # one pass time per batch; the held batch's alone spans the wait for the other eight to queue
+    registry, labels = app.state.metrics.registry, {"operation": "reconstruct"}
+    assert registry.get_sample_value("vqvae_inference_batch_duration_seconds_count", labels) == batches
+    assert (registry.get_sample_value("vqvae_inference_batch_duration_seconds_sum", labels) or 0.0) >= held_s
 
 
 async def test_full_queue_answers_503_with_retry_after(

@@ -42,7 +42,7 @@ def test_the_model_is_loaded_warmed_up_and_run_on_the_batchers_thread(
     monkeypatch.setattr(InferenceService, "_run_batch", recording)
     batches: list[tuple[str, int]] = []
     settings = make_settings(parallel_batches=1)
-    service = InferenceService.start(settings, observe_batch=lambda op, size: batches.append((op, size)))
+    service = InferenceService.start(settings, observe_batch=lambda op, size, _s: batches.append((op, size)))
     try:
         worker = service.batcher.thread_id
         assert [thread.ident for thread in load_threads] == [worker]
