@@ -18,6 +18,7 @@ import torch
 
 from app.batcher import MicroBatcher
 from app.settings import Settings
+from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
 from models.quality_torch import psnr_per_image, ssim_per_image
@@ -124,6 +125,10 @@ class InferenceService:
     def start(cls, settings: Settings, observe_batch: ObserveBatch | None = None) -> InferenceService:
         """Load the checkpoint once (on the worker thread), warm the model up and serve (blocking; call it off
         the event loop). Raises ``StartupError``."""
+        if settings.malloc_retain_mb and retain_freed_memory(settings.malloc_retain_mb * 1024 * 1024):
+            logger.info(
+                "malloc keeps up to %d MB freed per arena mapped (VQVAE_MALLOC_RETAIN_MB)", settings.malloc_retain_mb
+            )
         service = cls(settings, observe_batch=observe_batch)
         service.batcher.start()
         logger.info(

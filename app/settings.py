@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         description="forward passes run at once under load, each on one torch thread (a lone request still gets "
         "all of them); 0: the torch thread count on the CPU, 1 on CUDA",
     )
+    malloc_retain_mb: int = Field(
+        default=256,
+        ge=0,
+        description="freed memory each thread's malloc arena keeps mapped for the next forward pass, so that the pass "
+        "does not page-fault its buffers in again (glibc only; see models.allocator); 0: glibc's defaults",
+    )
     max_batch_size: int = Field(default=4, ge=1, description="most requests grouped into one forward pass")
     max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits for companions, only under load")
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")

@@ -3,6 +3,8 @@
 What one call does is what the service's model thread does for one group of requests (app.inference):
 stack float (H, W) images -> tensor -> ``model.encode`` or ``model.reconstruct`` under ``torch.inference_mode``
 -> one numpy array per image. Nothing else: no PNG decoding, no SSIM, no HTTP. Warm-up calls are not timed.
+The process takes the service's malloc settings (``VQVAE_MALLOC_RETAIN_MB``, models.allocator); set it to 0 for
+glibc's defaults, as a notebook runs the model.
 
     PYTHONPATH=. python -m benchmarks.bench_model --images 64 --batch-sizes 1,2,4,8,16,32 --seconds 3
 """
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.settings import Settings
 from benchmarks.common import (
     add_common_args,
     int_list,
@@ -27,6 +30,7 @@ from benchmarks.common import (
     print_header,
     ratio,
     resolved_checkpoint,
+    set_malloc,
     set_threads,
     time_calls,
     write_json,
@@ -175,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
+    malloc = set_malloc(Settings().malloc_retain_mb)  # as the service runs with this environment
     info = machine_info()
     print_header("in-process model throughput", info)
+    print(malloc)
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:

@@ -64,6 +64,7 @@ from benchmarks.common import (
     print_header,
     ratio,
     resolved_checkpoint,
+    set_malloc,
     set_threads,
     time_calls,
     write_json,
@@ -655,8 +656,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: invalid server settings: {exc}", file=sys.stderr)
             return 2
         set_threads(settings.torch_threads)  # the in-process reference runs with the server's thread count
+        malloc = set_malloc(settings.malloc_retain_mb)  # ... and its malloc settings
         info = machine_info()
         print_header("service vs in-process", info)
+        print(malloc)
         slices = load_slices(args.data, args.split, args.images)
         print(f"data: {slices.describe()}")
         print(

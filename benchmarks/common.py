@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.allocator import retain_freed_memory
 from models.checkpoint import save
 from models.config import PRESETS
 from models.vqvae import VQVAE
@@ -82,6 +83,14 @@ def set_threads(threads: int) -> None:
     """torch intra-op threads; 0 keeps torch's default (all cores)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def set_malloc(retain_mb: int) -> str:
+    """The service's malloc settings (``models.allocator``) in this process, so that in-process figures are
+    measured the way the server runs the model; returns the line that says what is in force."""
+    if retain_mb and retain_freed_memory(retain_mb * 1024 * 1024):
+        return f"malloc:  freed memory kept mapped, up to {retain_mb} MB per arena (VQVAE_MALLOC_RETAIN_MB)"
+    return "malloc:  glibc's defaults (freed memory goes back to the OS)"
 
 
 # ---- slices ----------------------------------------------------------------------------------------------

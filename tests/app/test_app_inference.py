@@ -102,3 +102,15 @@ def test_a_failing_warm_up_is_a_startup_error(
     monkeypatch.setattr(InferenceService, "_run_batch", out_of_memory)
     with pytest.raises(StartupError, match="failed its warm-up pass on cpu: not enough memory"):
         InferenceService.start(make_settings())
+
+
+@pytest.mark.parametrize(("retain_mb", "calls"), [(64, [64 * 1024 * 1024]), (0, [])])
+def test_malloc_settings_follow_the_setting(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, retain_mb: int, calls: list[int]
+) -> None:
+    """VQVAE_MALLOC_RETAIN_MB reaches models.allocator at start-up; 0 leaves glibc's defaults alone."""
+    seen: list[int] = []
+    monkeypatch.setattr(inference, "retain_freed_memory", lambda size: seen.append(size) or True)
+    service = InferenceService.start(make_settings(malloc_retain_mb=retain_mb, parallel_batches=1))
+    service.close()
+    assert seen == calls
