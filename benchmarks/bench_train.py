@@ -37,6 +37,7 @@ from benchmarks.common import (
     machine_info,
     print_header,
     ratio,
+    set_malloc,
     set_threads,
     time_calls,
     write_json,
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         variants = build_variants(base, compile_too=args.compile_too, cuda=cuda)
+        print(set_malloc(base.malloc_retain_mb, "TrainConfig.malloc_retain_mb; process-wide, so every variant"))
         print(f"data: {data}")
         print(
             f"model: preset '{args.preset}', batch {args.batch_size}; TrainConfig defaults: precision "

@@ -85,12 +85,12 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def set_malloc(retain_mb: int) -> str:
-    """The service's malloc settings (``models.allocator``) in this process, so that in-process figures are
-    measured the way the server runs the model; returns the line that says what is in force."""
+def set_malloc(retain_mb: int, source: str = "VQVAE_MALLOC_RETAIN_MB, as the service") -> str:
+    """Apply the malloc settings (``models.allocator``) that the service or trainer applies, so that in-process
+    figures are measured the way those run; returns the line that says what is in force (from ``source``)."""
     if retain_mb and retain_freed_memory(retain_mb * 1024 * 1024):
-        return f"malloc:  freed memory kept mapped, up to {retain_mb} MB per arena (VQVAE_MALLOC_RETAIN_MB)"
-    return "malloc:  glibc's defaults (freed memory goes back to the OS)"
+        return f"malloc:  freed memory kept mapped, up to {retain_mb} MB per arena ({source})"
+    return f"malloc:  glibc's defaults, freed memory goes back to the OS ({source})"
 
 
 # ---- slices ----------------------------------------------------------------------------------------------

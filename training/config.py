@@ -41,6 +41,10 @@ class TrainConfig:
         metadata={"help": "auto (bf16 autocast on CUDA devices with bf16, fp32 on the CPU), bf16 or fp32"},
     )
     channels_last: bool = True
+    malloc_retain_mb: int = field(
+        default=256,
+        metadata={"help": "freed memory each malloc arena keeps mapped for the next step (glibc; 0 = its defaults)"},
+    )
     max_train_images: int | None = None
     max_val_images: int | None = field(default=256, metadata={"help": "validation images per epoch (spread)"})
     resume: bool = field(default=False, metadata={"help": "continue from out/last.pt if present"})

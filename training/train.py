@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.vqvae import VQVAE
 from training.config import TrainConfig, parse_args
@@ -95,6 +96,8 @@ class Trainer:
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        if config.malloc_retain_mb > 0:  # process-wide, like the thread count: see models.allocator
+            retain_freed_memory(config.malloc_retain_mb * 1024 * 1024)
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         self.train_set = load_split(config.data, config.train_split, config.max_train_images)
