@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_app, bench_model, bench_service, bench_threads, bench_train
+from benchmarks import bench_app, bench_malloc, bench_model, bench_service, bench_threads, bench_train
 from benchmarks.common import load_slices
 from models.checkpoint import save
 from models.config import PRESETS
@@ -46,6 +46,20 @@ def test_bench_model(
     for op in ("encode", "reconstruct"):
         assert [f["batch_size"] for f in results[op]["sweep"]] == [1, 2]
         assert results[op]["best_images_per_s"] > 0
+
+
+def test_bench_malloc(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "malloc.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--rounds", "2", "--calls", "1"]
+    assert bench_malloc.main([*argv, "--train", "--json", str(out)]) == 0
+    assert "time ratio" in capsys.readouterr().out
+    cases = json.loads(out.read_text())["cases"]
+    assert set(cases) == {"reconstruct b1", "reconstruct b4", "encode b1", "train step"}
+    for row in cases.values():
+        assert len(row["ratios"]) == 2 and row["defaults_ms"] > 0 and row["retained_ms"] > 0
+        assert row["retained_faults"] >= 0
 
 
 def test_bench_model_without_checkpoint_uses_a_random_model(
