@@ -2,15 +2,16 @@
 
 torch takes its CPU tensors from malloc. glibc returns large freed blocks to the OS (``munmap``, or
 ``madvise`` when it trims an arena's free top), so the next pass page-faults the same memory in again, a page
-at a time, zero-filled. On the 2-core machine one batch-1 ``/reconstruct`` of a 256x256 slice took about 3,800
-minor page faults in the service, and its median latency fell from 67.6 to 56.9 ms once the buffers stayed
-mapped (ad-hoc A/B of two servers, 8 interleaved rounds of 30 requests). Two settings are needed together:
-- ``M_MMAP_THRESHOLD``: blocks from this size up are ``mmap``-ed and unmapped on free. glibc raises it by
-  itself as large blocks come and go, but only while neither setting is fixed; we fix it at glibc's ceiling.
-- ``M_TRIM_THRESHOLD``: free memory at the top of an arena beyond this is handed back. Fixing it alone (or
-  the threshold above alone) turns glibc's self-adjustment off and made things worse: 36,000 and 6,600 faults.
-The price: each arena (one per thread that ran a pass) keeps up to ``trim_bytes`` of freed memory mapped, so
-the process's RSS stays near its peak after a burst rather than shrinking back.
+at a time, zero-filled: about 3,800 minor faults per batch-1 ``/reconstruct`` of a 256x256 slice in the service,
+42,500 per default training step (``python -m benchmarks.bench_malloc``, docs/bench_malloc.txt, which also times
+both). glibc raises its thresholds by itself as large blocks come and go, so how often it happens depends on what
+the process freed before. Two settings are needed together:
+- ``M_MMAP_THRESHOLD``: blocks from this size up are ``mmap``-ed and unmapped on free. We fix it at glibc's
+  ceiling.
+- ``M_TRIM_THRESHOLD``: free memory at the top of an arena beyond this is handed back.
+Fixing either alone turns glibc's self-adjustment off and made things worse: 36,000 and 6,600 faults per
+``/reconstruct`` (an ad-hoc A/B of servers). The price: each arena (one per thread that ran a pass) keeps up to
+``trim_bytes`` of freed memory mapped, so the process's RSS stays near its peak after a burst.
 """
 
 from __future__ import annotations
