@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch
 from models.allocator import retain_freed_memory
 from models.checkpoint import load
 
-applied = retain_freed_memory(256 * 1024 * 1024) if sys.argv[1] == "retain" else False
-model, _ = load(sys.argv[2], "cpu")
+applied = retain_freed_memory(256 * 1024 * 1024)
+model, _ = load(sys.argv[1], "cpu")
 image = torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
 faults = []
 with torch.inference_mode():
@@ -36,29 +35,59 @@ with torch.inference_mode():
 print(json.dumps({"applied": applied, "faults": faults[3:]}))
 """
 
+# Minor page faults of the second and third rounds of 96 blocks of 1 MiB, malloc-ed, written and freed, straight
+# through the C library (no Python or torch allocator in between). glibc's own thresholds never rise above 32 MiB
+# (mmap) and 64 MiB (trim), so with its defaults every round maps the 96 MiB in again.
+BLOCKS = """
+import ctypes, ctypes.util, json, resource, sys
+from models.allocator import retain_freed_memory
 
-def faults_per_pass(mode: str) -> tuple[bool, int]:
-    """(whether the settings were applied, median minor faults per pass) in a fresh interpreter."""
+applied = retain_freed_memory(256 * 1024 * 1024) if sys.argv[1] == "retain" else False
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 1 << 20
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [libc.malloc(size) for _ in range(96)]
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults[1:]}))
+"""
+
+
+def run_script(script: str, *args: str) -> tuple[bool, int]:
+    """(whether the settings were applied, the most minor faults of one measured round) in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", PASSES, mode, str(SHIPPED)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+        [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["applied"], int(statistics.median(result["faults"]))
+    return result["applied"], max(result["faults"])
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's (mallopt)")
-def test_retained_memory_stops_the_page_faults_of_each_pass() -> None:
-    applied, retained = faults_per_pass("retain")
-    default_applied, default = faults_per_pass("default")
+GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's (mallopt)")
+
+
+@GLIBC
+def test_freed_blocks_stay_mapped_where_glibc_would_hand_them_back() -> None:
+    applied, retained = run_script(BLOCKS, "retain")
+    default_applied, default = run_script(BLOCKS, "default")
     assert applied and not default_applied
-    # glibc's defaults hand the decoder's large buffers back after every pass (about 3,900 faults here)
-    assert default > 1000, f"glibc's defaults no longer fault ({default} per pass): the setting may be moot"
-    assert retained < 100, f"{retained} page faults per pass with the memory retained"
+    assert default > 96 * 256 * 0.9, f"with glibc's defaults only {default} faults for 96 MiB written again"
+    assert retained < 200, f"{retained} faults with the memory retained"
+
+
+@GLIBC
+def test_a_forward_pass_of_the_shipped_model_faults_nothing_once_warm() -> None:
+    """What the service gets: with glibc's defaults this varied with the process's history (0 to about 3,800)."""
+    applied, faults = run_script(PASSES, str(SHIPPED))
+    assert applied
+    assert faults < 100, f"{faults} page faults in a warm pass with the memory retained"
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
