@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.allocator import DEFAULT_RETAIN_MB
+
 # Resolved from the package, not the working directory, so `vqvae-serve` works from anywhere in a clone.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "vqvae.safetensors"
 
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
         "all of them); 0: the torch thread count on the CPU, 1 on CUDA",
     )
     malloc_retain_mb: int = Field(
-        default=256,
+        default=DEFAULT_RETAIN_MB,
         ge=0,
         description="freed memory each thread's malloc arena keeps mapped for the next forward pass, so that the pass "
         "does not page-fault its buffers in again (glibc only; see models.allocator); 0: glibc's defaults",

@@ -44,11 +44,12 @@ from benchmarks.common import (
     set_threads,
     write_json,
 )
+from models.allocator import DEFAULT_RETAIN_MB
 from models.checkpoint import load
 from training.config import TrainConfig
 
 MODES = ("glibc defaults", "retained")
-RETAIN_MB = TrainConfig().malloc_retain_mb  # the same default as the service's VQVAE_MALLOC_RETAIN_MB
+RETAIN_MB = DEFAULT_RETAIN_MB
 CASES = ("reconstruct b1", "reconstruct b4", "encode b1")
 TRAIN_CASE = "train step"
 TRAIN_SPLIT = "bench"

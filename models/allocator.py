@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit (HEAP_MAX_SIZE / 2)
+DEFAULT_RETAIN_MB = 256  # the service's VQVAE_MALLOC_RETAIN_MB and vqvae-train's --malloc-retain-mb
 
 
 def retain_freed_memory(trim_bytes: int) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from models.allocator import DEFAULT_RETAIN_MB
 from models.config import PRESETS, VQVAEConfig
 from training.data import DEFAULT_DATA_ROOT
 
@@ -42,7 +43,7 @@ class TrainConfig:
     )
     channels_last: bool = True
     malloc_retain_mb: int = field(
-        default=256,
+        default=DEFAULT_RETAIN_MB,
         metadata={"help": "freed memory each malloc arena keeps mapped for the next step (glibc; 0 = its defaults)"},
     )
     max_train_images: int | None = None
