@@ -14,6 +14,9 @@ Under load, ``helpers`` more threads run batches beside the worker: a lone calle
 its batch "shared" and a helper takes the next. ``on_share(shared)`` runs on the worker thread before each of its
 batches, so that it can use one torch thread while helpers run theirs. Helpers only start a batch while the
 worker's is shared, so the threads never outnumber what ``on_share`` allows.
+
+``on_batch(key, size, seconds)`` reports each batch that ``run_batch`` completed (its size and time) before its
+callers hear back; a batch that raised is not reported (its callers get the error).
 """
 
 from __future__ import annotations
