@@ -182,8 +182,7 @@ def median_ms(values: Sequence[float]) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, checkpoint=False)
-    parser.add_argument("--images", type=positive_int, default=16, help="distinct slices (default: %(default)s)")
+    add_common_args(parser, images=16, checkpoint=False)
     parser.add_argument("--requests", type=positive_int, default=200, help="requests per variant and round")
     parser.add_argument("--rounds", type=positive_int, default=5, help="passes over the variants (default: 5)")
     return parser

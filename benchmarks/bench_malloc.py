@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_model import model_runner
+from benchmarks.bench_train import BENCH_SPLIT, write_slices
 from benchmarks.common import (
     add_common_args,
     load_slices,
@@ -52,7 +53,6 @@ MODES = ("glibc defaults", "retained")
 RETAIN_MB = DEFAULT_RETAIN_MB
 CASES = ("reconstruct b1", "reconstruct b4", "encode b1")
 TRAIN_CASE = "train step"
-TRAIN_SPLIT = "bench"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +85,8 @@ def train_call(job: Job, root: Path) -> Callable[[int], object]:
 
     config = TrainConfig(
         data=root,
-        train_split=TRAIN_SPLIT,
-        val_split=TRAIN_SPLIT,
+        train_split=BENCH_SPLIT,
+        val_split=BENCH_SPLIT,
         out=root / "out" / str(job.retain_mb),
         device="cpu",
         threads=job.threads,
@@ -129,15 +129,6 @@ def worker(connection: Connection, job: Job) -> None:
             seconds.append(time.perf_counter() - start)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         connection.send((statistics.median(seconds), faults / calls))
-
-
-def write_train_data(slices: list[np.ndarray], root: Path) -> None:
-    from PIL import Image
-
-    folder = root / TRAIN_SPLIT
-    folder.mkdir(parents=True)
-    for i, image in enumerate(slices):
-        Image.fromarray(image).save(folder / f"slice_{i:04d}.png")
 
 
 Figures = dict[str, dict[str, list[tuple[float, float]]]]  # {case: {mode: [(median s, faults per call)]}}
@@ -195,8 +186,7 @@ def print_results(figures: Figures) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--images", type=positive_int, default=32, help="distinct slices (default: %(default)s)")
+    add_common_args(parser, images=32)
     parser.add_argument("--rounds", type=positive_int, default=10, help="turns of each process (default: %(default)s)")
     parser.add_argument("--calls", type=positive_int, default=10, help="timed calls per case and turn")
     parser.add_argument("--train", action="store_true", help="also a default training step (slower)")
@@ -212,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint, tempfile.TemporaryDirectory() as tmp:
         train_root = Path(tmp) if args.train else None
         if train_root is not None:
-            write_train_data(slices.images, train_root)
+            write_slices(slices.images, train_root)
 
         figures: Figures = {}
         for case in (*CASES, TRAIN_CASE) if train_root else CASES:

@@ -164,8 +164,7 @@ def print_model_figures(results: dict[str, OperationFigures]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--images", type=int, default=64, help="distinct slices cycled through (default: %(default)s)")
+    add_common_args(parser, images=64)
     parser.add_argument(
         "--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="comma-separated sweep (default: 1,...,32)"
     )

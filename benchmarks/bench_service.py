@@ -492,15 +492,12 @@ def env_pair(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
+    add_common_args(parser, images=64)
     parser.add_argument(
         "--requests", type=int, default=256, help="requests per endpoint and level (default: %(default)s)"
     )
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16, 64], help="levels (default: 1,4,16,64)")
     parser.add_argument("--endpoints", default="encode,reconstruct", help="comma-separated: encode, reconstruct")
-    parser.add_argument(
-        "--images", type=int, default=64, help="distinct slices uploaded in turn (default: %(default)s)"
-    )
     parser.add_argument(
         "--rounds",
         type=positive_int,

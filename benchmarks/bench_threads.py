@@ -94,8 +94,7 @@ def run_child(args: argparse.Namespace, variant: str, checkpoint: Path) -> dict[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--images", type=positive_int, default=16, help="distinct slices (default: %(default)s)")
+    add_common_args(parser, images=16)
     parser.add_argument("--rounds", type=positive_int, default=3, help="passes over the variants (default: 3)")
     parser.add_argument("--repeats", type=positive_int, default=20, help="least timed calls (default: 20)")
     parser.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per operation")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -117,13 +118,18 @@ def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[
     return variants
 
 
+def write_slices(images: list[np.ndarray], root: Path) -> None:
+    """uint8 slices as PNGs in ``root/bench``: a data root whose one split a Trainer reads for train and val."""
+    folder = root / BENCH_SPLIT
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"slice_{i:04d}.png")
+
+
 def write_bench_data(args: argparse.Namespace, root: Path) -> str:
     """Copy ``--images`` slices (or synthetic ones) into ``root/bench`` so every Trainer reads only those."""
     slices = load_slices(args.data, args.split, args.images)
-    folder = root / BENCH_SPLIT
-    folder.mkdir(parents=True)
-    for i, image in enumerate(slices.images):
-        Image.fromarray(image).save(folder / f"slice_{i:04d}.png")
+    write_slices(slices.images, root)
     return slices.describe()
 
 
@@ -174,11 +180,10 @@ def print_variants(variants: list[Variant]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, checkpoint=False)
+    add_common_args(parser, images=64, checkpoint=False)
     defaults = TrainConfig()
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
-    parser.add_argument("--images", type=int, default=64, help="slices the sampler draws from (default: %(default)s)")
     parser.add_argument(
         "--steps", type=int, default=10, help="timed steps per variant and round (default: %(default)s)"
     )

@@ -201,10 +201,12 @@ def positive_int(text: str) -> int:
     return values[0]
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
-    """Flags every script shares: data, threads, JSON output (and the checkpoint, where a script loads one)."""
+def add_common_args(parser: argparse.ArgumentParser, *, images: int, checkpoint: bool = True) -> None:
+    """Flags every script shares: data and how many distinct slices of it (``images`` by default), threads, JSON
+    output (and the checkpoint, where a script loads one)."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
     parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
+    parser.add_argument("--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     if checkpoint:
