@@ -49,11 +49,15 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Blurs four maps, not five: the formula needs var_x + var_y only as a sum, which is blur(x^2 + y^2) minus
     the squared means (the filter is linear). Same value as scikit-image to rounding, about 30% less time.
+    Each map is blurred on its own rather than stacked into one tensor: the blur is bound by memory traffic, and
+    a quarter of the data stays in the CPU caches across its 22 passes. In an A/B on the 2-core Xeon: a 256x256
+    pair in float64 5.1 -> 2.8 ms on one torch thread (2.6 -> 2.4 ms on two); the training loss at batch 16 of
+    128x128 crops 25.7 -> 14.0 ms, forward and backward.
     """
     if min(x.shape[-2:]) < MIN_SIZE:
         raise ValueError(f"SSIM needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {tuple(x.shape[-2:])}")
     window = gaussian_window(x.dtype, x.device)
-    mu_x, mu_y, squares, xy = blur_valid(torch.stack([x, y, x * x + y * y, x * y]), window).unbind(0)
+    mu_x, mu_y, squares, xy = (blur_valid(t, window) for t in (x, y, x * x + y * y, x * y))
     mu_xy = mu_x * mu_y
     mu_squares = mu_x * mu_x + mu_y * mu_y
     # (2 mu_x mu_y + C1)(2 cov + C2) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2))
