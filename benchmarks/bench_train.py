@@ -3,7 +3,9 @@
 Each variant is a ``training.train.Trainer`` built from a ``TrainConfig`` (same preset, seed, batch size and
 slices), and a timed step is exactly what its loop runs: ``trainer.train_step(trainer.sampler.sample(batch))``
 (forward, loss, backward, clipping, AdamW). Variants are measured in alternating rounds in one process, after
-untimed warm-up steps (which also absorb torch.compile's compilation).
+untimed warm-up steps (which also absorb torch.compile's compilation). In each round every variant runs for at
+least ``--round-seconds`` (and ``--steps`` steps), so a full-slice step of seconds and a crop step of a fraction of
+one get about the same share of the machine's slow and fast spells; the ratios are printed per round too.
 
 - baseline: eager, fp32, full images (crop 0), contiguous memory;
 - default: the ``TrainConfig`` defaults on CPU (precision, channels_last, crop, compile as declared there),
@@ -14,7 +16,7 @@ untimed warm-up steps (which also absorb torch.compile's compilation).
 Crops see fewer pixels per image, so both ratios are printed: images/s (a crop counts as one image) and
 pixels/s (the work done).
 
-    PYTHONPATH=. python -m benchmarks.bench_train --steps 10 --rounds 2 --batch-size 16
+    PYTHONPATH=. python -m benchmarks.bench_train --round-seconds 6 --rounds 6 --batch-size 16
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from benchmarks.common import (
     add_common_args,
     load_slices,
     machine_info,
+    positive_int,
     print_header,
     ratio,
     set_malloc,
@@ -55,7 +58,11 @@ class Variant:
     name: str
     config: TrainConfig
     trainer: Trainer | None = None
-    step_seconds: list[float] = field(default_factory=list)
+    rounds: list[list[float]] = field(default_factory=list)  # seconds per timed step, by round
+
+    @property
+    def step_seconds(self) -> list[float]:
+        return [seconds for steps in self.rounds for seconds in steps]
 
     @property
     def crop(self) -> int:
@@ -69,6 +76,10 @@ class Variant:
     def pixels_per_s(self) -> float:
         return self.images_per_s * self.crop * self.crop
 
+    def round_pixels_per_s(self) -> list[float]:
+        pixels = self.config.batch_size * self.crop * self.crop
+        return [ratio(pixels * len(steps), sum(steps)) for steps in self.rounds]
+
     def to_dict(self) -> dict[str, Any]:
         cfg = self.config
         return {
@@ -80,6 +91,7 @@ class Variant:
             "crop": self.crop,
             "batch_size": cfg.batch_size,
             "steps": len(self.step_seconds),
+            "round_step_seconds": self.rounds,
             "seconds": sum(self.step_seconds),
             "images_per_s": self.images_per_s,
             "pixels_per_s": self.pixels_per_s,
@@ -143,8 +155,9 @@ def step_function(trainer: Trainer) -> Callable[[int], None]:
     return step
 
 
-def run_variants(variants: list[Variant], *, warmup: int, steps: int, rounds: int) -> None:
-    """Warm every variant up, then ``rounds`` x ``steps`` timed steps each, alternating between variants."""
+def run_variants(variants: list[Variant], *, warmup: int, steps: int, seconds: float, rounds: int) -> None:
+    """Warm every variant up, then ``rounds`` rounds alternating between the variants, each variant timed for at
+    least ``steps`` steps and ``seconds`` per round."""
     steppers = []
     for variant in variants:
         variant.trainer = Trainer(variant.config)
@@ -153,7 +166,7 @@ def run_variants(variants: list[Variant], *, warmup: int, steps: int, rounds: in
         time_calls(steppers[-1], warmup=0, repeats=warmup, seconds=0)
     for _ in range(rounds):
         for variant, step in zip(variants, steppers, strict=True):
-            variant.step_seconds += time_calls(step, warmup=0, repeats=steps, seconds=0)
+            variant.rounds.append(time_calls(step, warmup=0, repeats=steps, seconds=seconds))
 
 
 def print_variants(variants: list[Variant]) -> None:
@@ -174,7 +187,11 @@ def print_variants(variants: list[Variant]) -> None:
         print(
             f"{v.name.split(':')[0]} vs baseline: {ratio(v.images_per_s, base.images_per_s):.2f}x images/s "
             f"(a {v.crop}x{v.crop} crop counts as one image, against {base.crop}x{base.crop} slices), "
-            f"{ratio(v.pixels_per_s, base.pixels_per_s):.2f}x pixels/s (the work actually done)"
+            f"{ratio(v.pixels_per_s, base.pixels_per_s):.2f}x pixels/s (the work actually done); pixels/s by round: "
+            + ", ".join(
+                f"{ratio(mine, theirs):.2f}x"
+                for mine, theirs in zip(v.round_pixels_per_s(), base.round_pixels_per_s(), strict=True)
+            )
         )
 
 
@@ -185,9 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
     parser.add_argument(
-        "--steps", type=int, default=10, help="timed steps per variant and round (default: %(default)s)"
+        "--steps", type=positive_int, default=1, help="least timed steps per variant and round (default: %(default)s)"
     )
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=6.0,
+        help="least timed seconds per variant and round (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=6, help="alternating rounds over the variants (default: %(default)s)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: %(default)s)")
     parser.add_argument("--compile-too", action="store_true", help="also the default configuration + torch.compile")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA variants on a GPU machine")
@@ -223,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             f"model: preset '{args.preset}', batch {args.batch_size}; TrainConfig defaults: precision "
             f"{base.precision}, crop {base.crop}, channels_last {base.channels_last}, compile {base.compile}; "
             f"{args.warmup} warm-up steps, then "
-            f"{args.rounds} rounds x {args.steps} timed steps per variant"
+            f"{args.rounds} rounds, each variant timed for at least {args.steps} steps and {args.round_seconds:g} s "
+            "per round"
         )
-        run_variants(variants, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+        run_variants(variants, warmup=args.warmup, steps=args.steps, seconds=args.round_seconds, rounds=args.rounds)
     print_variants(variants)
     write_json(
         args.json,

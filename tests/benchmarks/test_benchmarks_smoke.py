@@ -101,8 +101,8 @@ def test_bench_service(
 
 def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "train.json"
-    argv = ["--preset", "tiny", "--batch-size", "2", *data_args(fixture_oasis), "--steps", "1", "--rounds", "1"]
-    argv += ["--warmup", "1", "--no-cuda", "--json", str(out)]
+    argv = ["--preset", "tiny", "--batch-size", "2", *data_args(fixture_oasis), "--steps", "1", "--rounds", "2"]
+    argv += ["--round-seconds", "0", "--warmup", "1", "--no-cuda", "--json", str(out)]
     assert bench_train.main(argv) == 0
     text = capsys.readouterr().out
     assert "cpu baseline" in text and "images/s" in text and "pixels/s" in text and "vs baseline" in text
@@ -114,6 +114,8 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert variants[1]["precision"] == "fp32"  # auto: fp32 on the CPU
     assert names[2:] == ["cpu default in bf16"] and variants[2]["precision"] == "bfloat16"
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
+    assert all(len(v["round_step_seconds"]) == 2 and v["steps"] >= 2 for v in variants)
+    assert text.count("pixels/s by round: ") == len(variants) - 1
 
 
 def test_bench_threads(
