@@ -1,8 +1,9 @@
 """Training throughput of the real training step: eager fp32 full slices vs what ``vqvae-train`` does by default.
 
 Each variant is a ``training.train.Trainer`` built from a ``TrainConfig`` (same preset, seed, batch size and
-slices), and a timed step is exactly what its loop runs: ``trainer.train_step(trainer.sampler.sample(batch))``
-(forward, loss, backward, clipping, AdamW). Variants are measured in alternating rounds in one process, after
+slices), and a timed step is exactly what its loop runs: ``trainer.loop_step()`` (the step's learning rate from
+the schedule, a sampled batch, forward, loss, backward, clipping, AdamW). Every timed step falls in the schedule's
+warm-up, as the first steps of a real run do. Variants are measured in alternating rounds in one process, after
 untimed warm-up steps (which also absorb torch.compile's compilation). In each round every variant runs for at
 least ``--round-seconds`` (and ``--steps`` steps), so a full-slice step of seconds and a crop step of a fraction of
 one get about the same share of the machine's slow and fast spells; the ratios are printed per round too.
@@ -146,11 +147,10 @@ def write_bench_data(args: argparse.Namespace, root: Path) -> str:
 
 
 def step_function(trainer: Trainer) -> Callable[[int], None]:
-    """One iteration of the training loop, minus the learning-rate schedule and the progress bar."""
-    batch_size = trainer.config.batch_size
+    """One iteration of the training loop (all but its progress bar)."""
 
     def step(_: int) -> None:
-        trainer.train_step(trainer.sampler.sample(batch_size))
+        trainer.loop_step()
 
     return step
 
