@@ -9,7 +9,7 @@ all threads), and the ratio.
 
 - ``reconstruct bN`` / ``encode bN``: the service's forward pass (``benchmarks.bench_model.model_runner``) on N
   slices;
-- ``train step``: one ``trainer.train_step`` of ``TrainConfig``'s defaults on CPU (as ``vqvae-train`` runs it).
+- ``train step``: one ``trainer.loop_step()`` of ``TrainConfig``'s defaults on CPU (as ``vqvae-train`` runs it).
 
     PYTHONPATH=. python -m benchmarks.bench_malloc --rounds 10 --calls 10 --train
 """
@@ -97,7 +97,7 @@ def train_call(job: Job, root: Path) -> Callable[[int], object]:
     trainer = Trainer(config)
 
     def call(_index: int) -> object:
-        return trainer.train_step(trainer.sampler.sample(config.batch_size))
+        return trainer.loop_step()
 
     return call
 
