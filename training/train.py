@@ -215,7 +215,7 @@ class Trainer:
         """One iteration of the training loop: this step's learning rate (warm-up, then cosine decay), a sampled
         batch, ``train_step``. ``benchmarks.bench_train`` times exactly this: without the schedule its steps ran
         at the peak rate from the first step, a regime the loop never enters, and the fp32 step slowed about 2x
-        after some 40 steps (the bf16 one did not)."""
+        after some 40 steps (denormal numbers: flush-to-zero removed it; the bf16 step did not slow)."""
         cfg = self.config
         factor = lr_factor(self.state.step, self.total_steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)
         for group in self.optimizer.param_groups:
