@@ -43,9 +43,8 @@ from app.routes.deps import get_service
 from app.settings import Settings
 from benchmarks.bench_service import Upload, make_uploads
 from benchmarks.common import (
-    add_common_args,
+    benchmark_parser,
     load_slices,
-    machine_info,
     positive_int,
     print_header,
     ratio,
@@ -181,8 +180,7 @@ def median_ms(values: Sequence[float]) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=16, checkpoint=False)
+    parser = benchmark_parser(__doc__, images=16, checkpoint=False)
     parser.add_argument("--requests", type=positive_int, default=200, help="requests per variant and round")
     parser.add_argument("--rounds", type=positive_int, default=5, help="passes over the variants (default: 5)")
     return parser
@@ -190,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    info = machine_info()
-    print_header("the app's own work per request (ASGI, stand-in model, no HTTP)", info)
+    info = print_header("the app's own work per request (ASGI, stand-in model, no HTTP)")
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")
     uploads = make_uploads(slices.pngs())

@@ -35,9 +35,8 @@ import numpy as np
 from benchmarks.bench_model import model_runner
 from benchmarks.bench_train import BENCH_SPLIT, write_slices
 from benchmarks.common import (
-    add_common_args,
+    benchmark_parser,
     load_slices,
-    machine_info,
     positive_int,
     print_header,
     resolved_checkpoint,
@@ -185,8 +184,7 @@ def print_results(figures: Figures) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=32)
+    parser = benchmark_parser(__doc__, images=32)
     parser.add_argument("--rounds", type=positive_int, default=10, help="turns of each process (default: %(default)s)")
     parser.add_argument("--calls", type=positive_int, default=10, help="timed calls per case and turn")
     parser.add_argument("--train", action="store_true", help="also a default training step (slower)")
@@ -195,8 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    info = machine_info()
-    print_header("malloc: glibc defaults vs memory kept mapped (models.allocator)", info)
+    info = print_header("malloc: glibc defaults vs memory kept mapped (models.allocator)")
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}; retained: up to {RETAIN_MB} MB per arena")
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint, tempfile.TemporaryDirectory() as tmp:

@@ -22,10 +22,9 @@ import torch
 
 from app.settings import Settings
 from benchmarks.common import (
-    add_common_args,
+    benchmark_parser,
     int_list,
     load_slices,
-    machine_info,
     percentiles,
     print_header,
     ratio,
@@ -163,8 +162,7 @@ def print_model_figures(results: dict[str, OperationFigures]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=64)
+    parser = benchmark_parser(__doc__, images=64)
     parser.add_argument(
         "--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="comma-separated sweep (default: 1,...,32)"
     )
@@ -179,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     malloc = set_malloc(Settings().malloc_retain_mb)  # as the service runs with this environment
-    info = machine_info()
-    print_header("in-process model throughput", info)
+    info = print_header("in-process model throughput")
     print(malloc)
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")

@@ -55,10 +55,9 @@ from benchmarks.bench_model import (
 )
 from benchmarks.common import (
     Slices,
-    add_common_args,
+    benchmark_parser,
     int_list,
     load_slices,
-    machine_info,
     percentiles,
     positive_int,
     print_header,
@@ -491,8 +490,7 @@ def env_pair(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=64)
+    parser = benchmark_parser(__doc__, images=64)
     parser.add_argument(
         "--requests", type=int, default=256, help="requests per endpoint and level (default: %(default)s)"
     )
@@ -654,8 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         set_threads(settings.torch_threads)  # the in-process reference runs with the server's thread count
         malloc = set_malloc(settings.malloc_retain_mb)  # ... and its malloc settings
-        info = machine_info()
-        print_header("service vs in-process", info)
+        info = print_header("service vs in-process")
         print(malloc)
         slices = load_slices(args.data, args.split, args.images)
         print(f"data: {slices.describe()}")

@@ -28,9 +28,8 @@ from typing import Any
 from benchmarks.bench_model import measure_batch, model_runner
 from benchmarks.common import (
     REPO_ROOT,
-    add_common_args,
+    benchmark_parser,
     load_slices,
-    machine_info,
     positive_int,
     print_header,
     ratio,
@@ -93,8 +92,7 @@ def run_child(args: argparse.Namespace, variant: str, checkpoint: Path) -> dict[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=16)
+    parser = benchmark_parser(__doc__, images=16)
     parser.add_argument("--rounds", type=positive_int, default=3, help="passes over the variants (default: 3)")
     parser.add_argument("--repeats", type=positive_int, default=20, help="least timed calls (default: 20)")
     parser.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per operation")
@@ -109,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
         set_threads(args.threads)
-        info = machine_info()
-        print_header("model on a worker thread, by where the checkpoint was loaded", info)
+        info = print_header("model on a worker thread, by where the checkpoint was loaded")
         print(f"data: {load_slices(args.data, args.split, args.images).describe()}")
         figures: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
         try:

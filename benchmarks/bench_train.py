@@ -36,9 +36,8 @@ import torch
 from PIL import Image
 
 from benchmarks.common import (
-    add_common_args,
+    benchmark_parser,
     load_slices,
-    machine_info,
     positive_int,
     print_header,
     ratio,
@@ -196,8 +195,7 @@ def print_variants(variants: list[Variant]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, images=64, checkpoint=False)
+    parser = benchmark_parser(__doc__, images=64, checkpoint=False)
     defaults = TrainConfig()
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
@@ -222,8 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
-    info = machine_info()
-    print_header("training step throughput", info)
+    info = print_header("training step throughput")
     cuda = torch.cuda.is_available() and not args.no_cuda
     with tempfile.TemporaryDirectory(prefix="vqvae-bench-train-") as tmp:
         root = Path(tmp)

@@ -65,7 +65,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def print_header(title: str, info: dict[str, Any]) -> None:
+def print_header(title: str) -> dict[str, Any]:
+    """Print the title and what the figures are measured on; return that (``machine_info``) for the JSON."""
+    info = machine_info()
     print(f"== {title}")
     print(f"machine: {info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs")
     print(f"         {info['platform']}, python {info['python']}")
@@ -77,6 +79,7 @@ def print_header(title: str, info: dict[str, Any]) -> None:
     if load is not None:
         busy = " (machine is busy: figures will be low and noisy)" if load[0] > 0.5 * (info["usable_cpus"] or 1) else ""
         print(f"load:    {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min){busy}")
+    return info
 
 
 def set_threads(threads: int) -> None:
@@ -201,9 +204,10 @@ def positive_int(text: str) -> int:
     return values[0]
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, images: int, checkpoint: bool = True) -> None:
-    """Flags every script shares: data and how many distinct slices of it (``images`` by default), threads, JSON
-    output (and the checkpoint, where a script loads one)."""
+def benchmark_parser(description: str | None, *, images: int, checkpoint: bool = True) -> argparse.ArgumentParser:
+    """A script's parser with the flags every script shares: data and how many distinct slices of it (``images``
+    by default), threads, JSON output (and the checkpoint, where a script loads one)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
     parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
     parser.add_argument("--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)")
@@ -219,6 +223,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, images: int, checkpoint:
             choices=sorted(PRESETS),
             help="architecture of the random model used when --checkpoint does not exist (default: %(default)s)",
         )
+    return parser
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
