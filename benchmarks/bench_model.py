@@ -35,6 +35,7 @@ from benchmarks.common import (
     write_json,
 )
 from models.checkpoint import load
+from models.device import pick_device
 from models.vqvae import VQVAE
 
 OPERATIONS = ("encode", "reconstruct")
@@ -169,12 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size")
     parser.add_argument("--repeats", type=int, default=5, help="least timed calls per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each batch size")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     set_threads(args.threads)
     malloc = set_malloc(Settings().malloc_retain_mb)  # as the service runs with this environment
     info = print_header("in-process model throughput")
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
-        model, _ = load(checkpoint.path, args.device)
+        model, _ = load(checkpoint.path, device)
     print(
         f"model: {sum(p.numel() for p in model.parameters()):,} parameters, grid "
         f"{model.config.grid_for(*slices.shape)}, on {args.device}; timed: stack -> model -> numpy, inference_mode"

@@ -8,11 +8,12 @@ untimed warm-up steps (which also absorb torch.compile's compilation). In each r
 least ``--round-seconds`` (and ``--steps`` steps), so a full-slice step of seconds and a crop step of a fraction of
 one get about the same share of the machine's slow and fast spells; the ratios are printed per round too.
 
+On each device (the CPU, and on a CUDA machine the GPU too; ``--no-cpu`` / ``--no-cuda`` leave one out):
 - baseline: eager, fp32, full images (crop 0), contiguous memory;
-- default: the ``TrainConfig`` defaults on CPU (precision, channels_last, crop, compile as declared there),
-  and, when that default trains in bf16, the same in fp32;
-- with --compile-too: the default plus torch.compile;
-- on a CUDA machine also the baseline and the default on the GPU (where the default precision is bf16).
+- default: the ``TrainConfig`` defaults (precision, channels_last, crop, compile as declared there; the default
+  precision is fp32 on the CPU and bf16 on CUDA), and the same in the other precision;
+- with --compile-too: the default plus torch.compile.
+Every ratio is against the first device's baseline.
 
 Crops see fewer pixels per image, so both ratios are printed: images/s (a crop counts as one image) and
 pixels/s (the work done).
@@ -106,27 +107,27 @@ def describe(config: TrainConfig) -> str:
     return f"{precision}, {crop}, {layout}, {'compiled' if config.compile else 'eager'}"
 
 
-def build_variants(base: TrainConfig, *, compile_too: bool, cuda: bool) -> list[Variant]:
+def build_variants(base: TrainConfig, *, compile_too: bool, devices: list[str]) -> list[Variant]:
     """``base`` carries TrainConfig's own defaults for precision / channels_last / crop / compile: 'default'.
 
-    The same configuration in the other precision is measured too (bf16 autocast where the default is fp32, and
-    the reverse), to show that lever's share on this machine.
+    On each device: the baseline, the default, and the default in the other precision (bf16 autocast where the
+    default is fp32, and the reverse), to show that lever's share on this machine; with ``compile_too`` also the
+    default + torch.compile. The first variant (the first device's baseline) is the reference of every ratio.
     """
-    baseline = dataclasses.replace(base, precision="fp32", channels_last=False, crop=0, compile=False)
-    variants = [
-        Variant(f"cpu baseline: {describe(baseline)}", baseline),
-        Variant(f"cpu vqvae-train default: {describe(base)}", base),
-    ]
-    default_in_bf16 = autocast_dtype(base.precision, torch.device(base.device)) is not None
-    other = dataclasses.replace(base, precision="fp32" if default_in_bf16 else "bf16")
-    variants.append(Variant(f"cpu default in {other.precision}: {describe(other)}", other))
-    if compile_too and not base.compile:
-        compiled = dataclasses.replace(base, compile=True)
-        variants.append(Variant(f"cpu default + torch.compile: {describe(compiled)}", compiled))
-    if cuda:
-        for name, config in (("baseline", baseline), ("default", base)):
-            on_gpu = dataclasses.replace(config, device="cuda")
-            variants.append(Variant(f"cuda {name}: {describe(on_gpu)}", on_gpu))
+    variants = []
+    for device in devices:
+        default = dataclasses.replace(base, device=device)
+        baseline = dataclasses.replace(default, precision="fp32", channels_last=False, crop=0, compile=False)
+        default_in_bf16 = autocast_dtype(default.precision, torch.device(device)) is not None
+        other = dataclasses.replace(default, precision="fp32" if default_in_bf16 else "bf16")
+        variants += [
+            Variant(f"{device} baseline: {describe(baseline)}", baseline),
+            Variant(f"{device} vqvae-train default: {describe(default)}", default),
+            Variant(f"{device} default in {other.precision}: {describe(other)}", other),
+        ]
+        if compile_too and not default.compile:
+            compiled = dataclasses.replace(default, compile=True)
+            variants.append(Variant(f"{device} default + torch.compile: {describe(compiled)}", compiled))
     return variants
 
 
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: %(default)s)")
     parser.add_argument("--compile-too", action="store_true", help="also the default configuration + torch.compile")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA variants on a GPU machine")
+    parser.add_argument(
+        "--no-cpu",
+        action="store_true",
+        help="only the CUDA variants (on a GPU machine): the CUDA baseline is the reference",
+    )
     return parser
 
 
@@ -221,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     info = print_header("training step throughput")
-    cuda = torch.cuda.is_available() and not args.no_cuda
+    devices = [
+        d
+        for d, wanted in (("cpu", not args.no_cpu), ("cuda", torch.cuda.is_available() and not args.no_cuda))
+        if wanted
+    ]
+    if not devices:
+        print("error: no device left to time (--no-cpu, and no CUDA device or --no-cuda)", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="vqvae-bench-train-") as tmp:
         root = Path(tmp)
         data = write_bench_data(args, root / "data")
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             max_val_images=1,
             progress=False,
         )
-        variants = build_variants(base, compile_too=args.compile_too, cuda=cuda)
+        variants = build_variants(base, compile_too=args.compile_too, devices=devices)
         print(set_malloc(base.malloc_retain_mb, "TrainConfig.malloc_retain_mb; process-wide, so every variant"))
         print(f"data: {data}")
         print(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load, save
+from models.device import pick_device
 from models.quality import Summary, psnr, ssim
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
@@ -120,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=Path, default=None, help="folder for panels and usage figures")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only this many images (spread)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--record", action="store_true", help="write the metrics into the checkpoint metadata")
     args = parser.parse_args(argv)
     try:
-        model, _ = load(args.checkpoint, args.device)
+        model, _ = load(args.checkpoint, pick_device(args.device))
         slices = load_split(args.data, args.split or None, args.limit)
-    except (CheckpointError, DataError) as exc:
+    except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report, result = score(model, slices, args.batch_size)

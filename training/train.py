@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
+from models.device import pick_device
 from models.vqvae import VQVAE
 from training.config import TrainConfig, parse_args
 from training.data import CropSampler, DataError, load_split, to_float
@@ -42,14 +43,6 @@ class RunState:
     best_val_ssim: float = -1.0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
