@@ -45,13 +45,23 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU lists AMX bf16 tiles (``amx_bf16`` among cpuinfo's flags; False off Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the training step, or None for plain fp32.
 
-    ``auto`` is bf16 on CUDA devices that have it and fp32 on the CPU. On the CPU, having bf16 instructions
-    does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core AMD
-    EPYC with AVX-512 BF16, and 1.35x to 1.57x slower on a 2-core Intel Xeon with AVX-512 BF16 but no AMX
-    (``python -m benchmarks.bench_train``; docs/bench_train*.txt). ``--precision bf16`` asks for it where it helps.
+    ``auto`` is bf16 on CUDA devices that have it and on CPUs with AMX, and fp32 on other CPUs. AVX-512 BF16
+    alone does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core
+    AMD EPYC with it, and 1.35x to 1.57x slower on a 2-core Intel Xeon with it but without AMX. On a 16-core Intel
+    Xeon with AMX it was 1.78x faster (``python -m benchmarks.bench_train``; docs/bench_train*.txt,
+    docs/cuda_h200_suite.txt). ``--precision bf16`` asks for it anywhere.
     """
     if precision == "fp32":
         return None
@@ -60,6 +70,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_amx():
         return torch.bfloat16
     return None
 

@@ -17,10 +17,14 @@ TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps
 CPU = torch.device("cpu")
 
 
-def test_precision_choice() -> None:
+def test_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
-    assert autocast_dtype("auto", CPU) is None  # bf16 was slower than fp32 on one of two CPUs with bf16 units
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: False)
+    assert autocast_dtype("auto", CPU) is None  # bf16 was slower than fp32 on a CPU with AVX-512 BF16 but no AMX
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    assert autocast_dtype("auto", CPU) is torch.bfloat16
+    assert autocast_dtype("fp32", CPU) is None
     if torch.cuda.is_available():
         expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         assert autocast_dtype("auto", torch.device("cuda")) is expected
@@ -103,3 +107,12 @@ def test_run_without_a_finite_validation_score_exits_1(
     assert train.main(["--data", str(fixture_oasis), "--out", str(tmp_path), "--epochs", "1", *TINY]) == 1
     assert "no epoch produced a finite validation SSIM" in capsys.readouterr().err
     assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\nbogomips\t: 4000\n")
+    assert train.cpu_has_amx(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")  # the CPU where bf16 was slower
+    assert not train.cpu_has_amx(cpuinfo)
+    assert not train.cpu_has_amx(tmp_path / "absent")  # no /proc: not Linux
