@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import struct
 import sys
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +49,7 @@ from benchmarks.common import (
     time_calls,
     write_json,
 )
+from benchmarks.crafted_png import EMPTY_CHUNK, TEXT_BOMB_CHUNK, padded_png
 from models.config import PRESETS, VQVAEConfig
 
 VARIANTS = {
@@ -153,20 +152,6 @@ async def thread_round_trip_s(calls: int) -> float:
     for _ in range(calls):
         await run_in_threadpool(lambda: None)
     return (loop.time() - started) / calls
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-EMPTY_CHUNK = png_chunk(b"prVt", b"")  # a private chunk Pillow skips, after parsing it in Python
-TEXT_BOMB_CHUNK = png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(bytes(1 << 20), 9))  # 1 KiB -> 1 MiB of text
-
-
-def padded_png(png: bytes, chunk: bytes, size: int) -> bytes:
-    """The same PNG padded to about ``size`` bytes with copies of ``chunk`` before its image data."""
-    count = max(0, size - len(png)) // len(chunk)
-    return png[:33] + chunk * count + png[33:]  # after the signature (8 bytes) and the IHDR chunk (25)
 
 
 def open_and_load(data: bytes, settings: Settings) -> None:

@@ -21,7 +21,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
-from benchmarks.bench_app import TEXT_BOMB_CHUNK, padded_png
+from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png
 from models.grayscale import to_uint8
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}

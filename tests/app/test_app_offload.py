@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.offload import run_sized
-from benchmarks.bench_app import EMPTY_CHUNK, padded_png
+from benchmarks.crafted_png import EMPTY_CHUNK, padded_png
 
 pytestmark = pytest.mark.anyio
 
