@@ -71,6 +71,7 @@ from benchmarks.common import (
 )
 from benchmarks.server import Server, running_server
 from models.checkpoint import load
+from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
 
@@ -687,8 +688,12 @@ def main(argv: list[str] | None = None) -> int:
         env = server_env(args, checkpoint.path)
         try:
             settings = effective_settings(env)
+            device = pick_device(settings.device)  # the server refuses a missing GPU the same way, in one line
         except ValidationError as exc:
             print(f"error: invalid server settings: {exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
         set_threads(settings.torch_threads)  # the in-process reference runs with the server's thread count
         malloc = set_malloc(settings.malloc_retain_mb)  # ... and its malloc settings
@@ -702,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
             f"device {settings.device}; from env {dict(args.server_env) or 'defaults'}"
         )
         print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
-        model, _ = load(checkpoint.path, settings.device)
+        model, _ = load(checkpoint.path, device)
         inproc, extra_ms = measure_in_process(args, model, settings, slices, endpoints)
         reference = reference_measurer(model, slices.floats(), inproc, args)
 

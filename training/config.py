@@ -34,7 +34,7 @@ class TrainConfig:
     ssim_weight: float = field(default=0.84, metadata={"help": "weight of (1 - SSIM) against L1 in the loss"})
     grad_clip: float = 1.0
     seed: int = 0
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = all cores)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
     precision: str = field(

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=Path, default=None, help="folder for panels and usage figures")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only this many images (spread)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--record", action="store_true", help="write the metrics into the checkpoint metadata")
     args = parser.parse_args(argv)
     try:

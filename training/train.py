@@ -46,12 +46,17 @@ class RunState:
 
 
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU lists AMX bf16 tiles (``amx_bf16`` among cpuinfo's flags; False off Linux)."""
+    """Whether oneDNN can use AMX bf16 tiles: ``amx_bf16`` among cpuinfo's flags (False off Linux), and, where
+    this torch has it, its own check that the kernel grants the tiles (a guest may list the flag and still
+    refuse them, and oneDNN then falls back to AVX-512 BF16, where bf16 was the slower precision)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
         return False
-    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+    if not any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines()):
+        return False
+    init_amx = getattr(torch._C._cpu, "_init_amx", None)  # private; torch 2.13 has it
+    return bool(init_amx()) if init_amx is not None else True
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

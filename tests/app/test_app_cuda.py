@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 from PIL import Image
 
 from app.settings import DEFAULT_CHECKPOINT
@@ -37,7 +38,7 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 
 async def test_reconstruct_encode_and_decode_on_cuda_match_the_cpu_model(
-    serve: Any, oasis_root: Path, as_upload: Files, image_file: Any
+    make_app: Callable[..., FastAPI], run: Any, oasis_root: Path, as_upload: Files, image_file: Any
 ) -> None:
     pixels = read_grayscale(sorted((oasis_root / "keras_png_slices_test").glob("*.png"))[1])  # (H, W) uint8
     image = pixels.astype(np.float32) / 255.0
@@ -46,7 +47,9 @@ async def test_reconstruct_encode_and_decode_on_cuda_match_the_cpu_model(
     cpu_indices, cpu_reconstruction = indices[0].numpy(), reconstruction[0, 0].numpy()
     with torch.inference_mode():
         cpu_decoded = to_uint8(cpu_model.decode_indices(indices)[0, 0].clamp(0, 1).numpy())
-    async with serve(checkpoint=DEFAULT_CHECKPOINT, device="cuda") as client:
+    app = make_app(checkpoint=DEFAULT_CHECKPOINT, device="cuda")
+    async with run(app) as client:
+        assert app.state.service.device.type == "cuda"  # not the CPU model compared with itself
         ready = await client.get("/readyz")
         body = (await client.post("/reconstruct", files=as_upload(image_file(pixels)))).json()
         encoded = (await client.post("/encode", files=as_upload(image_file(pixels)))).json()

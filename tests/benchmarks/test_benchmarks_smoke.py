@@ -15,6 +15,7 @@ from benchmarks.common import load_slices
 from models.checkpoint import save
 from models.config import PRESETS
 from models.vqvae import VQVAE
+from training import train
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,11 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert names[:2] == ["cpu baseline", "cpu vqvae-train default"]
     assert (variants[0]["precision"], variants[0]["channels_last"], variants[0]["crop"]) == ("fp32", False, 64)
     assert (variants[1]["channels_last"], variants[1]["crop"]) == (True, 128)
-    assert variants[1]["precision"] == "fp32"  # auto: fp32 on the CPU
-    assert names[2:] == ["cpu default in bf16"] and variants[2]["precision"] == "bfloat16"
+    on_amx = train.cpu_has_amx()  # auto: bf16 on CPUs with AMX, fp32 on others
+    assert variants[1]["precision"] == ("bfloat16" if on_amx else "fp32")
+    other = "fp32" if on_amx else "bf16"
+    assert names[2:] == [f"cpu default in {other}"]
+    assert variants[2]["precision"] == ("fp32" if on_amx else "bfloat16")
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
     assert all(len(v["round_step_seconds"]) == 2 and v["steps"] >= 2 for v in variants)
     assert text.count("pixels/s by round: ") == len(variants) - 1

@@ -42,13 +42,18 @@ def test_training_writes_checkpoint_log_and_figures(trained: Path) -> None:
             assert image.format == "PNG"
 
 
-def test_resume_continues_from_last_state(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+def test_resume_continues_from_last_state(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "resume"
     run.mkdir()
     for name in ("last.safetensors", "last.pt", "best.safetensors", "history.json"):
         (run / name).write_bytes((trained / name).read_bytes())
+    steps = json.loads((trained / "history.json").read_text())[-1]["step"]
     args = ["--data", str(fixture_oasis), "--out", str(run), "--epochs", "3", "--resume", *TINY]
+    capsys.readouterr()
     assert train.main(args) == 0
+    assert f"resumed from {run} at epoch 2, step {steps}" in capsys.readouterr().out  # not a fresh run of 3
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert read_metadata(run / "last.safetensors")["training"]["epochs"] == 3

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
 
 
-def test_training_on_cuda_saves_cpu_loadable_checkpoints_and_resumes(fixture_oasis: Path, tmp_path: Path) -> None:
+def test_training_on_cuda_saves_cpu_loadable_checkpoints_and_resumes(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--data", str(fixture_oasis), "--out", str(tmp_path), "--device", "cuda", *TINY]
     assert train.main([*args, "--epochs", "1"]) == 0
     training = read_metadata(tmp_path / "last.safetensors")["training"]
@@ -31,7 +33,10 @@ def test_training_on_cuda_saves_cpu_loadable_checkpoints_and_resumes(fixture_oas
     _, reconstruction = model.reconstruct(torch.rand(1, 1, 40, 40))
     assert reconstruction.shape == (1, 1, 40, 40)
 
+    steps = json.loads((tmp_path / "history.json").read_text())[0]["step"]
+    capsys.readouterr()
     assert train.main([*args, "--epochs", "2", "--resume"]) == 0
+    assert f"resumed from {tmp_path} at epoch 1, step {steps}" in capsys.readouterr().out  # not a fresh run
     history = json.loads((tmp_path / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[1]["step"] == 2 * history[0]["step"]

@@ -109,10 +109,15 @@ def test_run_without_a_finite_validation_score_exits_1(
     assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+def test_amx_needs_the_cpu_flag_and_the_kernels_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\nbogomips\t: 4000\n")
+    with_amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\nbogomips\t: 4000\n"
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: True, raising=False)
+    cpuinfo.write_text(with_amx)
     assert train.cpu_has_amx(cpuinfo)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")  # the CPU where bf16 was slower
     assert not train.cpu_has_amx(cpuinfo)
     assert not train.cpu_has_amx(tmp_path / "absent")  # no /proc: not Linux
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: False, raising=False)  # listed, but not granted
+    cpuinfo.write_text(with_amx)
+    assert not train.cpu_has_amx(cpuinfo)
