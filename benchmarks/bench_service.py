@@ -192,7 +192,7 @@ async def drive(
     server_pid: int,
 ) -> Driven:
     """``total`` requests by ``concurrency`` closed-loop callers; the clock and the CPU counts start once every
-    caller's connection is open, and stop before the clients close.
+    caller's connection is open (or refused twice), and stop before the clients close.
 
     Each caller has its own client and connection, as independent users of a service do. One client shared by
     all callers cost this process, which shares the cores with the server, far more CPU per request in httpx's
@@ -207,8 +207,13 @@ async def drive(
             await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits))
             for _ in range(concurrency)
         ]
-        # Open the connections before the clock starts (a real client keeps them alive).
-        await asyncio.gather(*(client.get("/healthz") for client in clients), return_exceptions=True)
+        # Open the connections before the clock starts (a real client keeps them alive). A refused one is tried
+        # once more, alone; if that fails too, its first timed request records the failure.
+        opened = await asyncio.gather(*(client.get("/healthz") for client in clients), return_exceptions=True)
+        for client, result in zip(clients, opened, strict=True):
+            if isinstance(result, BaseException):
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get("/healthz")
         counter = itertools.count()
         outcomes: list[Outcome] = []
 
