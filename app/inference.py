@@ -21,6 +21,7 @@ from app.settings import Settings
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
+from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
 
@@ -49,10 +50,12 @@ class StartupError(RuntimeError):
 
 def load_model(settings: Settings) -> tuple[VQVAE, dict[str, Any]]:
     """Checkpoint -> (model in eval mode on the configured device, metadata), or a one-line StartupError."""
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise StartupError("VQVAE_DEVICE=cuda but torch sees no CUDA device")
     try:
-        return load(settings.checkpoint, settings.device)
+        device = pick_device(settings.device)
+    except ValueError as exc:
+        raise StartupError(f"VQVAE_DEVICE: {exc}") from exc
+    try:
+        return load(settings.checkpoint, device)
     except CheckpointError as exc:
         raise StartupError(f"cannot load checkpoint: {exc}") from exc
 

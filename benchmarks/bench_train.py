@@ -227,11 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     info = print_header("training step throughput")
-    devices = [
-        d
-        for d, wanted in (("cpu", not args.no_cpu), ("cuda", torch.cuda.is_available() and not args.no_cuda))
-        if wanted
-    ]
+    devices = [] if args.no_cpu else ["cpu"]
+    if torch.cuda.is_available() and not args.no_cuda:
+        devices.append("cuda")
     if not devices:
         print("error: no device left to time (--no-cpu, and no CUDA device or --no-cuda)", file=sys.stderr)
         return 2

@@ -1,6 +1,9 @@
-"""The one place that turns a ``--device`` value into a torch device, with a one-line error for a bad one."""
+"""The one place that turns a ``--device`` value into a torch device (with a one-line error for a bad one), and
+that reads what the CPU offers."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -27,3 +30,17 @@ def pick_device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether oneDNN can use AMX bf16 tiles: ``amx_bf16`` among cpuinfo's flags (False off Linux), and, where
+    this torch has it, its own check that the kernel grants the tiles (a guest may list the flag and still
+    refuse them, and oneDNN then falls back to AVX-512 BF16, where bf16 was the slower precision)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    if not any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines()):
+        return False
+    init_amx = getattr(torch._C._cpu, "_init_amx", None)  # private; torch 2.13 has it
+    return bool(init_amx()) if init_amx is not None else True

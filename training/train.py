@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
-from models.device import pick_device
+from models.device import cpu_has_amx, pick_device
 from models.vqvae import VQVAE
 from training.config import TrainConfig, parse_args
 from training.data import CropSampler, DataError, load_split, to_float
@@ -43,20 +43,6 @@ class RunState:
     best_val_ssim: float = -1.0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether oneDNN can use AMX bf16 tiles: ``amx_bf16`` among cpuinfo's flags (False off Linux), and, where
-    this torch has it, its own check that the kernel grants the tiles (a guest may list the flag and still
-    refuse them, and oneDNN then falls back to AVX-512 BF16, where bf16 was the slower precision)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    if not any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines()):
-        return False
-    init_amx = getattr(torch._C._cpu, "_init_amx", None)  # private; torch 2.13 has it
-    return bool(init_amx()) if init_amx is not None else True
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
