@@ -24,7 +24,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from app.errors import format_validation_errors, install_error_handlers
 from app.inference import InferenceService, StartupError, check_checkpoint
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics, MetricsMiddleware, shared_by_workers
 from app.middleware import BodySizeLimitMiddleware, QuietStartupFailureMiddleware, UnexpectedErrorMiddleware
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
@@ -119,15 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vqvae-serve: {exc}", file=sys.stderr)
         return 2
 
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
-    )
+    with shared_by_workers(args.workers):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+            log_config=_log_config(settings.log_level),
+        )
     return 0
 
 

@@ -1,12 +1,19 @@
-"""Prometheus metrics in a per-app registry (tests build many apps; the global registry would collide)."""
+"""Prometheus metrics in a per-app registry (tests build many apps; the global registry would collide), summed
+over the worker processes when the service runs several."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name for it
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 UNMATCHED = "unmatched"  # one label for every unknown path, so scanners cannot blow up the label set
 
@@ -48,6 +55,36 @@ class Metrics:
     def observe_batch(self, operation: str, size: int, seconds: float) -> None:
         self.batch_size.labels(operation=operation).observe(size)
         self.batch_seconds.labels(operation=operation).observe(seconds)
+
+
+@contextmanager
+def shared_by_workers(workers: int) -> Iterator[None]:
+    """Several worker processes: each counts in its own memory, so /metrics would show only the one that answered.
+
+    prometheus_client's multiprocess mode has every process write its values to files in one folder, which
+    ``exposition`` sums. The folder must be named before the workers import prometheus_client (they inherit the
+    environment) and must start empty, so each run gets a new one, removed at the end. A folder the user already
+    named is used as it is (emptying it between runs is then theirs to do, as prometheus_client says).
+    """
+    if workers <= 1 or os.environ.get(MULTIPROCESS_DIR_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="vqvae-metrics-") as folder:
+        os.environ[MULTIPROCESS_DIR_ENV] = folder
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR_ENV]
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text for /metrics: this app's registry, or every worker's values in multiprocess mode."""
+    folder = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if not folder:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=folder)
+    return generate_latest(combined)
 
 
 class MetricsMiddleware:

@@ -61,13 +61,23 @@ def wait_ready(server: Server, timeout_s: float) -> None:
 
 
 @contextmanager
-def running_server(env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float) -> Iterator[Server]:
-    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit."""
+def running_server(
+    env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float, workers: int = 1
+) -> Iterator[Server]:
+    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit.
+
+    One worker: plain ``uvicorn --factory``. Several: ``vqvae-serve --workers N``, which is what sums their
+    metrics (``app.metrics.shared_by_workers``).
+    """
     port = free_port()
     log = log_dir / f"server-{port}.log"
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
+    if workers == 1:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--log-level", log_level]
+    else:
+        command = [sys.executable, "-m", "app.main", "--workers", str(workers)]
+        env = {"VQVAE_LOG_LEVEL": log_level, **env}
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as handle:
         process = subprocess.Popen(
             command,

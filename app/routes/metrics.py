@@ -1,10 +1,12 @@
-"""GET /metrics in the Prometheus text format, from this app's own registry."""
+"""GET /metrics in the Prometheus text format: this app's registry, or the sum over the worker processes."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.metrics import exposition
 
 router = APIRouter(tags=["operations"])
 
@@ -16,4 +18,4 @@ router = APIRouter(tags=["operations"])
     summary="Prometheus metrics: requests by route and status, latency, batch sizes",
 )
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -100,6 +100,23 @@ def test_metrics_exposition(server: httpx.Client) -> None:
     assert request_count(server, "/metrics", "200") >= 1
 
 
+def test_metrics_add_up_over_worker_processes(
+    checkpoint: Path, tmp_path: Path, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """`vqvae-serve --workers 2`: /metrics counts every worker's requests, whichever worker answers it."""
+    upload = as_upload(image_file(noise(32, 32)))
+    env = {"VQVAE_CHECKPOINT": str(checkpoint)}
+    with running_server(env, tmp_path, log_level="warning", startup_timeout_s=120, workers=2) as process:
+        for _ in range(12):
+            with httpx.Client(base_url=process.base_url, timeout=30) as client:  # a new connection: any worker
+                assert client.post("/encode", files=upload).status_code == 200
+        with httpx.Client(base_url=process.base_url, timeout=30) as client:
+            assert request_count(client, "/encode", "200") == 12
+            families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
+    (batches,) = (s.value for s in families["vqvae_inference_batch_size"].samples if s.name.endswith("_count"))
+    assert batches == 12
+
+
 def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
     command = [sys.executable, "-c", "import sys; from app.main import main; sys.exit(main())", "--checkpoint"]
@@ -119,15 +136,26 @@ def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: calls.append((args, kwargs)))
+    calls: list[tuple[tuple[Any, ...], dict[str, Any], str | None]] = []
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        calls.append((args, kwargs, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+
+    monkeypatch.setattr("uvicorn.run", run)
     monkeypatch.delenv("VQVAE_CHECKPOINT", raising=False)  # restored after the test: main() sets it
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert main(["--checkpoint", str(checkpoint), "--port", "9123", "--workers", "2", "--host", "0.0.0.0"]) == 0
-    ((args, kwargs),) = calls
+    assert main(["--checkpoint", str(checkpoint)]) == 0
+    (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir) = calls
     assert args == ("app.main:create_app",)
     assert kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
     assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())
+    # Two workers share a fresh metrics folder for the run, removed afterwards; one worker needs none.
+    assert metrics_dir is not None and "vqvae-metrics-" in metrics_dir
+    assert not Path(metrics_dir).exists()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert (one_worker["workers"], no_metrics_dir) == (1, None)
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
