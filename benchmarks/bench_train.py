@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import sys
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,11 @@ class Variant:
     config: TrainConfig
     trainer: Trainer | None = None
     rounds: list[list[float]] = field(default_factory=list)  # seconds per timed step, by round
+    faults: int = 0  # minor page faults of the process over the timed steps
+
+    @property
+    def faults_per_step(self) -> float:
+        return ratio(self.faults, len(self.step_seconds))
 
     @property
     def step_seconds(self) -> list[float]:
@@ -96,6 +102,7 @@ class Variant:
             "seconds": sum(self.step_seconds),
             "images_per_s": self.images_per_s,
             "pixels_per_s": self.pixels_per_s,
+            "minor_faults_per_step": self.faults_per_step,
         }
 
 
@@ -166,7 +173,16 @@ def run_variants(variants: list[Variant], *, warmup: int, steps: int, seconds: f
         time_calls(steppers[-1], warmup=0, repeats=warmup, seconds=0)
     for _ in range(rounds):
         for variant, step in zip(variants, steppers, strict=True):
+            faults = minor_faults()
             variant.rounds.append(time_calls(step, warmup=0, repeats=steps, seconds=seconds))
+            variant.faults += minor_faults() - faults
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far: memory mapped in afresh, zero-filled by the kernel. Tensors over
+    glibc's 32 MiB ``mmap`` ceiling (``models.allocator``) are faulted in anew every step, which costs a time that
+    varies with the host (a VM's faults are dearer and noisier)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def print_variants(variants: list[Variant]) -> None:
@@ -174,14 +190,14 @@ def print_variants(variants: list[Variant]) -> None:
     width = max(len(v.name) for v in variants)
     print(
         f"{'variant':<{width}} {'crop':>4} {'steps':>5} {'ms/step':>8} {'images/s':>9} {'Mpix/s':>7} "
-        f"{'x images/s':>10} {'x pixels/s':>10}"
+        f"{'x images/s':>10} {'x pixels/s':>10} {'faults/step':>11}"
     )
     for v in variants:
         ms = 1000 * sum(v.step_seconds) / max(1, len(v.step_seconds))
         print(
             f"{v.name:<{width}} {v.crop:>4} {len(v.step_seconds):>5} {ms:>8.1f} {v.images_per_s:>9.2f} "
             f"{v.pixels_per_s / 1e6:>7.2f} {ratio(v.images_per_s, base.images_per_s):>9.2f}x "
-            f"{ratio(v.pixels_per_s, base.pixels_per_s):>9.2f}x"
+            f"{ratio(v.pixels_per_s, base.pixels_per_s):>9.2f}x {v.faults_per_step:>11,.0f}"
         )
     for v in variants[1:]:
         print(

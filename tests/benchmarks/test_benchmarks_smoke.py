@@ -119,6 +119,7 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert variants[2]["precision"] == ("fp32" if on_amx else "bfloat16")
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
     assert all(len(v["round_step_seconds"]) == 2 and v["steps"] >= 2 for v in variants)
+    assert "faults/step" in text and all(v["minor_faults_per_step"] >= 0 for v in variants)
     assert text.count("pixels/s by round: ") == len(variants) - 1
 
 
