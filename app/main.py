@@ -97,11 +97,38 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
+        "share of the usable CPUs for torch",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
     )
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def share_cpus_among_workers(workers: int) -> None:
+    """Give each worker process its share of the CPUs for torch, unless VQVAE_TORCH_THREADS says otherwise.
+
+    torch's default is one thread per core in every process, so N workers would run N teams of that many
+    OpenMP threads on the same cores, each waiting at barriers for partners that lost their core.
+    """
+    if workers > 1 and not os.environ.get("VQVAE_TORCH_THREADS"):
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["VQVAE_TORCH_THREADS"] = str(max(1, cpus // workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.checkpoint is not None:
         os.environ["VQVAE_CHECKPOINT"] = str(args.checkpoint.resolve())  # the worker processes read it too
+    share_cpus_among_workers(args.workers)
     try:
         settings = Settings()
         check_checkpoint(settings)

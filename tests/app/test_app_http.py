@@ -137,16 +137,24 @@ def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
 
 def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[tuple[Any, ...], dict[str, Any], str | None]] = []
+    threads: list[str | None] = []
 
     def run(*args: Any, **kwargs: Any) -> None:
         calls.append((args, kwargs, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+        threads.append(os.environ.get("VQVAE_TORCH_THREADS"))
 
     monkeypatch.setattr("uvicorn.run", run)
-    monkeypatch.delenv("VQVAE_CHECKPOINT", raising=False)  # restored after the test: main() sets it
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for name in ("VQVAE_CHECKPOINT", "VQVAE_TORCH_THREADS", "PROMETHEUS_MULTIPROC_DIR"):  # main() sets them
+        monkeypatch.setenv(name, "")  # so that the test's end restores the variable's absence
+        monkeypatch.delenv(name)
     assert main(["--checkpoint", str(checkpoint), "--port", "9123", "--workers", "2", "--host", "0.0.0.0"]) == 0
+    monkeypatch.delenv("VQVAE_TORCH_THREADS")
     assert main(["--checkpoint", str(checkpoint)]) == 0
-    (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir) = calls
+    monkeypatch.setenv("VQVAE_TORCH_THREADS", "3")
+    assert main(["--checkpoint", str(checkpoint), "--workers", "4"]) == 0
+    (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir), _ = calls
+    # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
+    assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
     assert args == ("app.main:create_app",)
     assert kwargs["factory"] is True
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
@@ -156,6 +164,14 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     assert not Path(metrics_dir).exists()
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     assert (one_worker["workers"], no_metrics_dir) == (1, None)
+
+
+@pytest.mark.parametrize("workers", ["0", "two"])
+def test_serve_refuses_a_bad_worker_count(workers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--workers", workers])
+    assert stopped.value.code == 2
+    assert "argument --workers" in capsys.readouterr().err
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
