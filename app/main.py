@@ -120,6 +120,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' share of the usable CPUs, at least one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // workers)
+
+
 def share_cpus_among_workers(workers: int) -> None:
     """Give each worker process its share of the CPUs for torch, unless VQVAE_TORCH_THREADS says otherwise.
 
@@ -127,8 +133,7 @@ def share_cpus_among_workers(workers: int) -> None:
     OpenMP threads on the same cores, each waiting at barriers for partners that lost their core.
     """
     if workers > 1 and not os.environ.get("VQVAE_TORCH_THREADS"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ["VQVAE_TORCH_THREADS"] = str(max(1, cpus // workers))
+        os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

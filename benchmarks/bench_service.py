@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import resource
 import statistics
@@ -46,6 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.imaging import decode_image, encode_png
+from app.main import threads_per_worker
 from app.settings import Settings
 from benchmarks.bench_model import (
     DEFAULT_BATCH_SIZES,
@@ -84,16 +86,31 @@ TARGET_THROUGHPUT = 0.8  # issue 6: service at concurrency 16 >= 0.8 x in-proces
 TARGET_LATENCY = 1.3  # issue 6: p50 at concurrency 1 <= 1.3 x in-process batch 1
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Linux /proc): the server is several processes with ``--workers``."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(child) for child in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            pids += process_tree(child)
+    return pids
+
+
 def proc_memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak since start) of a process, in MiB; empty off Linux."""
+    """VmRSS (now) and VmHWM (peak since start) in MiB, summed over the process and its descendants (pages they
+    share count once per process); empty off Linux."""
     found: dict[str, float] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = found.get(key, 0.0) + int(value.split()[0]) / 1024.0
+        except (OSError, ValueError, IndexError):
+            continue
     return found
 
 
@@ -102,12 +119,16 @@ def memory_text(memory: dict[str, float], key: str) -> str:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/<pid>/stat); NaN off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+    """User + system CPU seconds of a process and its descendants (/proc/<pid>/stat); NaN off Linux."""
+    total = float("nan")
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = seconds if math.isnan(total) else total + seconds
+    return total
 
 
 def self_cpu_s() -> float:
@@ -552,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server-env", type=env_pair, action="append", default=[], metavar="VQVAE_NAME=VALUE", help="server setting"
     )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes (vqvae-serve --workers; each gets 1/N of the CPUs for torch unless "
+        "VQVAE_TORCH_THREADS is set); CPU and RSS columns then sum over them (default: %(default)s)",
+    )
     parser.add_argument("--server-log-level", default="warning", help="uvicorn log level (warning: no access log)")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     group = parser.add_argument_group("in-process reference (benchmarks.bench_model)")
@@ -570,6 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overload-concurrency", type=int, default=64, help="callers (default: %(default)s)")
     group.add_argument("--overload-requests", type=int, default=512, help="requests (default: %(default)s)")
     return parser
+
+
+def server_threads(settings: Settings, workers: int) -> str:
+    """The server's torch thread count as vqvae-serve sets it (app.main.share_cpus_among_workers)."""
+    if settings.torch_threads:
+        return str(settings.torch_threads)
+    return f"{threads_per_worker(workers)} per worker" if workers > 1 else "default"
 
 
 def server_env(args: argparse.Namespace, checkpoint: Path) -> dict[str, str]:
@@ -624,7 +659,7 @@ def measure_service(
     started = time.perf_counter()
     levels: list[LevelFigures] = []
     with running_server(
-        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout
+        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout, workers=args.workers
     ) as server:
         print(
             f"-- server pid {server.pid} at {server.base_url} ready in {time.perf_counter() - started:.1f} s, "
@@ -657,7 +692,7 @@ def measure_overload(
     """A fresh server with max_queue = --overload-queue, driven at --overload-concurrency."""
     env = {**env, "VQVAE_MAX_QUEUE": str(args.overload_queue)}
     with running_server(
-        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout
+        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout, workers=args.workers
     ) as server:
         problem = check_endpoint(server.base_url, endpoint, uploads[0], times=1)
         if problem:
@@ -708,8 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {slices.describe()}")
         print(
             f"server settings: max_batch_size {settings.max_batch_size}, max_wait_ms {settings.max_wait_ms}, "
-            f"max_queue {settings.max_queue}, torch_threads {settings.torch_threads or 'default'}, "
-            f"device {settings.device}; from env {dict(args.server_env) or 'defaults'}"
+            f"max_queue {settings.max_queue}, torch_threads {server_threads(settings, args.workers)}, "
+            f"device {settings.device}, workers {args.workers}; from env {dict(args.server_env) or 'defaults'}"
         )
         print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
         model, _ = load(checkpoint.path, device)

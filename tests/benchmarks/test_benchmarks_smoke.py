@@ -6,6 +6,11 @@ These prove the scripts work; they time nothing and assert no speed (benchmarks 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +103,44 @@ def test_bench_service(
     assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
     assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
     assert figures["overload"]["requests"] == 12 and figures["overload"]["blocks"] == []
+
+
+def test_bench_service_with_workers(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--workers 2 runs vqvae-serve's workers; the server's CPU and memory are summed over its processes."""
+    out = tmp_path / "service.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "8", "--workers", "2"]
+    argv += ["--concurrency", "2", "--rounds", "1", "--batch-sizes", "1", "--seconds", "0", "--repeats", "1"]
+    argv += ["--reference-seconds", "0", "--blocks", "1", "--endpoints", "encode", "--no-overload"]
+    assert bench_service.main([*argv, "--json", str(out)]) == 0
+    assert "workers 2" in capsys.readouterr().out
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["errors"] == 0 and level["requests"] == 8
+
+
+def test_process_tree_sums_a_process_and_its_children() -> None:
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    parent = subprocess.Popen([sys.executable, "-c", script + "time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 20
+        while len(bench_service.process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = bench_service.process_tree(parent.pid)
+        assert len(tree) == 2 and tree[0] == parent.pid
+        child_rss = bench_service.proc_memory_mb(tree[1])["VmRSS"]  # a leaf: its own RSS
+        own_rss = next(  # the parent's own, from /proc
+            int(line.split()[1]) / 1024.0
+            for line in Path(f"/proc/{parent.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+        summed = bench_service.proc_memory_mb(parent.pid)["VmRSS"]
+        assert summed == pytest.approx(own_rss + child_rss, rel=0.1)  # a process may grow between the reads
+        assert summed > 1.3 * max(own_rss, child_rss)
+    finally:
+        for pid in reversed(bench_service.process_tree(parent.pid)):
+            os.kill(pid, signal.SIGKILL)
+        parent.wait()
 
 
 def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
