@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.startup_error = str(exc)  # said in one line: QuietStartupFailureMiddleware drops the traceback
             raise
         app.state.service = service
+        app_metrics.model_loads.inc()
         try:
             yield
         finally:

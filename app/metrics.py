@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +26,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Where every process's values are, if prometheus_client chose file-backed values when it was imported
+        # (the folder variable set then); None: this process's values are in its own memory.
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV) if _file_backed_values() else None
+        self.model_loads = Counter(
+            "vqvae_model_loads",
+            "checkpoint loads completed: one per server process start (several with --workers, more on restarts)",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "vqvae_http_requests",
             "HTTP requests by method, route template and status code",
@@ -57,6 +65,10 @@ class Metrics:
         self.batch_seconds.labels(operation=operation).observe(seconds)
 
 
+def _file_backed_values() -> bool:
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
 @contextmanager
 def shared_by_workers(workers: int) -> Iterator[None]:
     """Several worker processes: each counts in its own memory, so /metrics would show only the one that answered.
@@ -74,16 +86,15 @@ def shared_by_workers(workers: int) -> Iterator[None]:
         try:
             yield
         finally:
-            del os.environ[MULTIPROCESS_DIR_ENV]
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
+def exposition(metrics: Metrics) -> bytes:
     """The Prometheus text for /metrics: this app's registry, or every worker's values in multiprocess mode."""
-    folder = os.environ.get(MULTIPROCESS_DIR_ENV)
-    if not folder:
-        return generate_latest(registry)
+    if metrics.multiprocess_dir is None:
+        return generate_latest(metrics.registry)
     combined = CollectorRegistry()
-    MultiProcessCollector(combined, path=folder)
+    MultiProcessCollector(combined, path=metrics.multiprocess_dir)
     return generate_latest(combined)
 
 

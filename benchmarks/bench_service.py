@@ -124,9 +124,9 @@ def proc_cpu_s(pid: int) -> float:
     for member in process_tree(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         total = seconds if math.isnan(total) else total + seconds
     return total
 

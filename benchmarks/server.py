@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import REPO_ROOT
 
@@ -34,9 +37,15 @@ class Server:
             return ""
 
 
+LEFT_OUT_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")  # vqvae-serve --workers makes its own
+
+
 def inherited_env() -> dict[str, str]:
-    """This process's environment without VQVAE_* settings, so the caller's ``env`` alone configures the server."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("VQVAE_")}
+    """This process's environment without VQVAE_* settings (and without a prometheus_client multiprocess folder),
+    so the caller's ``env`` alone configures the server."""
+    return {
+        name: value for name, value in os.environ.items() if not name.startswith("VQVAE_") and name not in LEFT_OUT_ENV
+    }
 
 
 def free_port() -> int:
@@ -45,19 +54,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(server: Server, timeout_s: float) -> None:
+def wait_ready(server: Server, timeout_s: float, workers: int = 1) -> None:
+    """Until /readyz answers 200 and, with several workers, every worker has loaded the model: /readyz speaks
+    for whichever worker answers, but /metrics counts the loads of all (``vqvae_model_loads_total``)."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited with code {server.process.returncode}:\n{server.log_tail()}")
             try:
-                if client.get("/readyz").status_code == 200:
+                if client.get("/readyz").status_code == 200 and (workers == 1 or model_loads(client) >= workers):
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+def model_loads(client: httpx.Client) -> float:
+    """vqvae_model_loads_total from /metrics: the server processes that have loaded the checkpoint."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "vqvae_model_loads"
+        for sample in family.samples
+        if sample.name == "vqvae_model_loads_total"
+    )
 
 
 @contextmanager
@@ -85,15 +107,17 @@ def running_server(
             env={**inherited_env(), **env, "PYTHONPATH": path},
             stdout=handle,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a kill below reaches the workers too
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
-        wait_ready(server, startup_timeout_s)
+        wait_ready(server, startup_timeout_s, workers)
         yield server
     finally:
         process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()

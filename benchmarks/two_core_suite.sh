@@ -19,19 +19,25 @@ exec > >(tee -a "$out/two_core.log") 2>&1
 tee_pid=$!
 status=0
 
-# CPU 0 and the first CPU that is not its hyperthread sibling: two physical cores.
-first=0
-siblings=$(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null || echo 0)
-second=$(python3 - "$siblings" <<'EOF'
+# The first usable CPU and the first usable one that is not its hyperthread sibling: two physical cores.
+cores=$(python3 - <<'EOF'
 import os, sys
-taken = set()
-for part in sys.argv[1].split(","):
-    low, _, high = part.partition("-")
-    taken.update(range(int(low), int(high or low) + 1))
-print(min(set(os.sched_getaffinity(0)) - taken))
+usable = sorted(os.sched_getaffinity(0))
+first = usable[0]
+siblings = {first}
+try:
+    with open(f"/sys/devices/system/cpu/cpu{first}/topology/thread_siblings_list") as handle:
+        for part in handle.read().strip().split(","):
+            low, _, high = part.partition("-")
+            siblings.update(range(int(low), int(high or low) + 1))
+except OSError:
+    pass
+others = [cpu for cpu in usable if cpu not in siblings]
+if not others:
+    sys.exit(f"two_core_suite: no usable CPU on another physical core than CPU {first} (usable: {usable})")
+print(f"{first},{others[0]}")
 EOF
-)
-cores="$first,$second"
+) || exit 2
 
 stage() {
     local name=$1 limit=$2 started=$SECONDS rc
@@ -43,7 +49,7 @@ stage() {
     if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 
-echo "cpu0 siblings: $siblings; pinned to CPUs $cores"
+echo "pinned to CPUs $cores"
 stage info 20 bash -c "lscpu | grep -E 'Model name|Thread|Core|Socket|L2|L3'; grep -o -w 'amx[a-z_0-9]*' /proc/cpuinfo \
     | sort -u | tr '\n' ' '; echo; taskset -c $cores python3 -c 'import torch; from models.device import cpu_has_amx; \
 print(torch.__version__, torch.get_num_threads(), \"threads; cpu_has_amx:\", cpu_has_amx())'"

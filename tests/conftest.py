@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,11 @@ import pytest
 from PIL import Image
 
 from training.synthetic import synthetic_slice
+
+# An operator's prometheus_client multiprocess folder would make this process's metric values file-backed (chosen
+# when prometheus_client is first imported, which is after this) and shared by every app the tests build.
+for _name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+    os.environ.pop(_name, None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_OASIS = REPO_ROOT.parent / "shared" / "data" / "oasis"

@@ -18,4 +18,4 @@ router = APIRouter(tags=["operations"])
     summary="Prometheus metrics: requests by route and status, latency, batch sizes",
 )
 async def metrics(request: Request) -> Response:
-    return Response(exposition(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

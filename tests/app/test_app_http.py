@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import main
-from benchmarks.server import running_server
+from benchmarks.server import model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Files = Callable[..., dict[str, tuple[str, bytes, str]]]
@@ -98,12 +98,13 @@ def test_metrics_exposition(server: httpx.Client) -> None:
     assert "vqvae_http_request_duration_seconds_bucket" in text
     assert request_count(server, "/healthz", "200") >= 1
     assert request_count(server, "/metrics", "200") >= 1
+    assert model_loads(server) == 1
 
 
 def test_metrics_add_up_over_worker_processes(
     checkpoint: Path, tmp_path: Path, as_upload: Files, image_file: Any, noise: Any
 ) -> None:
-    """`vqvae-serve --workers 2`: /metrics counts every worker's requests, whichever worker answers it."""
+    """`vqvae-serve --workers 2`: /metrics counts every worker's model load and requests, whichever answers."""
     upload = as_upload(image_file(noise(32, 32)))
     env = {"VQVAE_CHECKPOINT": str(checkpoint)}
     with running_server(env, tmp_path, log_level="warning", startup_timeout_s=120, workers=2) as process:
@@ -111,6 +112,7 @@ def test_metrics_add_up_over_worker_processes(
             with httpx.Client(base_url=process.base_url, timeout=30) as client:  # a new connection: any worker
                 assert client.post("/encode", files=upload).status_code == 200
         with httpx.Client(base_url=process.base_url, timeout=30) as client:
+            assert model_loads(client) == 2  # one load per worker, counted by whichever answers
             assert request_count(client, "/encode", "200") == 12
             families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
     (batches,) = (s.value for s in families["vqvae_inference_batch_size"].samples if s.name.endswith("_count"))

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -120,12 +119,11 @@ def test_bench_service_with_workers(
 
 
 def test_process_tree_sums_a_process_and_its_children() -> None:
-    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-    parent = subprocess.Popen([sys.executable, "-c", script + "time.sleep(60)"])
+    child = "import time; print('ready', flush=True); time.sleep(60)"  # says so once it has started
+    script = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while len(bench_service.process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
         tree = bench_service.process_tree(parent.pid)
         assert len(tree) == 2 and tree[0] == parent.pid
         child_rss = bench_service.proc_memory_mb(tree[1])["VmRSS"]  # a leaf: its own RSS
