@@ -92,6 +92,13 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
     assert "bad.safetensors: not a readable safetensors checkpoint" in capsys.readouterr().err
 
 
+def _default_sigint() -> None:
+    """SIGINT as at a terminal, even where the tests were started with it ignored: bash starts background commands
+    (``cmd &`` without job control) with SIGINT ignored, a child inherits that, and Python then installs no
+    KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_state_and_exits_130(fixture_oasis: Path, tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     command = [
@@ -107,7 +114,9 @@ def test_ctrl_c_saves_state_and_exits_130(fixture_oasis: Path, tmp_path: Path) -
         *TINY,
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint
+    )
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
