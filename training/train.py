@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,6 +306,28 @@ class Trainer:
         )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``docker stop``, a batch scheduler): stop as on Ctrl-C, state saved."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while training (main thread only; the previous handler is put back)."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
@@ -318,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         f"output in {config.out}"
     )
     try:
-        trainer.run()
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            trainer.run()
+    except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT), or SIGTERM as Terminated
         trainer.save_state()
-        print(f"\ninterrupted: state saved in {config.out} (resume with --resume)", file=sys.stderr)
-        return 130
+        stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{stopped_by}: state saved in {config.out} (resume with --resume)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

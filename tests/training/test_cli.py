@@ -99,7 +99,13 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_saves_state_and_exits_130(fixture_oasis: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_a_stop_signal_saves_state_and_exits_128_plus_its_number(
+    fixture_oasis: Path, tmp_path: Path, stop: signal.Signals, code: int, said: str
+) -> None:
+    """Ctrl-C, or kill / docker stop (SIGTERM): the state is saved for --resume, no traceback."""
     out = tmp_path / "interrupted"
     command = [
         sys.executable,
@@ -120,10 +126,10 @@ def test_ctrl_c_saves_state_and_exits_130(fixture_oasis: Path, tmp_path: Path) -
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "interrupted: state saved" in stderr and "Traceback" not in stderr
+    assert process.returncode == code
+    assert f"{said}: state saved" in stderr and "Traceback" not in stderr
     assert (out / "last.pt").exists()
 
 
