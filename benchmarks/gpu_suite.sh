@@ -9,38 +9,16 @@
 # DATA_ROOT is an OASIS root (keras_png_slices_{train,validate,test}); a subset of the training split will do.
 # Writes OUT_DIR/suite.log (everything), the benchmarks' JSON, the evaluation report, and the training run's
 # history and best checkpoint: eight files at most. Exits with the first failing stage's status (0 if none).
-# A stage runs in its own process group (timeout's), so a Ctrl-C at the terminal does not reach it: it ends at
-# its own limit.
+# Stage plumbing: benchmarks/suite_lib.sh.
 #
 # docs/cuda_h200_suite.txt is its log on an NVIDIA H200 (16 CPU cores), from an earlier version: there the
 # service stage ran concurrency 1,4,16,64 in two rounds and ran out of its time before the overload phase, and
 # the training stages reported timeout's 124 rather than vqvae-train's 130. The lighter service stage below, and
 # bench_train's CUDA-only variants, ran afterwards: docs/cuda_h200_train_and_service.txt.
 set -uo pipefail
-usage="usage: gpu_suite.sh OUT_DIR DATA_ROOT"
-mkdir -p "${1:?$usage}" || exit 2
-out=$(cd "$1" && pwd)
-data=$(cd "${2:?$usage}" && pwd) || exit 2
-cd "$(dirname "$0")/.." || exit 2 # the repository root: the stages name its files
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/suite_lib.sh"
+suite_start gpu_suite.sh suite.log "$@"
 run=$(mktemp -d)
-exec > >(tee -a "$out/suite.log") 2>&1
-tee_pid=$!
-status=0
-
-# stage NAME SECONDS SIGNAL COMMAND...: run COMMAND for at most SECONDS (then SIGNAL, then KILL 10 s later).
-# --preserve-status: a stage stopped by its SIGNAL reports its own exit (vqvae-train's 130 after saving).
-stage() {
-    local name=$1 limit=$2 signal=$3 started=$SECONDS rc
-    shift 3
-    echo "== $name: limit ${limit} s, $(date -u +%T)"
-    timeout --preserve-status -s "$signal" -k 10 "$limit" "$@"
-    rc=$?
-    echo "== $name: exit $rc after $((SECONDS - started)) s"
-    if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ] && ! { [ "$signal" = INT ] && [ "$rc" -eq 130 ]; }; then
-        status=$rc
-    fi
-}
 
 stage info 20 TERM bash -c 'nvidia-smi -L; python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__,
 torch.version.cuda, torch.cuda.get_device_name(0), torch.get_num_threads(), \"threads\")"'
@@ -60,7 +38,4 @@ stage resume 35 INT python3 -m training.train --device cuda --data "$data" --out
     --no-progress --resume
 cp "$run/train/history.csv" "$run/train/best.safetensors" "$out/" 2>/dev/null
 ls -l "$out"
-echo "== suite: exit $status"
-exec >&- 2>&-
-wait "$tee_pid" # so that suite.log is complete when this script returns
-exit "$status"
+suite_end

@@ -9,15 +9,9 @@
 #
 # Writes OUT_DIR/two_core.log and the benchmarks' JSON. Exits with the first failing stage's status (0 if none).
 set -uo pipefail
-usage="usage: two_core_suite.sh OUT_DIR DATA_ROOT"
-mkdir -p "${1:?$usage}" || exit 2
-out=$(cd "$1" && pwd)
-data=$(cd "${2:?$usage}" && pwd) || exit 2
-cd "$(dirname "$0")/.." || exit 2
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=
-exec > >(tee -a "$out/two_core.log") 2>&1
-tee_pid=$!
-status=0
+source "$(dirname "$0")/suite_lib.sh"
+suite_start two_core_suite.sh two_core.log "$@"
+export CUDA_VISIBLE_DEVICES=
 
 # The first usable CPU and the first usable one that is not its hyperthread sibling: two physical cores.
 cores=$(python3 - <<'EOF'
@@ -39,25 +33,12 @@ print(f"{first},{others[0]}")
 EOF
 ) || exit 2
 
-stage() {
-    local name=$1 limit=$2 started=$SECONDS rc
-    shift 2
-    echo "== $name: limit ${limit} s, $(date -u +%T)"
-    timeout -k 10 "$limit" "$@"
-    rc=$?
-    echo "== $name: exit $rc after $((SECONDS - started)) s"
-    if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
-}
-
 echo "pinned to CPUs $cores"
-stage info 20 bash -c "lscpu | grep -E 'Model name|Thread|Core|Socket|L2|L3'; grep -o -w 'amx[a-z_0-9]*' /proc/cpuinfo \
+stage info 20 TERM bash -c "lscpu | grep -E 'Model name|Thread|Core|Socket|L2|L3'; grep -o -w 'amx[a-z_0-9]*' /proc/cpuinfo \
     | sort -u | tr '\n' ' '; echo; taskset -c $cores python3 -c 'import torch; from models.device import cpu_has_amx; \
 print(torch.__version__, torch.get_num_threads(), \"threads; cpu_has_amx:\", cpu_has_amx())'"
-stage bench_train 170 taskset -c "$cores" python3 -m benchmarks.bench_train --data "$data" --no-cuda --threads 2 \
+stage bench_train 170 TERM taskset -c "$cores" python3 -m benchmarks.bench_train --data "$data" --no-cuda --threads 2 \
     --rounds 4 --round-seconds 5 --json "$out/bench_train_2core.json"
-stage bench_service 240 taskset -c "$cores" python3 -m benchmarks.bench_service --data "$data" --concurrency 1,16 \
+stage bench_service 240 TERM taskset -c "$cores" python3 -m benchmarks.bench_service --data "$data" --concurrency 1,16 \
     --rounds 2 --requests 192 --batch-sizes 1,2,4,8 --seconds 1 --no-overload --json "$out/bench_service_2core.json"
-echo "== suite: exit $status"
-exec >&- 2>&-
-wait "$tee_pid"
-exit "$status"
+suite_end
