@@ -16,7 +16,9 @@ On each device (the CPU, and on a CUDA machine the GPU too; ``--no-cpu`` / ``--n
 Every ratio is against the first device's baseline.
 
 Crops see fewer pixels per image, so both ratios are printed: images/s (a crop counts as one image) and
-pixels/s (the work done).
+pixels/s (the work done). Every variant does the same convolutions per pixel, so each one's rate of arithmetic
+(GFLOP/s, ``benchmarks.flops``) is printed too, against a square matrix product in its precision measured before
+and after the rounds: how far the baseline runs below that rate bounds what any layout, crop or compiler can gain.
 
     PYTHONPATH=. python -m benchmarks.bench_train --round-seconds 6 --rounds 6 --batch-size 16
 """
@@ -48,6 +50,7 @@ from benchmarks.common import (
     time_calls,
     write_json,
 )
+from benchmarks.flops import matmul_gflop_per_s, training_step_gflop
 from models.config import PRESETS
 from training.config import TrainConfig
 from training.train import Trainer, autocast_dtype
@@ -62,6 +65,17 @@ class Variant:
     trainer: Trainer | None = None
     rounds: list[list[float]] = field(default_factory=list)  # seconds per timed step, by round
     faults: int = 0  # minor page faults of the process over the timed steps
+    gflop_per_step: float = 0.0  # convolutions and matrix products, forward and backward
+    matmul_rate: float = float("nan")  # GFLOP/s of a matrix product on its device in its precision (mean)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What its convolutions run in: the autocast dtype, or fp32."""
+        return autocast_dtype(self.config.precision, torch.device(self.config.device)) or torch.float32
+
+    @property
+    def gflop_per_s(self) -> float:
+        return ratio(self.gflop_per_step * len(self.step_seconds), sum(self.step_seconds))
 
     @property
     def faults_per_step(self) -> float:
@@ -103,6 +117,9 @@ class Variant:
             "images_per_s": self.images_per_s,
             "pixels_per_s": self.pixels_per_s,
             "minor_faults_per_step": self.faults_per_step,
+            "gflop_per_step": self.gflop_per_step,
+            "gflop_per_s": self.gflop_per_s,
+            "matmul_gflop_per_s": self.matmul_rate,
         }
 
 
@@ -178,6 +195,25 @@ def run_variants(variants: list[Variant], *, warmup: int, steps: int, seconds: f
             variant.faults += minor_faults() - faults
 
 
+MatmulRates = dict[tuple[str, torch.dtype], list[float]]  # (device, dtype) -> GFLOP/s, one per measurement
+
+
+def measure_matmul(variants: list[Variant], rates: MatmulRates) -> None:
+    """Append the matrix-product rate of every (device, dtype) the variants run in."""
+    for key in dict.fromkeys((v.config.device, v.dtype) for v in variants):
+        rates.setdefault(key, []).append(matmul_gflop_per_s(torch.device(key[0]), key[1]))
+
+
+def count_work(variants: list[Variant], rates: MatmulRates) -> None:
+    """Each variant's GFLOP per step (by its crop; after ``run_variants`` built the trainers) and mean matmul rate."""
+    for v in variants:
+        cfg = v.config
+        v.gflop_per_step = training_step_gflop(
+            cfg.model_config(), batch=cfg.batch_size, size=v.crop, ssim_weight=cfg.ssim_weight
+        )
+        v.matmul_rate = sum(rates[cfg.device, v.dtype]) / len(rates[cfg.device, v.dtype])
+
+
 def minor_faults() -> int:
     """This process's minor page faults so far: memory mapped in afresh, zero-filled by the kernel. Tensors over
     glibc's 32 MiB ``mmap`` ceiling (``models.allocator``) are faulted in anew every step, which costs a time that
@@ -190,14 +226,15 @@ def print_variants(variants: list[Variant]) -> None:
     width = max(len(v.name) for v in variants)
     print(
         f"{'variant':<{width}} {'crop':>4} {'steps':>5} {'ms/step':>8} {'images/s':>9} {'Mpix/s':>7} "
-        f"{'x images/s':>10} {'x pixels/s':>10} {'faults/step':>11}"
+        f"{'x images/s':>10} {'x pixels/s':>10} {'faults/step':>11} {'GFLOP/s':>7} {'% mm':>5}"
     )
     for v in variants:
         ms = 1000 * sum(v.step_seconds) / max(1, len(v.step_seconds))
         print(
             f"{v.name:<{width}} {v.crop:>4} {len(v.step_seconds):>5} {ms:>8.1f} {v.images_per_s:>9.2f} "
             f"{v.pixels_per_s / 1e6:>7.2f} {ratio(v.images_per_s, base.images_per_s):>9.2f}x "
-            f"{ratio(v.pixels_per_s, base.pixels_per_s):>9.2f}x {v.faults_per_step:>11,.0f}"
+            f"{ratio(v.pixels_per_s, base.pixels_per_s):>9.2f}x {v.faults_per_step:>11,.0f} "
+            f"{v.gflop_per_s:>7.1f} {100 * ratio(v.gflop_per_s, v.matmul_rate):>4.0f}%"
         )
     for v in variants[1:]:
         print(
@@ -208,7 +245,37 @@ def print_variants(variants: list[Variant]) -> None:
                 f"{ratio(mine, theirs):.2f}x"
                 for mine, theirs in zip(v.round_pixels_per_s(), base.round_pixels_per_s(), strict=True)
             )
+            + f"; at the {v.config.device} {precision_name(v.dtype)} matmul rate it would do "
+            f"{ratio(at_matmul_rate(v), base.pixels_per_s):.2f}x pixels/s"
         )
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def at_matmul_rate(v: Variant) -> float:
+    """Pixels/s of the variant if its step did its arithmetic at the matrix-product rate (and nothing else)."""
+    pixels_per_step = v.config.batch_size * v.crop * v.crop
+    return ratio(v.matmul_rate * pixels_per_step, v.gflop_per_step)
+
+
+def print_work(variants: list[Variant], rates: MatmulRates) -> None:
+    print(
+        "work per step (torch.utils.flop_counter: convolutions and matrix products, forward and backward): "
+        + ", ".join(
+            f"{v.name.split(':')[0]} {v.gflop_per_step:.1f} GFLOP ({v.config.batch_size} x {v.crop}x{v.crop})"
+            for v in variants
+        )
+    )
+    print(
+        "matrix product (2048x2048 on the CPU, 8192x8192 on CUDA), GFLOP/s before / after the rounds: "
+        + "; ".join(
+            f"{device} {precision_name(dtype)} " + " / ".join(f"{r:.0f}" for r in found)
+            for (device, dtype), found in rates.items()
+        )
+        + "; % mm = a variant's GFLOP/s over the mean of its device and precision"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rounds} rounds, each variant timed for at least {args.steps} steps and {args.round_seconds:g} s "
             "per round"
         )
+        rates: MatmulRates = {}
+        measure_matmul(variants, rates)
         run_variants(variants, warmup=args.warmup, steps=args.steps, seconds=args.round_seconds, rounds=args.rounds)
+        measure_matmul(variants, rates)
+        count_work(variants, rates)
+    print_work(variants, rates)
     print_variants(variants)
     write_json(
         args.json,
@@ -284,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "data": data,
             "preset": args.preset,
+            "matmul_gflop_per_s": {f"{d} {precision_name(t)}": found for (d, t), found in rates.items()},
             "variants": [v.to_dict() for v in variants],
         },
     )

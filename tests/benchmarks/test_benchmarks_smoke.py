@@ -162,6 +162,11 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert all(len(v["round_step_seconds"]) == 2 and v["steps"] >= 2 for v in variants)
     assert "faults/step" in text and all(v["minor_faults_per_step"] >= 0 for v in variants)
     assert text.count("pixels/s by round: ") == len(variants) - 1
+    # The same convolutions per pixel in every variant, whatever its crop, layout or precision.
+    per_pixel = [v["gflop_per_step"] / (v["batch_size"] * v["crop"] ** 2) for v in variants]
+    assert per_pixel[0] > 0 and per_pixel == pytest.approx([per_pixel[0]] * len(variants), rel=1e-9)
+    assert all(v["gflop_per_s"] > 0 and v["matmul_gflop_per_s"] > 0 for v in variants)
+    assert "GFLOP/s" in text and "% mm" in text and text.count("matmul rate it would do") == len(variants) - 1
 
 
 def test_bench_threads(
