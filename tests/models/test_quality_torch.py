@@ -6,7 +6,15 @@ import torch
 from PIL import Image
 
 from models.quality import psnr, ssim
-from models.quality_torch import MIN_SIZE, psnr_per_image, ssim_map, ssim_per_image
+from models.quality_torch import (
+    MIN_SIZE,
+    blur_shifted_sums,
+    blur_unfolded,
+    gaussian_window,
+    psnr_per_image,
+    ssim_map,
+    ssim_per_image,
+)
 
 
 def _pair(shape: tuple[int, int], noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +49,25 @@ def test_float32_map_is_close_and_differentiable() -> None:
     assert float(value.detach()) == pytest.approx(ssim(a, b), abs=1e-5)
     value.backward()
     assert y.grad is not None and float(y.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_both_blurs_agree_in_value_and_gradient(dtype: torch.dtype) -> None:
+    """The GPU's blur (unfolded windows) against the CPU's (shifted sums), both run here on the CPU."""
+    t = torch.rand(2, 3, 19, 31, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    window = gaussian_window(dtype, t.device)
+    outputs, grads = [], []
+    for blur in (blur_shifted_sums, blur_unfolded):
+        leaf = t.clone().requires_grad_(True)
+        out = blur(leaf, window)
+        (out * torch.linspace(0, 1, out.shape[-1], dtype=dtype)).sum().backward()  # a non-uniform gradient
+        outputs.append(out.detach())
+        grads.append(leaf.grad)
+    assert outputs[0].shape == (2, 3, 9, 21)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=tolerance)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=tolerance)
+    assert float(grads[0].std()) > 0.01  # the gradient does vary over the image
 
 
 def test_too_small_is_refused() -> None:
