@@ -6,7 +6,8 @@
    environment variables) driven by an async httpx client: for each endpoint and concurrency level a fixed
    number of requests (multipart PNG uploads; /reconstruct asks for JSON). Per level: req/s, p50/p95/p99
    latency, errors by status, the mean batch the server formed (from /metrics), CPU seconds of server and
-   client (they share the machine), and the server's RSS (VmRSS, and VmHWM = peak since start).
+   client (they share the machine), and the server's RSS (VmRSS, and VmHWM = peak since start) and PSS (its
+   share of pages used by several processes, so that the sum over ``--workers`` processes is not overstated).
 3. Overload: a second server with a small ``VQVAE_MAX_QUEUE``, driven above that bound; counts 503s (and their
    Retry-After) against any other error or timeout, and whether RSS stays bounded.
 
@@ -99,18 +100,26 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+MEMORY_FIELDS = {"status": ("VmRSS", "VmHWM"), "smaps_rollup": ("Pss",)}
+
+
 def proc_memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak since start) in MiB, summed over the process and its descendants (pages they
-    share count once per process); empty off Linux."""
+    """VmRSS (now), VmHWM (peak since start) and Pss (now) in MiB, summed over the process and its descendants.
+
+    RSS counts a page shared by several processes (``--workers``: the forked code, torch's libraries) once in
+    each, so its sum overstates; Pss splits each shared page among its sharers, so its sum is the tree's real
+    footprint. A field the kernel does not give is left out (empty off Linux).
+    """
     found: dict[str, float] = {}
     for member in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = found.get(key, 0.0) + int(value.split()[0]) / 1024.0
-        except (OSError, ValueError, IndexError):
-            continue
+        for source, keys in MEMORY_FIELDS.items():
+            try:
+                for line in Path(f"/proc/{member}/{source}").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in keys:
+                        found[key] = found.get(key, 0.0) + int(value.split()[0]) / 1024.0
+            except (OSError, ValueError, IndexError):
+                continue
     return found
 
 
@@ -488,7 +497,7 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
         f"{'round':>5} {'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'batch':>5} {'blk':>3} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} "
-        f"{'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7}"
+        f"{'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7} {'PSS MB':>7}"
     )
     for lv in levels:
         ref = level_reference(lv)
@@ -500,7 +509,8 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
             f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
             f"{batch:>5} {len(lv.blocks):>3} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
             f"{throughput_ratio(lv):>6.2f}x {latency_ratio(lv):>6.2f}x {lv.server_cpu_s:>7.1f}s "
-            f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7}"
+            f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7} "
+            f"{memory_text(memory, 'Pss'):>7}"
         )
         if lv.errors:
             print(f"{'':<24}statuses {lv.statuses}, no answer {lv.failures}")
@@ -509,7 +519,8 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
         "the level was run in, with the in-process reference measured before each and after the last; ref = the "
         "mean of those (batch-1 p50, best-batch images/s); / best and p50/b1 = medians over the blocks of req/s "
         "over ref img/s and of p50 over ref b1, each block against the references on either side of it; "
-        "cpu = CPU seconds of server and of this client during the timed requests"
+        "cpu = CPU seconds of server and of this client during the timed requests; RSS, peak and PSS = the "
+        "server's memory after the level, summed over its processes (PSS shares out pages they have in common)"
     )
 
 

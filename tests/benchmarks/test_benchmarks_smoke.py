@@ -101,6 +101,7 @@ def test_bench_service(
     assert all(b["reference"]["batch1_p50_s"] > 0 and b["reference"]["best_images_per_s"] > 0 for b in blocks)
     assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
     assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
+    assert all(0 < lv["server_memory_mb"].get("Pss", 1) <= lv["server_memory_mb"].get("VmRSS", 1) for lv in levels)
     assert figures["overload"]["requests"] == 12 and figures["overload"]["blocks"] == []
 
 
@@ -135,6 +136,9 @@ def test_process_tree_sums_a_process_and_its_children() -> None:
         summed = bench_service.proc_memory_mb(parent.pid)["VmRSS"]
         assert summed == pytest.approx(own_rss + child_rss, rel=0.1)  # a process may grow between the reads
         assert summed > 1.3 * max(own_rss, child_rss)
+        # Both run the same Python binary and libraries: PSS splits those pages, RSS counts them in each process.
+        pss = bench_service.proc_memory_mb(parent.pid)["Pss"]
+        assert 0 < pss < 0.95 * summed
     finally:
         for pid in reversed(bench_service.process_tree(parent.pid)):
             os.kill(pid, signal.SIGKILL)
