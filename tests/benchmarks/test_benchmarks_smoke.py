@@ -6,6 +6,7 @@ These prove the scripts work; they time nothing and assert no speed (benchmarks 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -171,6 +172,18 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert per_pixel[0] > 0 and per_pixel == pytest.approx([per_pixel[0]] * len(variants), rel=1e-9)
     assert all(v["gflop_per_s"] > 0 and v["matmul_gflop_per_s"] > 0 for v in variants)
     assert "GFLOP/s" in text and "% mm" in text and text.count("matmul rate it would do") == len(variants) - 1
+
+
+def test_minor_faults_count_memory_mapped_in_afresh() -> None:
+    """The faults/step column's counter: touching fresh anonymous pages faults each one in."""
+    size, page = 32 * 1024 * 1024, mmap.PAGESIZE
+    with mmap.mmap(-1, size) as block:
+        block.madvise(mmap.MADV_NOHUGEPAGE)  # one fault per page, not one per 2 MiB huge page
+        before = bench_train.minor_faults()
+        for offset in range(0, size, page):
+            block[offset] = 1
+        faults = bench_train.minor_faults() - before
+    assert size // page <= faults < 2 * size // page
 
 
 def test_bench_threads(
