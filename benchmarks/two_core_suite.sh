@@ -13,22 +13,27 @@ source "$(dirname "$0")/suite_lib.sh"
 suite_start two_core_suite.sh two_core.log "$@"
 export CUDA_VISIBLE_DEVICES=
 
-# The first usable CPU and the first usable one that is not its hyperthread sibling: two physical cores.
+# The first usable CPU and a usable one that is not its hyperthread sibling: two physical cores, on the same socket
+# where there is one (a 2-core machine's cores share a socket and its caches).
 cores=$(python3 - <<'EOF'
 import os, sys
+def topology(cpu, name):
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/{name}") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 usable = sorted(os.sched_getaffinity(0))
 first = usable[0]
 siblings = {first}
-try:
-    with open(f"/sys/devices/system/cpu/cpu{first}/topology/thread_siblings_list") as handle:
-        for part in handle.read().strip().split(","):
-            low, _, high = part.partition("-")
-            siblings.update(range(int(low), int(high or low) + 1))
-except OSError:
-    pass
+for part in filter(None, topology(first, "thread_siblings_list").split(",")):
+    low, _, high = part.partition("-")
+    siblings.update(range(int(low), int(high or low) + 1))
 others = [cpu for cpu in usable if cpu not in siblings]
 if not others:
     sys.exit(f"two_core_suite: no usable CPU on another physical core than CPU {first} (usable: {usable})")
+socket = topology(first, "physical_package_id")
+others.sort(key=lambda cpu: topology(cpu, "physical_package_id") != socket)  # same socket first (a stable sort)
 print(f"{first},{others[0]}")
 EOF
 ) || exit 2
