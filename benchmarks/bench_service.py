@@ -106,21 +106,23 @@ MEMORY_FIELDS = {"status": ("VmRSS", "VmHWM"), "smaps_rollup": ("Pss",)}
 def proc_memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (now), VmHWM (peak since start) and Pss (now) in MiB, summed over the process and its descendants.
 
-    RSS counts a page shared by several processes (``--workers``: the forked code, torch's libraries) once in
-    each, so its sum overstates; Pss splits each shared page among its sharers, so its sum is the tree's real
-    footprint. A field the kernel does not give is left out (empty off Linux).
+    RSS counts a page shared by several processes (``--workers``: torch's and Python's libraries, which every
+    process maps) once in each, so its sum overstates; Pss splits each shared page among its sharers, so its sum
+    is the tree's real footprint. A field left out by any of the processes (not given by the kernel, unreadable,
+    or the process gone) is left out of the answer rather than summed over the others; empty off Linux.
     """
-    found: dict[str, float] = {}
-    for member in process_tree(pid):
+    members = process_tree(pid)
+    found: dict[str, list[float]] = {}
+    for member in members:
         for source, keys in MEMORY_FIELDS.items():
             try:
                 for line in Path(f"/proc/{member}/{source}").read_text().splitlines():
                     key, _, value = line.partition(":")
                     if key in keys:
-                        found[key] = found.get(key, 0.0) + int(value.split()[0]) / 1024.0
+                        found.setdefault(key, []).append(int(value.split()[0]) / 1024.0)
             except (OSError, ValueError, IndexError):
                 continue
-    return found
+    return {key: sum(values) for key, values in found.items() if len(values) == len(members)}
 
 
 def memory_text(memory: dict[str, float], key: str) -> str:

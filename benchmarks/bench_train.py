@@ -53,7 +53,7 @@ from benchmarks.common import (
 from benchmarks.flops import matmul_gflop_per_s, training_step_gflop
 from models.config import PRESETS
 from training.config import TrainConfig
-from training.train import Trainer, autocast_dtype
+from training.train import Trainer, autocast_dtype, dtype_name
 
 BENCH_SPLIT = "bench"  # the folder of copied slices, under a temporary data root
 
@@ -70,7 +70,8 @@ class Variant:
 
     @property
     def dtype(self) -> torch.dtype:
-        """What its convolutions run in: the autocast dtype, or fp32."""
+        """What its convolutions run in: the autocast dtype, or fp32 (TF32 in cuDNN by default, which the
+        matrix-product yardstick then follows)."""
         return autocast_dtype(self.config.precision, torch.device(self.config.device)) or torch.float32
 
     @property
@@ -198,10 +199,10 @@ def run_variants(variants: list[Variant], *, warmup: int, steps: int, seconds: f
 MatmulRates = dict[tuple[str, torch.dtype], list[float]]  # (device, dtype) -> GFLOP/s, one per measurement
 
 
-def measure_matmul(variants: list[Variant], rates: MatmulRates) -> None:
+def measure_matmul(variants: list[Variant], rates: MatmulRates, seconds: float) -> None:
     """Append the matrix-product rate of every (device, dtype) the variants run in."""
     for key in dict.fromkeys((v.config.device, v.dtype) for v in variants):
-        rates.setdefault(key, []).append(matmul_gflop_per_s(torch.device(key[0]), key[1]))
+        rates.setdefault(key, []).append(matmul_gflop_per_s(torch.device(key[0]), key[1], seconds=seconds))
 
 
 def count_work(variants: list[Variant], rates: MatmulRates) -> None:
@@ -245,13 +246,9 @@ def print_variants(variants: list[Variant]) -> None:
                 f"{ratio(mine, theirs):.2f}x"
                 for mine, theirs in zip(v.round_pixels_per_s(), base.round_pixels_per_s(), strict=True)
             )
-            + f"; at the {v.config.device} {precision_name(v.dtype)} matmul rate it would do "
+            + f"; at the {v.config.device} {dtype_name(v.dtype)} matmul rate it would do "
             f"{ratio(at_matmul_rate(v), base.pixels_per_s):.2f}x pixels/s"
         )
-
-
-def precision_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def at_matmul_rate(v: Variant) -> float:
@@ -271,7 +268,7 @@ def print_work(variants: list[Variant], rates: MatmulRates) -> None:
     print(
         "matrix product (2048x2048 on the CPU, 8192x8192 on CUDA), GFLOP/s before / after the rounds: "
         + "; ".join(
-            f"{device} {precision_name(dtype)} " + " / ".join(f"{r:.0f}" for r in found)
+            f"{device} {dtype_name(dtype)} " + " / ".join(f"{r:.0f}" for r in found)
             for (device, dtype), found in rates.items()
         )
         + "; % mm = a variant's GFLOP/s over the mean of its device and precision"
@@ -296,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=positive_int, default=6, help="alternating rounds over the variants (default: %(default)s)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: %(default)s)")
+    parser.add_argument(
+        "--matmul-seconds",
+        type=float,
+        default=0.5,
+        help="seconds of warm-up, then of timing, for each matrix-product yardstick (default: %(default)s)",
+    )
     parser.add_argument("--compile-too", action="store_true", help="also the default configuration + torch.compile")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA variants on a GPU machine")
     parser.add_argument(
@@ -343,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             "per round"
         )
         rates: MatmulRates = {}
-        measure_matmul(variants, rates)
+        measure_matmul(variants, rates, args.matmul_seconds)
         run_variants(variants, warmup=args.warmup, steps=args.steps, seconds=args.round_seconds, rounds=args.rounds)
-        measure_matmul(variants, rates)
+        measure_matmul(variants, rates, args.matmul_seconds)
         count_work(variants, rates)
     print_work(variants, rates)
     print_variants(variants)
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "data": data,
             "preset": args.preset,
-            "matmul_gflop_per_s": {f"{d} {precision_name(t)}": found for (d, t), found in rates.items()},
+            "matmul_gflop_per_s": {f"{d} {dtype_name(t)}": found for (d, t), found in rates.items()},
             "variants": [v.to_dict() for v in variants],
         },
     )

@@ -8,6 +8,7 @@ ratio target can be judged against what the hardware allows.
 
 from __future__ import annotations
 
+import functools
 import statistics
 
 import torch
@@ -19,6 +20,7 @@ from models.vqvae import VQVAE
 from training.losses import reconstruction_loss
 
 
+@functools.cache  # the same for every variant with the same crop and batch
 def training_step_gflop(config: VQVAEConfig, *, batch: int, size: int, ssim_weight: float) -> float:
     """GFLOP of one training step's forward and backward for ``batch`` images of ``size`` x ``size``.
 
@@ -36,10 +38,13 @@ def training_step_gflop(config: VQVAEConfig, *, batch: int, size: int, ssim_weig
 
 
 def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype, *, seconds: float = 0.5) -> float:
-    """GFLOP/s of a square matrix product on ``device`` in ``dtype``, median of timed calls.
+    """GFLOP/s of a square matrix product on ``device`` in ``dtype``: the median of ``seconds`` of timed calls,
+    after as long a warm-up (the first calls of AMX or a GPU run slow).
 
     A yardstick rather than a ceiling: oneDNN's convolutions can run a little faster than this product, and a
-    VM's rate drifts, so bench_train measures it before and after its rounds.
+    VM's rate drifts, so bench_train measures it before and after its rounds. On CUDA the fp32 product may use
+    TF32 exactly when cuDNN's convolutions may (``torch.backends.cudnn.allow_tf32``, on by default), so that the
+    two are held to the same arithmetic.
     """
     size = 8192 if device.type == "cuda" else 2048
     a = torch.randn(size, size, device=device).to(dtype)  # (size, size)
@@ -50,5 +55,11 @@ def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype, *, seconds: flo
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    durations = time_calls(product, warmup=2, repeats=3, seconds=seconds)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        time_calls(product, warmup=1, repeats=1, seconds=seconds)
+        durations = time_calls(product, warmup=0, repeats=3, seconds=seconds)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     return 2 * size**3 / statistics.median(durations) / 1e9

@@ -29,8 +29,9 @@ def blur_valid(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """Separable filter over the last two axes, valid region only: (..., H, W) -> (..., H-10, W-10).
 
     On the CPU by shifted sums (``blur_shifted_sums``); elsewhere by products over unfolded windows
-    (``blur_unfolded``): on a GPU each of the shifted sums' 22 in-place adds is a kernel launch, and a training
-    step of this model there is bound by its launches, not by its arithmetic.
+    (``blur_unfolded``): on a GPU each of the shifted sums' 22 operations per map (a product and 10 in-place adds
+    per axis) is a kernel launch, and a training step of this model there is bound by its launches, not by its
+    arithmetic.
     """
     if t.device.type == "cpu":
         return blur_shifted_sums(t, window)
@@ -55,15 +56,19 @@ def blur_shifted_sums(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 
 
 def blur_unfolded(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """``blur_valid`` in a few kernels: each axis is a view of its sliding windows times the window.
+    """``blur_valid`` in a few kernels: per axis, the sliding windows (``unfold``, which the product copies out,
+    11 times the map's size) times the window.
 
     A matrix product, not a convolution, because cuDNN may run fp32 convolutions in TF32 by default
     (``torch.backends.cudnn.allow_tf32``), which SSIM's differences of blurred squares cannot afford; fp32
-    matrix products stay in fp32 unless ``torch.set_float32_matmul_precision`` says otherwise.
+    matrix products stay in fp32 unless ``torch.set_float32_matmul_precision`` says otherwise. Autocast is off
+    for the same reason (it would run the products in bf16), and the window takes the map's dtype.
     """
     taps = window.numel()
-    rows = t.unfold(-1, taps, 1) @ window  # (..., H, W-10, taps) @ (taps,) -> (..., H, W-10)
-    return rows.unfold(-2, taps, 1) @ window  # (..., H-10, W-10, taps) @ (taps,) -> (..., H-10, W-10)
+    window = window.to(t.dtype)
+    with torch.autocast(t.device.type, enabled=False):
+        rows = t.unfold(-1, taps, 1) @ window  # (..., H, W-10, taps) @ (taps,) -> (..., H, W-10)
+        return rows.unfold(-2, taps, 1) @ window  # (..., H-10, W-10, taps) @ (taps,) -> (..., H-10, W-10)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
@@ -119,7 +124,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """What the training step runs in: "fp32" or the autocast dtype ("bfloat16")."""
-        return "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+        return "fp32" if self.autocast_dtype is None else dtype_name(self.autocast_dtype)
 
     # ---- files -------------------------------------------------------------------------------------------
     @property

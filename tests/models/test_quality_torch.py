@@ -51,10 +51,18 @@ def test_float32_map_is_close_and_differentiable() -> None:
     assert y.grad is not None and float(y.grad.abs().sum()) > 0
 
 
+LAYOUTS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "transposed": lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_both_blurs_agree_in_value_and_gradient(dtype: torch.dtype) -> None:
+def test_both_blurs_agree_in_value_and_gradient(dtype: torch.dtype, layout: str) -> None:
     """The GPU's blur (unfolded windows) against the CPU's (shifted sums), both run here on the CPU."""
-    t = torch.rand(2, 3, 19, 31, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    t = LAYOUTS[layout](torch.rand(2, 3, 19, 31, dtype=dtype, generator=torch.Generator().manual_seed(5)))
     window = gaussian_window(dtype, t.device)
     outputs, grads = [], []
     for blur in (blur_shifted_sums, blur_unfolded):
@@ -68,6 +76,25 @@ def test_both_blurs_agree_in_value_and_gradient(dtype: torch.dtype) -> None:
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=tolerance)
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=tolerance)
     assert float(grads[0].std()) > 0.01  # the gradient does vary over the image
+
+
+def test_unfolded_blur_ignores_autocast() -> None:
+    """Under autocast its products would run in bf16; SSIM's differences of blurred squares need full precision."""
+    t = torch.rand(2, 1, 24, 24)
+    window = gaussian_window(torch.float32, t.device)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blurred = blur_unfolded(t, window)
+    assert blurred.dtype == torch.float32
+    torch.testing.assert_close(blurred, blur_shifted_sums(t, window), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+def test_cuda_scores_equal_the_cpu_scores() -> None:
+    """On a GPU the blur is the unfolded form: the reported float64 SSIM must not change with the device."""
+    a, b = _pair((64, 48), 0.1, 7)
+    x, y = torch.tensor(a)[None, None], torch.tensor(b)[None, None]  # (1, 1, H, W) float64
+    on_gpu = ssim_per_image(x.cuda(), y.cuda()).cpu()
+    torch.testing.assert_close(on_gpu, ssim_per_image(x, y), rtol=0, atol=1e-12)
 
 
 def test_too_small_is_refused() -> None:
