@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from uvicorn.config import LOGGING_CONFIG
 
+from app.arguments import positive_int
 from app.errors import format_validation_errors, install_error_handlers
 from app.inference import InferenceService, StartupError, check_checkpoint
 from app.metrics import Metrics, MetricsMiddleware, shared_by_workers
@@ -100,7 +101,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
         "share of the usable CPUs for torch",
@@ -109,16 +110,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
     )
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def threads_per_worker(workers: int) -> int:

@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message
 
+from app.arguments import positive_int
 from app.imaging import ImageError, decode_image, encode_png
 from app.inference import Reconstruction
 from app.main import create_app
@@ -43,7 +44,6 @@ from benchmarks.bench_service import Upload, make_uploads
 from benchmarks.common import (
     benchmark_parser,
     load_slices,
-    positive_int,
     print_header,
     ratio,
     time_calls,

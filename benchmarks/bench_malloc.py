@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from app.arguments import positive_int
 from benchmarks.bench_model import model_runner
 from benchmarks.bench_train import BENCH_SPLIT, write_slices
 from benchmarks.common import (
     benchmark_parser,
     load_slices,
-    positive_int,
     print_header,
     resolved_checkpoint,
     set_malloc,

@@ -47,6 +47,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from app.arguments import positive_int
 from app.imaging import decode_image, encode_png
 from app.main import threads_per_worker
 from app.settings import Settings
@@ -63,7 +64,6 @@ from benchmarks.common import (
     int_list,
     load_slices,
     percentiles,
-    positive_int,
     print_header,
     ratio,
     resolved_checkpoint,

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.arguments import positive_int
 from benchmarks.bench_model import measure_batch, model_runner
 from benchmarks.common import (
     REPO_ROOT,
     benchmark_parser,
     load_slices,
-    positive_int,
     print_header,
     ratio,
     resolved_checkpoint,

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.arguments import positive_int
 from benchmarks.common import (
     benchmark_parser,
     load_slices,
-    positive_int,
     print_header,
     ratio,
     set_malloc,

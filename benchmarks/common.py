@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from app.arguments import positive_int
 from models.allocator import retain_freed_memory
 from models.checkpoint import save
 from models.config import PRESETS
@@ -194,14 +195,6 @@ def int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    values = int_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-    return values[0]
 
 
 def benchmark_parser(description: str | None, *, images: int, checkpoint: bool = True) -> argparse.ArgumentParser:
