@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         help="server processes (vqvae-serve --workers; each gets 1/N of the CPUs for torch unless "
-        "VQVAE_TORCH_THREADS is set); CPU and RSS columns then sum over them (default: %(default)s)",
+        "VQVAE_TORCH_THREADS is set); CPU and memory columns then sum over them (default: %(default)s)",
     )
     parser.add_argument("--server-log-level", default="warning", help="uvicorn log level (warning: no access log)")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
