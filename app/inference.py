@@ -70,6 +70,19 @@ def check_checkpoint(settings: Settings) -> None:
         pool.submit(load_model, settings).result()
 
 
+def checkpoint_problem() -> str | None:
+    """``check_checkpoint`` with the settings from the environment: what is wrong, or None.
+
+    Run in a child process by ``vqvae-serve --workers N``, so that the supervisor, which serves nothing, never
+    imports torch (about 210 MB of resident memory it would keep while the workers run).
+    """
+    try:
+        check_checkpoint(Settings())
+    except StartupError as exc:
+        return str(exc)
+    return None
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

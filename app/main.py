@@ -1,4 +1,4 @@
-"""The FastAPI app factory and the ``vqvae-serve`` command.
+"""The FastAPI app factory (the ``vqvae-serve`` command is ``app.cli``).
 
 ``create_app`` builds routes and middleware only; the checkpoint is loaded once by the lifespan, when a server
 starts the app, never at import.
@@ -6,26 +6,16 @@ starts the app, never at import.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import logging
-import os
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from uvicorn.config import LOGGING_CONFIG
 
-from app.arguments import positive_int
-from app.errors import format_validation_errors, install_error_handlers
-from app.inference import InferenceService, StartupError, check_checkpoint
-from app.metrics import Metrics, MetricsMiddleware, shared_by_workers
+from app.errors import install_error_handlers
+from app.inference import InferenceService, StartupError
+from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import BodySizeLimitMiddleware, QuietStartupFailureMiddleware, UnexpectedErrorMiddleware
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
@@ -84,78 +74,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)
     return app
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes)."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="vqvae-serve", description="Serve the VQ-VAE over HTTP (settings: VQVAE_* environment variables)."
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        default=1,
-        help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
-        "share of the usable CPUs for torch",
-    )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
-    )
-    return parser.parse_args(argv)
-
-
-def threads_per_worker(workers: int) -> int:
-    """Each of ``workers`` processes' share of the usable CPUs, at least one."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // workers)
-
-
-def share_cpus_among_workers(workers: int) -> None:
-    """Give each worker process its share of the CPUs for torch, unless VQVAE_TORCH_THREADS says otherwise.
-
-    torch's default is one thread per core in every process, so N workers would run N teams of that many
-    OpenMP threads on the same cores, each waiting at barriers for partners that lost their core.
-    """
-    if workers > 1 and not os.environ.get("VQVAE_TORCH_THREADS"):
-        os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Check settings and checkpoint up front (one clear line on failure), then run uvicorn with the factory."""
-    args = _parse_args(argv)
-    if args.checkpoint is not None:
-        os.environ["VQVAE_CHECKPOINT"] = str(args.checkpoint.resolve())  # the worker processes read it too
-    share_cpus_among_workers(args.workers)
-    try:
-        settings = Settings()
-        check_checkpoint(settings)
-    except ValidationError as exc:
-        print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
-        return 2
-    except StartupError as exc:
-        print(f"vqvae-serve: {exc}", file=sys.stderr)
-        return 2
-
-    with shared_by_workers(args.workers):
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=settings.log_level,
-            log_config=_log_config(settings.log_level),
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

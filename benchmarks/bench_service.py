@@ -48,8 +48,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from app.arguments import positive_int
+from app.cli import threads_per_worker
 from app.imaging import decode_image, encode_png
-from app.main import threads_per_worker
 from app.settings import Settings
 from benchmarks.bench_model import (
     DEFAULT_BATCH_SIZES,
@@ -614,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def server_threads(settings: Settings, workers: int) -> str:
-    """The server's torch thread count as vqvae-serve sets it (app.main.share_cpus_among_workers)."""
+    """The server's torch thread count as vqvae-serve sets it (app.cli.share_cpus_among_workers)."""
     if settings.torch_threads:
         return str(settings.torch_threads)
     return f"{threads_per_worker(workers)} per worker" if workers > 1 else "default"

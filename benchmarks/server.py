@@ -97,7 +97,7 @@ def running_server(
     if workers == 1:
         command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--log-level", log_level]
     else:
-        command = [sys.executable, "-m", "app.main", "--workers", str(workers)]
+        command = [sys.executable, "-m", "app.cli", "--workers", str(workers)]
         env = {"VQVAE_LOG_LEVEL": log_level, **env}
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as handle:

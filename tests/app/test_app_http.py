@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.main import main
+from app.cli import main
 from benchmarks.server import model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_metrics_add_up_over_worker_processes(
 
 def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
-    command = [sys.executable, "-c", "import sys; from app.main import main; sys.exit(main())", "--checkpoint"]
+    command = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())", "--checkpoint"]
     result = subprocess.run(
         [*command, str(missing)],
         check=False,
@@ -135,6 +135,44 @@ def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"vqvae-serve: cannot load checkpoint: {missing}: checkpoint file not found"
     ]
+
+
+def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_torch(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """With --workers N the supervisor only supervises: torch (about 210 MB resident) loads in the child only."""
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    script = (
+        "import sys, uvicorn\n"
+        "from app.cli import main\n"
+        "uvicorn.run = lambda *args, **kwargs: print('uvicorn.run', kwargs['workers'])\n"
+        "code = main(sys.argv[1:])\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+
+    def serve(path: Path, workers: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, "--workers", workers, "--checkpoint", str(path)],
+            check=False,
+            cwd=REPO_ROOT,
+            env=service_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    good = serve(checkpoint, "2")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.splitlines() == ["uvicorn.run 2", "torch imported: False"]
+    bad = serve(broken, "2")
+    assert bad.returncode == 2
+    assert bad.stdout.splitlines() == ["torch imported: False"]
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith(f"vqvae-serve: cannot load checkpoint: {broken}")
+    one_worker = serve(checkpoint, "1")  # this process is the server: it checks here, with torch
+    assert one_worker.stdout.splitlines() == ["uvicorn.run 1", "torch imported: True"]
 
 
 def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:

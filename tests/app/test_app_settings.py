@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.main import main
+from app.cli import main
 from app.settings import DEFAULT_CHECKPOINT, Settings
 
 
