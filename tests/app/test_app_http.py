@@ -27,6 +27,19 @@ def service_env(**variables: str) -> dict[str, str]:
     return {**env, **variables}
 
 
+def run_in_repo(command: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
+    """A command run from the repository root with the service's environment, its output captured as text."""
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=REPO_ROOT,
+        env=service_env(**variables),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     env = {"VQVAE_CHECKPOINT": str(checkpoint)}
@@ -122,15 +135,7 @@ def test_metrics_add_up_over_worker_processes(
 def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
     command = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())", "--checkpoint"]
-    result = subprocess.run(
-        [*command, str(missing)],
-        check=False,
-        cwd=REPO_ROOT,
-        env=service_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_in_repo([*command, str(missing)])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"vqvae-serve: cannot load checkpoint: {missing}: checkpoint file not found"
@@ -153,15 +158,7 @@ def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_t
     )
 
     def serve(path: Path, workers: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", script, "--workers", workers, "--checkpoint", str(path)],
-            check=False,
-            cwd=REPO_ROOT,
-            env=service_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_in_repo([sys.executable, "-c", script, "--workers", workers, "--checkpoint", str(path)])
 
     good = serve(checkpoint, "2")
     assert good.returncode == 0, good.stderr
@@ -219,15 +216,7 @@ def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> N
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 64)
     command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"]
-    result = subprocess.run(
-        command,
-        check=False,
-        cwd=REPO_ROOT,
-        env=service_env(VQVAE_CHECKPOINT=str(broken)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_in_repo(command, VQVAE_CHECKPOINT=str(broken))
     output = result.stdout + result.stderr
     assert result.returncode == 3  # uvicorn's code for a failed start-up
     assert f"startup failed: cannot load checkpoint: {broken}" in output
