@@ -21,7 +21,7 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.config import LOGGING_CONFIG
 
-from app.arguments import positive_int
+from app.arguments import port_number, positive_int
 from app.errors import format_validation_errors
 from app.metrics import shared_by_workers
 from app.settings import Settings
@@ -41,7 +41,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="vqvae-serve", description="Serve the VQ-VAE over HTTP (settings: VQVAE_* environment variables)."
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000, help="TCP port (0: any free one)")
     parser.add_argument(
         "--workers",
         type=positive_int,
@@ -71,7 +71,7 @@ def share_cpus_among_workers(workers: int) -> None:
         os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
 
 
-def checkpoint_problem(workers: int) -> str | None:
+def check_before_serving(workers: int) -> str | None:
     """Load the checkpoint once and drop it: what is wrong with it, or None.
 
     With one worker this process is the server, so the check runs here (``check_checkpoint`` keeps it off the
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
         return 2
-    problem = checkpoint_problem(args.workers)
+    problem = check_before_serving(args.workers)
     if problem is not None:
         print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2

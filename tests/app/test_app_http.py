@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -203,12 +204,42 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     assert (one_worker["workers"], no_metrics_dir) == (1, None)
 
 
-@pytest.mark.parametrize("workers", ["0", "two"])
-def test_serve_refuses_a_bad_worker_count(workers: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("option", "value"), [("--workers", "0"), ("--workers", "two"), ("--port", "70000"), ("--port", "-1")]
+)
+def test_serve_refuses_a_bad_worker_count_or_port(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
-        main(["--workers", workers])
+        main([option, value])
     assert stopped.value.code == 2
-    assert "argument --workers" in capsys.readouterr().err
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_serve_reports_a_checkpoint_check_that_died_in_one_line(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The child that checks the checkpoint for --workers N killed (out of memory, a signal): one line, exit 2."""
+
+    class DyingPool:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+        def __enter__(self) -> DyingPool:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def submit(self, *_: Any) -> Any:
+            raise BrokenProcessPool("A child process terminated abruptly")
+
+    monkeypatch.setattr("app.cli.ProcessPoolExecutor", DyingPool)
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served after a failed check"))
+    for name in ("VQVAE_CHECKPOINT", "VQVAE_TORCH_THREADS"):  # main() sets them
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    assert main(["--checkpoint", str(checkpoint), "--workers", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("vqvae-serve: the checkpoint check's process died before answering")
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
