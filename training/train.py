@@ -95,6 +95,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.threads > 0:
@@ -282,15 +283,16 @@ class Trainer:
             }
             self.state.history.append(row)
             improved = row["val_ssim"] > self.state.best_val_ssim
-            if improved:
-                self.state.best_val_ssim = row["val_ssim"]
-                save(
-                    self.model,
-                    self.out / "best.safetensors",
-                    {**self.provenance(), "metrics": {"validate": headline(report)}},
-                )
-            self.save_state()
-            self.write_log()
+            with self.stop_signals.deferred():
+                if improved:
+                    self.state.best_val_ssim = row["val_ssim"]
+                    save(
+                        self.model,
+                        self.out / "best.safetensors",
+                        {**self.provenance(), "metrics": {"validate": headline(report)}},
+                    )
+                self.save_state()
+                self.write_log()
             tqdm.write(
                 f"epoch {epoch}: loss {means[0]:.4f} (recon {means[1]:.4f}, vq {means[2]:.4f}) "
                 f"val SSIM {row['val_ssim']:.4f} PSNR {row['val_psnr']:.2f} usage {row['val_usage']:.0%}"
@@ -315,22 +317,55 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``docker stop``, a batch scheduler): stop as on Ctrl-C, state saved."""
 
 
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into ``Terminated`` while training (main thread only; the previous handler is put back)."""
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM while training, raised as ``KeyboardInterrupt`` and ``Terminated``.
 
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
+    A signal is raised where it lands (in a step, in validation), except inside ``deferred()``, which the epoch's
+    checkpoint writes and figures run in: there it is raised when the block ends, or at once if a second one comes.
+    Raised in the middle of drawing the first figure, it left objects of a half-built pyparsing grammar (under
+    matplotlib) whose ``__del__`` printed a traceback at exit (a flaky test caught it).
+    """
 
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self._deferring = False
+        self._pending: type[KeyboardInterrupt] | None = None
+
+    def _receive(self, signum: int, frame: object) -> None:
+        error = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if self._deferring and self._pending is None:
+            self._pending = error
+            return
+        raise error
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a stop signal until the block has finished (a second one still stops at once)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGTERM, and SIGINT unless it is ignored (a job started with ``&`` from a script inherits it
+        ignored, and keeps ignoring it); main thread only, the previous handlers are put back."""
+        names = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            names.append(signal.SIGINT)
+        try:
+            previous = {name: signal.signal(name, self._receive) for name in names}
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for name, handler in previous.items():
+                signal.signal(name, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         f"output in {config.out}"
     )
     try:
-        with stop_on_sigterm():
+        with trainer.stop_signals.installed():
             trainer.run()
     except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT), or SIGTERM as Terminated
         trainer.save_state()
