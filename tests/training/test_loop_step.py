@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -19,18 +19,8 @@ def test_lr_factor_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(50, 10, 4, 0.1) == pytest.approx(0.1)  # past the end: the floor, not a rebound
 
 
-def test_loop_step_sets_each_steps_learning_rate_and_counts_it(fixture_oasis: Path, tmp_path: Path) -> None:
-    config = TrainConfig(
-        data=fixture_oasis,
-        out=tmp_path,
-        preset="tiny",
-        batch_size=4,
-        crop=32,
-        warmup_steps=3,
-        lr=1e-3,
-        device="cpu",
-        progress=False,
-    )
+def test_loop_step_sets_each_steps_learning_rate_and_counts_it(tiny_config: Callable[..., TrainConfig]) -> None:
+    config = tiny_config(warmup_steps=3, lr=1e-3)
     trainer = Trainer(config)
     trainer.model.train()
     seen = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -12,20 +12,11 @@ from training.config import TrainConfig, parse_args
 
 @pytest.mark.parametrize(("retain_mb", "calls"), [(256, [256 * 1024 * 1024]), (0, [])])
 def test_the_trainer_applies_the_malloc_setting(
-    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retain_mb: int, calls: list[int]
+    tiny_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch, retain_mb: int, calls: list[int]
 ) -> None:
     seen: list[int] = []
     monkeypatch.setattr(train, "retain_freed_memory", lambda size: seen.append(size) or True)
-    config = TrainConfig(
-        data=fixture_oasis,
-        out=tmp_path,
-        preset="tiny",
-        crop=32,
-        device="cpu",
-        progress=False,
-        malloc_retain_mb=retain_mb,
-    )
-    train.Trainer(config)
+    train.Trainer(tiny_config(malloc_retain_mb=retain_mb))
     assert seen == calls
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def test_an_ignored_sigint_stays_ignored() -> None:
 
 
 def test_sigterm_while_the_epochs_figures_are_drawn_stops_after_them(
-    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The flaky case, made certain: SIGTERM lands while the first loss-curve figure is drawn."""
     drawn = []
@@ -67,18 +68,7 @@ def test_sigterm_while_the_epochs_figures_are_drawn_stops_after_them(
         drawn.append(path)
 
     monkeypatch.setattr(train, "loss_curves_figure", draw_after_a_signal)
-    config = TrainConfig(
-        data=fixture_oasis,
-        out=tmp_path,
-        preset="tiny",
-        batch_size=4,
-        crop=32,
-        epochs=3,
-        max_val_images=4,
-        device="cpu",
-        progress=False,
-    )
-    trainer = Trainer(config)
+    trainer = Trainer(tiny_config(epochs=3, max_val_images=4))
     with trainer.stop_signals.installed(), pytest.raises(Terminated):
         trainer.run()
     assert drawn == [tmp_path / "loss_curves.png"]  # drawn to the end, then stopped
