@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,21 @@ def _signal_self(signum: signal.Signals) -> None:
     time.sleep(0.05)
 
 
-def test_a_signal_in_a_deferred_block_is_raised_when_the_block_ends() -> None:
+@pytest.fixture
+def heeded_sigint() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as at a terminal, even where the tests were started with it ignored (bash
+    starts background commands so, and CI may run them so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_in_a_deferred_block_is_raised_when_the_block_ends(heeded_sigint: None) -> None:
     signals = StopSignals()
     finished = []
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     with signals.installed():
         with pytest.raises(Terminated), signals.deferred():
             _signal_self(signal.SIGTERM)
@@ -40,7 +52,7 @@ def test_a_signal_in_a_deferred_block_is_raised_when_the_block_ends() -> None:
             finished.append("not reached either")
         assert second.type is KeyboardInterrupt
     assert finished == ["the block"]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
