@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_app, bench_malloc, bench_model, bench_service, bench_threads, bench_train
+from benchmarks import (
+    bench_app,
+    bench_batching,
+    bench_malloc,
+    bench_model,
+    bench_service,
+    bench_threads,
+    bench_train,
+)
 from benchmarks.common import load_slices
 from models.checkpoint import save
 from models.config import PRESETS
@@ -119,6 +127,25 @@ def test_bench_service_with_workers(
     assert "workers 2" in capsys.readouterr().out
     (level,) = json.loads(out.read_text())["levels"]
     assert level["errors"] == 0 and level["requests"] == 8
+
+
+def test_bench_batching(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two real servers, one batching and one not, take turns in ABBA order; one ratio per round."""
+    out = tmp_path / "batching.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--rounds", "4", "--requests", "3"]
+    assert bench_batching.main([*argv, "--warmup", "1", "--endpoints", "encode", "--json", str(out)]) == 0
+    assert "median" in capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert [len(figures["p50_s"]["encode"][variant]) for variant in ("batching", "none")] == [4, 4]
+    assert figures["median_ratio"]["encode"] > 0
+    assert [bench_batching.abba(index) for index in range(4)] == [
+        ("batching", "none"),
+        ("none", "batching"),
+        ("none", "batching"),
+        ("batching", "none"),
+    ]
 
 
 def test_process_tree_sums_a_process_and_its_children() -> None:
