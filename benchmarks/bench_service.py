@@ -87,6 +87,15 @@ TARGET_THROUGHPUT = 0.8  # issue 6: service at concurrency 16 >= 0.8 x in-proces
 TARGET_LATENCY = 1.3  # issue 6: p50 at concurrency 1 <= 1.3 x in-process batch 1
 
 
+def endpoint_list(text: str) -> list[str]:
+    """'encode,reconstruct' -> ["encode", "reconstruct"] (argparse type): endpoints a benchmark can drive."""
+    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+    unknown = sorted(set(endpoints) - set(ENDPOINTS))
+    if unknown or not endpoints:
+        raise argparse.ArgumentTypeError(f"unknown endpoints {unknown}; choose from {', '.join(ENDPOINTS)}")
+    return endpoints
+
+
 def process_tree(pid: int) -> list[int]:
     """A process and its descendants (Linux /proc): the server is several processes with ``--workers``."""
     pids = [pid]
@@ -575,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--requests", type=int, default=256, help="requests per endpoint and level (default: %(default)s)"
     )
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16, 64], help="levels (default: 1,4,16,64)")
-    parser.add_argument("--endpoints", default="encode,reconstruct", help="comma-separated: encode, reconstruct")
+    parser.add_argument(
+        "--endpoints", type=endpoint_list, default="encode,reconstruct", help="comma-separated: encode, reconstruct"
+    )
     parser.add_argument(
         "--rounds",
         type=positive_int,
@@ -732,11 +743,7 @@ def measure_overload(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    unknown = sorted(set(endpoints) - set(ENDPOINTS))
-    if unknown or not endpoints:
-        print(f"error: unknown endpoints {unknown}; choose from {', '.join(ENDPOINTS)}", file=sys.stderr)
-        return 2
+    endpoints: list[str] = args.endpoints
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
         env = server_env(args, checkpoint.path)
         try:

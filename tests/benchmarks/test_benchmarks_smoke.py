@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,6 +147,14 @@ def test_bench_batching(
         ("none", "batching"),
         ("batching", "none"),
     ]
+
+
+@pytest.mark.parametrize("script", [bench_service, bench_batching])
+def test_an_unknown_endpoint_is_refused_before_anything_starts(script: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["--endpoints", "encode,decode"])
+    assert stopped.value.code == 2
+    assert "unknown endpoints ['decode']" in capsys.readouterr().err
 
 
 def test_process_tree_sums_a_process_and_its_children() -> None:
