@@ -71,17 +71,17 @@ def share_cpus_among_workers(workers: int) -> None:
         os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
 
 
-def check_before_serving(workers: int) -> str | None:
+def check_before_serving(settings: Settings, workers: int) -> str | None:
     """Load the checkpoint once and drop it: what is wrong with it, or None.
 
     With one worker this process is the server, so the check runs here (``check_checkpoint`` keeps it off the
-    main thread). With several, a spawned child process runs it (with this environment, so with the same
-    settings) and this process never imports torch.
+    main thread). With several, a spawned child process runs it; it reads the same settings from this
+    environment, which it inherits, and this process never imports torch.
     """
     if workers == 1:
         from app.inference import checkpoint_problem as here  # torch: this process will serve
 
-        return here()
+        return here(settings)
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
         return 2
-    problem = check_before_serving(args.workers)
+    problem = check_before_serving(settings, args.workers)
     if problem is not None:
         print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2

@@ -70,14 +70,14 @@ def check_checkpoint(settings: Settings) -> None:
         pool.submit(load_model, settings).result()
 
 
-def checkpoint_problem() -> str | None:
-    """``check_checkpoint`` with the settings from the environment: what is wrong, or None.
+def checkpoint_problem(settings: Settings | None = None) -> str | None:
+    """``check_checkpoint`` with ``settings`` (by default, from the environment): what is wrong, or None.
 
     Run in a child process by ``vqvae-serve --workers N``, so that the supervisor, which serves nothing, never
     imports torch (about 210 MB of resident memory it would keep while the workers run).
     """
     try:
-        check_checkpoint(Settings())
+        check_checkpoint(settings or Settings())
     except StartupError as exc:
         return str(exc)
     return None
