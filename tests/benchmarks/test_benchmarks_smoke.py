@@ -24,6 +24,7 @@ from benchmarks import (
     bench_model,
     bench_service,
     bench_threads,
+    bench_time_to_quality,
     bench_train,
 )
 from benchmarks.common import load_slices
@@ -211,6 +212,30 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert per_pixel[0] > 0 and per_pixel == pytest.approx([per_pixel[0]] * len(variants), rel=1e-9)
     assert all(v["gflop_per_s"] > 0 and v["matmul_gflop_per_s"] > 0 for v in variants)
     assert "GFLOP/s" in text and "% mm" in text and text.count("matmul rate it would do") == len(variants) - 1
+
+
+def test_bench_time_to_quality(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ttq.json"
+    argv = ["--data", str(fixture_oasis), "--preset", "tiny", "--device", "cpu", "--arms", "4x32,8x0"]
+    argv += ["--seconds", "0.01", "--calibration-steps", "1", "--calibration-warmup", "0", "--max-val-images", "4"]
+    assert bench_time_to_quality.main([*argv, "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    assert "test SSIM mean / median / p5" in capsys.readouterr().out
+    arms = json.loads(out.read_text())["arms"]
+    assert [(a["batch_size"], a["crop"]) for a in arms] == [(4, 32), (8, 64)]  # crop 0: the 64x64 fixture slices
+    # A budget shorter than one epoch still trains one whole epoch (24 training slices), with its schedule.
+    assert [(a["epochs"], a["steps"]) for a in arms] == [(1, 6), (1, 3)]
+    assert [a["megapixels_seen"] for a in arms] == pytest.approx([6 * 4 * 32**2 / 1e6, 3 * 8 * 64**2 / 1e6])
+    for arm in arms:
+        assert arm["eval"]["images"] == 8 and -1 <= arm["eval"]["ssim"]["mean"] <= 1
+        assert arm["train_seconds"] > 0 and arm["wall_seconds"] >= arm["train_seconds"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["batch4_crop32", "batch8_crop0"]
+
+
+@pytest.mark.parametrize("text", ["16", "16x", "x128", "ax3", "0x128", "16x-1", ","])
+def test_bench_time_to_quality_refuses_a_malformed_arm(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench_time_to_quality.build_parser().parse_args(["--arms", text])
+    assert stopped.value.code == 2 and "BATCHxCROP" in capsys.readouterr().err
 
 
 def test_minor_faults_count_memory_mapped_in_afresh() -> None:

@@ -1,0 +1,179 @@
+"""Quality per second of training: what each training configuration reaches in the same budget of step time.
+
+``bench_train`` times a step; whether a configuration trains a *better model per second* is a question of quality
+too. On a GPU the default step (16 crops of 128x128) is bound by per-step costs, so a batch of 64 crops, or 16 full
+slices, does about 4x the work in little more time (docs/performance.md, "On a GPU"). This measures whether that
+work buys quality in the same time.
+
+An arm is a batch size and a crop (``16x128``; crop 0 = full slices), with every other ``TrainConfig`` default.
+Each arm first times ``--calibration-steps`` steps of a throwaway Trainer. It then trains a fresh model from the
+same seed for as many whole epochs as fit ``--seconds`` of step time (at least one), with the schedule (warm-up,
+cosine decay) fitted to them, as ``vqvae-train --epochs N`` does, validation and checkpoints included. Its best
+checkpoint (by validation SSIM on ``--max-val-images`` slices) is then scored on every image of ``--eval-split``
+with the DESIGN.md metric. Training seconds are the step time the run itself measured (validation excluded).
+
+    PYTHONPATH=. python -m benchmarks.bench_time_to_quality --device cuda --seconds 45 --arms 16x128,64x128,16x0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.arguments import positive_int
+from benchmarks.common import print_header, ratio, set_threads, time_calls, write_json
+from models.checkpoint import load
+from models.config import PRESETS
+from training.config import TrainConfig
+from training.data import DataError, SliceSet, load_split
+from training.evaluate import headline, score
+from training.train import Trainer
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A training configuration under test: batch size and crop (0 = full slices)."""
+
+    batch_size: int
+    crop: int
+
+    @property
+    def name(self) -> str:
+        return f"batch {self.batch_size}, " + (f"crop {self.crop}" if self.crop else "full slices")
+
+    @property
+    def folder(self) -> str:
+        return f"batch{self.batch_size}_crop{self.crop}"
+
+
+def arm_list(text: str) -> list[Arm]:
+    """'16x128,64x128,16x0' -> arms (argparse type)."""
+    arms = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        batch, sep, crop = part.partition("x")
+        try:
+            arm = Arm(int(batch), int(crop)) if sep else None
+        except ValueError:
+            arm = None
+        if arm is None or arm.batch_size < 1 or arm.crop < 0:
+            raise argparse.ArgumentTypeError(f"expected BATCHxCROP (crop 0 = full slices), got {part!r}")
+        arms.append(arm)
+    if not arms:
+        raise argparse.ArgumentTypeError("expected at least one BATCHxCROP arm")
+    return arms
+
+
+def seconds_per_step(config: TrainConfig, warmup: int, steps: int) -> tuple[float, int]:
+    """Median seconds of ``steps`` loop steps of a throwaway Trainer after ``warmup`` untimed ones, and its steps
+    per epoch."""
+    trainer = Trainer(config)
+    trainer.model.train()
+    durations = time_calls(lambda _: trainer.loop_step(), warmup=warmup, repeats=steps, seconds=0)
+    return statistics.median(durations), trainer.steps_per_epoch
+
+
+def run_arm(arm: Arm, base: TrainConfig, args: argparse.Namespace, eval_set: SliceSet) -> dict[str, Any]:
+    """Calibrate, train for the budget, score the best checkpoint on the evaluation split."""
+    config = dataclasses.replace(base, batch_size=arm.batch_size, crop=arm.crop, out=base.out / arm.folder)
+    step_s, steps_per_epoch = seconds_per_step(
+        dataclasses.replace(config, out=config.out / "calibration"), args.calibration_warmup, args.calibration_steps
+    )
+    epochs = max(1, round(args.seconds / (step_s * steps_per_epoch)))
+    print(f"{arm.name}: {1000 * step_s:.1f} ms/step when calibrated, so {epochs} epochs of {steps_per_epoch} steps")
+    trainer = Trainer(dataclasses.replace(config, epochs=epochs))
+    started = time.perf_counter()
+    state = trainer.run()
+    wall = time.perf_counter() - started
+    model, _ = load(config.out / "best.safetensors", trainer.device)
+    report, _ = score(model, eval_set)
+    pixels_per_image = trainer.sampler.crop**2
+    return {
+        "arm": arm.name,
+        "batch_size": arm.batch_size,
+        "crop": trainer.sampler.crop,
+        "calibrated_ms_per_step": 1000 * step_s,
+        "epochs": epochs,
+        "steps": state.step,
+        "train_seconds": state.seconds,
+        "wall_seconds": wall,
+        "ms_per_step": 1000 * ratio(state.seconds, state.step),
+        "megapixels_seen": state.step * arm.batch_size * pixels_per_image / 1e6,
+        "best_val_ssim": state.best_val_ssim,
+        "eval": headline(report),
+    }
+
+
+def print_results(rows: list[dict[str, Any]], eval_split: str) -> None:
+    print(
+        f"{'arm':<24} {'epochs':>6} {'steps':>6} {'ms/step':>8} {'train s':>8} {'wall s':>7} {'Mpix':>7} "
+        f"{'best val':>8} | {eval_split} SSIM mean / median / p5"
+    )
+    for r in rows:
+        s = r["eval"]["ssim"]
+        print(
+            f"{r['arm']:<24} {r['epochs']:>6} {r['steps']:>6} {r['ms_per_step']:>8.1f} {r['train_seconds']:>8.1f} "
+            f"{r['wall_seconds']:>7.1f} {r['megapixels_seen']:>7.0f} {r['best_val_ssim']:>8.4f} | "
+            f"{s['mean']:.4f} / {s['median']:.4f} / {s['p5']:.4f}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=defaults.data, help="OASIS root (default: %(default)s)")
+    parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="step time per arm (default: %(default)s)")
+    parser.add_argument(
+        "--arms", type=arm_list, default=arm_list("16x128,64x128,16x0"), help="BATCHxCROP,... (default: 16x128,...)"
+    )
+    parser.add_argument("--max-train-images", type=positive_int, help="training slices (default: all)")
+    parser.add_argument(
+        "--max-val-images", type=positive_int, default=64, help="validation slices per epoch (default: %(default)s)"
+    )
+    parser.add_argument("--eval-split", default="test", help="split scored at the end (default: %(default)s)")
+    parser.add_argument("--calibration-steps", type=positive_int, default=20, help="(default: %(default)s)")
+    parser.add_argument("--calibration-warmup", type=int, default=5, help="(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    info = print_header("quality reached in the same training time")
+    try:
+        eval_set = load_split(args.data, args.eval_split)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vqvae-ttq-") as tmp:
+        base = TrainConfig(
+            data=args.data,
+            out=args.out or Path(tmp),
+            preset=args.preset,
+            device=args.device,
+            max_train_images=args.max_train_images,
+            max_val_images=args.max_val_images,
+            progress=False,
+        )
+        print(
+            f"budget: {args.seconds:g} s of training steps per arm; {len(eval_set)} slices of {eval_set.root} scored at the end"
+        )
+        rows = [run_arm(arm, base, args, eval_set) for arm in args.arms]
+    print_results(rows, args.eval_split)
+    write_json(args.json, {"machine": info, "seconds": args.seconds, "eval_split": args.eval_split, "arms": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
