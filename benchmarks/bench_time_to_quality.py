@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         print(
-            f"budget: {args.seconds:g} s of training steps per arm; {len(eval_set)} slices of {eval_set.root} scored at the end"
+            f"budget: {args.seconds:g} s of training steps per arm; "
+            f"{len(eval_set)} slices of {eval_set.root} scored at the end"
         )
         rows = [run_arm(arm, base, args, eval_set) for arm in args.arms]
     print_results(rows, args.eval_split)
