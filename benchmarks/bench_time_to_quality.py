@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-val-images", type=positive_int, default=64, help="validation slices per epoch (default: %(default)s)"
     )
     parser.add_argument("--eval-split", default="test", help="split scored at the end (default: %(default)s)")
-    parser.add_argument("--calibration-steps", type=positive_int, default=20, help="(default: %(default)s)")
-    parser.add_argument("--calibration-warmup", type=int, default=5, help="(default: %(default)s)")
+    parser.add_argument("--calibration-steps", type=positive_int, default=40, help="(default: %(default)s)")
+    parser.add_argument("--calibration-warmup", type=int, default=10, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="every arm's seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data,
             out=args.out or Path(tmp),
             preset=args.preset,
+            seed=args.seed,
             device=args.device,
             max_train_images=args.max_train_images,
             max_val_images=args.max_val_images,

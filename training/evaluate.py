@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from models.checkpoint import CheckpointError, load, save
 from models.device import pick_device
 from models.quality import Summary, psnr, ssim
+from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
@@ -23,12 +25,15 @@ from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
 
 @dataclass
 class Reconstructions:
-    """Originals and reconstructions as float (H, W) arrays in [0, 1], with the index grids."""
+    """Originals and reconstructions as float (H, W) arrays in [0, 1], with the index grids; with
+    ``score_in_torch`` also each image's SSIM and PSNR."""
 
     originals: list[np.ndarray]
     reconstructions: list[np.ndarray]
     indices: list[torch.Tensor]  # each (h, w)
     names: list[str]
+    ssims: list[float] | None = None
+    psnrs: list[float] | None = None
 
 
 def _batches(slices: SliceSet, batch_size: int) -> Iterator[list[int]]:
@@ -41,29 +46,47 @@ def _batches(slices: SliceSet, batch_size: int) -> Iterator[list[int]]:
             yield positions[start : start + batch_size]
 
 
-def reconstruct_set(model: VQVAE, slices: SliceSet, batch_size: int = 32) -> Reconstructions:
-    """Eval-mode round trip of every image (any sizes), batched, on the model's device."""
+def reconstruct_set(
+    model: VQVAE, slices: SliceSet, batch_size: int = 32, *, score_in_torch: bool = False
+) -> Reconstructions:
+    """Eval-mode round trip of every image (any sizes), batched, on the model's device; with ``score_in_torch``
+    each batch is also scored there (``models.quality_torch``, float64)."""
     device = next(model.parameters()).device
     model.eval()
     originals: list[np.ndarray] = [np.empty(0)] * len(slices)
     recons: list[np.ndarray] = [np.empty(0)] * len(slices)
     grids: list[torch.Tensor] = [torch.empty(0)] * len(slices)
+    ssims, psnrs = [math.nan] * len(slices), [math.nan] * len(slices)
     for positions in _batches(slices, batch_size):
         batch = torch.from_numpy(np.stack([slices.images[i] for i in positions])).to(device)
         x = batch.unsqueeze(1).float() / 255.0  # (B, 1, H, W)
-        indices, recon = model.reconstruct(x)
+        indices, recon = model.reconstruct(x)  # (B, h, w), (B, 1, H, W)
+        scored = (ssim_per_image(x, recon).tolist(), psnr_per_image(x, recon).tolist()) if score_in_torch else None
         for row, i in enumerate(positions):
             originals[i] = x[row, 0].cpu().numpy()
             recons[i] = recon[row, 0].float().cpu().numpy()
             grids[i] = indices[row].cpu()
-    return Reconstructions(originals, recons, grids, list(slices.names))
+            if scored is not None:
+                ssims[i], psnrs[i] = scored[0][row], scored[1][row]
+    scores = (ssims, psnrs) if score_in_torch else (None, None)
+    return Reconstructions(originals, recons, grids, list(slices.names), *scores)
 
 
-def score(model: VQVAE, slices: SliceSet, batch_size: int = 32) -> tuple[dict[str, Any], Reconstructions]:
-    """The evaluation report for one set of slices, and the reconstructions it was computed from."""
-    result = reconstruct_set(model, slices, batch_size)
-    ssims = [ssim(a, b) for a, b in zip(result.originals, result.reconstructions, strict=True)]
-    psnrs = [psnr(a, b) for a, b in zip(result.originals, result.reconstructions, strict=True)]
+def score(
+    model: VQVAE, slices: SliceSet, batch_size: int = 32, *, score_in_torch: bool = False
+) -> tuple[dict[str, Any], Reconstructions]:
+    """The evaluation report for one set of slices, and the reconstructions it was computed from.
+
+    SSIM and PSNR come from scikit-image and numpy (``models.quality``: DESIGN.md's reference) unless
+    ``score_in_torch``: then from ``models.quality_torch`` in float64 on the model's device, equal to them to
+    rounding (tests/models/test_quality_torch.py) and several times faster, most of all on a GPU, where
+    scikit-image's CPU time would be most of a validation pass. Training validates that way; ``vqvae-eval``
+    reports with the reference.
+    """
+    result = reconstruct_set(model, slices, batch_size, score_in_torch=score_in_torch)
+    pairs = list(zip(result.originals, result.reconstructions, strict=True))
+    ssims = result.ssims if result.ssims is not None else [ssim(a, b) for a, b in pairs]
+    psnrs = result.psnrs if result.psnrs is not None else [psnr(a, b) for a, b in pairs]
     config = model.config
     usage, perplexity = VectorQuantizer.usage(torch.cat([g.reshape(-1) for g in result.indices]), config.codebook_size)
     bits = [config.bits_for(*im.shape) for im in slices.images]

@@ -240,7 +240,7 @@ class Trainer:
         )
 
     def validate(self) -> dict[str, Any]:
-        report, _ = score(self.model, self.val_set)
+        report, _ = score(self.model, self.val_set, score_in_torch=True)
         self.model.train()
         return report
 

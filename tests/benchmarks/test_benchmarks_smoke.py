@@ -26,6 +26,7 @@ from benchmarks import (
     bench_threads,
     bench_time_to_quality,
     bench_train,
+    bench_validation,
 )
 from benchmarks.common import load_slices
 from models.checkpoint import save
@@ -236,6 +237,19 @@ def test_bench_time_to_quality_refuses_a_malformed_arm(text: str, capsys: pytest
     with pytest.raises(SystemExit) as stopped:
         bench_time_to_quality.build_parser().parse_args(["--arms", text])
     assert stopped.value.code == 2 and "BATCHxCROP" in capsys.readouterr().err
+
+
+def test_bench_validation(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "validation.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--rounds", "2", "--json", str(out)]
+    assert bench_validation.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "scikit-image  median" in text and "torch         median" in text and "mean SSIM differs by" in text
+    figures = json.loads(out.read_text())
+    assert figures["slices"] == 4 and figures["speedup"] > 0
+    assert {name: len(rounds) for name, rounds in figures["round_seconds"].items()} == {"scikit-image": 2, "torch": 2}
 
 
 def test_minor_faults_count_memory_mapped_in_afresh() -> None:
