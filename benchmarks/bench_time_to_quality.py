@@ -31,6 +31,7 @@ from app.arguments import positive_int
 from benchmarks.common import print_header, ratio, set_threads, time_calls, write_json
 from models.checkpoint import load
 from models.config import PRESETS
+from models.device import pick_device
 from training.config import TrainConfig
 from training.data import DataError, SliceSet, load_split
 from training.evaluate import headline, score
@@ -152,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
     info = print_header("quality reached in the same training time")
-    try:
+    try:  # what can be checked up front; the training splits are read by each arm's Trainer
+        pick_device(args.device)
         eval_set = load_split(args.data, args.eval_split)
-    except DataError as exc:
+    except ValueError as exc:  # DataError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="vqvae-ttq-") as tmp:
@@ -172,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             f"budget: {args.seconds:g} s of training steps per arm; "
             f"{len(eval_set)} slices of {eval_set.root} scored at the end"
         )
-        rows = [run_arm(arm, base, args, eval_set) for arm in args.arms]
+        try:
+            rows = [run_arm(arm, base, args, eval_set) for arm in args.arms]
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print_results(rows, args.eval_split)
     write_json(args.json, {"machine": info, "seconds": args.seconds, "eval_split": args.eval_split, "arms": rows})
     return 0

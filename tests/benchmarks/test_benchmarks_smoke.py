@@ -232,6 +232,19 @@ def test_bench_time_to_quality(fixture_oasis: Path, tmp_path: Path, capsys: pyte
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["batch4_crop32", "batch8_crop0"]
 
 
+def test_bench_time_to_quality_without_training_data_is_a_clear_error(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "oasis"
+    (data / "keras_png_slices_test").mkdir(parents=True)
+    for png in (fixture_oasis / "keras_png_slices_test").iterdir():
+        (data / "keras_png_slices_test" / png.name).write_bytes(png.read_bytes())
+    assert bench_time_to_quality.main(["--data", str(data), "--preset", "tiny", "--device", "cpu"]) == 2
+    assert "keras_png_slices_train" in capsys.readouterr().err
+    assert bench_time_to_quality.main(["--data", str(tmp_path / "absent"), "--device", "cpu"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["16", "16x", "x128", "ax3", "0x128", "16x-1", ","])
 def test_bench_time_to_quality_refuses_a_malformed_arm(text: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
