@@ -4,6 +4,7 @@ so a script can import it cheaply."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _whole_number(text: str) -> int:
@@ -27,4 +28,23 @@ def port_number(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0 (warm-up steps)."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a finite time budget above 0 (NaN and inf would only fail later, inside arithmetic)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text!r}")
     return value

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.arguments import positive_int
+from app.arguments import non_negative_int, positive_int, positive_seconds
 from benchmarks.common import print_header, ratio, set_threads, time_calls, write_json
 from models.checkpoint import load
 from models.config import PRESETS
@@ -35,7 +36,7 @@ from models.device import pick_device
 from training.config import TrainConfig
 from training.data import DataError, SliceSet, load_split
 from training.evaluate import headline, score
-from training.train import Trainer
+from training.train import DivergedError, Trainer
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def run_arm(arm: Arm, base: TrainConfig, args: argparse.Namespace, eval_set: Sli
     step_s, steps_per_epoch = seconds_per_step(
         dataclasses.replace(config, out=config.out / "calibration"), args.calibration_warmup, args.calibration_steps
     )
-    epochs = max(1, round(args.seconds / (step_s * steps_per_epoch)))
+    epochs = max(1, math.floor(args.seconds / (step_s * steps_per_epoch)))
     print(f"{arm.name}: {1000 * step_s:.1f} ms/step when calibrated, so {epochs} epochs of {steps_per_epoch} steps")
     trainer = Trainer(dataclasses.replace(config, epochs=epochs))
     started = time.perf_counter()
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, default=defaults.data, help="OASIS root (default: %(default)s)")
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="step time per arm (default: %(default)s)")
+    parser.add_argument(
+        "--seconds", type=positive_seconds, default=60.0, help="step time per arm (default: %(default)s)"
+    )
     parser.add_argument(
         "--arms", type=arm_list, default=arm_list("16x128,64x128,16x0"), help="BATCHxCROP,... (default: 16x128,...)"
     )
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--eval-split", default="test", help="split scored at the end (default: %(default)s)")
     parser.add_argument("--calibration-steps", type=positive_int, default=40, help="(default: %(default)s)")
-    parser.add_argument("--calibration-warmup", type=int, default=10, help="(default: %(default)s)")
+    parser.add_argument("--calibration-warmup", type=non_negative_int, default=10, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="every arm's seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
@@ -174,14 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             f"budget: {args.seconds:g} s of training steps per arm; "
             f"{len(eval_set)} slices of {eval_set.root} scored at the end"
         )
-        try:
-            rows = [run_arm(arm, base, args, eval_set) for arm in args.arms]
-        except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    print_results(rows, args.eval_split)
+        rows, status = [], 0
+        for arm in args.arms:
+            try:
+                rows.append(run_arm(arm, base, args, eval_set))
+            except (DataError, DivergedError) as exc:  # report the arms that finished, then stop
+                print(f"error: {arm.name}: {exc}", file=sys.stderr)
+                status = 2 if isinstance(exc, DataError) else 1
+                break
+    if rows:
+        print_results(rows, args.eval_split)
     write_json(args.json, {"machine": info, "seconds": args.seconds, "eval_split": args.eval_split, "arms": rows})
-    return 0
+    return status
 
 
 if __name__ == "__main__":

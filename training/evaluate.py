@@ -61,13 +61,14 @@ def reconstruct_set(
         batch = torch.from_numpy(np.stack([slices.images[i] for i in positions])).to(device)
         x = batch.unsqueeze(1).float() / 255.0  # (B, 1, H, W)
         indices, recon = model.reconstruct(x)  # (B, h, w), (B, 1, H, W)
-        scored = (ssim_per_image(x, recon).tolist(), psnr_per_image(x, recon).tolist()) if score_in_torch else None
+        if score_in_torch:
+            batch_ssims, batch_psnrs = ssim_per_image(x, recon).tolist(), psnr_per_image(x, recon).tolist()
         for row, i in enumerate(positions):
             originals[i] = x[row, 0].cpu().numpy()
             recons[i] = recon[row, 0].float().cpu().numpy()
             grids[i] = indices[row].cpu()
-            if scored is not None:
-                ssims[i], psnrs[i] = scored[0][row], scored[1][row]
+            if score_in_torch:
+                ssims[i], psnrs[i] = batch_ssims[row], batch_psnrs[row]
     scores = (ssims, psnrs) if score_in_torch else (None, None)
     return Reconstructions(originals, recons, grids, list(slices.names), *scores)
 
@@ -84,9 +85,10 @@ def score(
     reports with the reference.
     """
     result = reconstruct_set(model, slices, batch_size, score_in_torch=score_in_torch)
-    pairs = list(zip(result.originals, result.reconstructions, strict=True))
-    ssims = result.ssims if result.ssims is not None else [ssim(a, b) for a, b in pairs]
-    psnrs = result.psnrs if result.psnrs is not None else [psnr(a, b) for a, b in pairs]
+    ssims, psnrs = result.ssims, result.psnrs
+    if ssims is None or psnrs is None:
+        pairs = list(zip(result.originals, result.reconstructions, strict=True))
+        ssims, psnrs = [ssim(a, b) for a, b in pairs], [psnr(a, b) for a, b in pairs]
     config = model.config
     usage, perplexity = VectorQuantizer.usage(torch.cat([g.reshape(-1) for g in result.indices]), config.codebook_size)
     bits = [config.bits_for(*im.shape) for im in slices.images]

@@ -218,7 +218,7 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
 def test_bench_time_to_quality(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ttq.json"
     argv = ["--data", str(fixture_oasis), "--preset", "tiny", "--device", "cpu", "--arms", "4x32,8x0"]
-    argv += ["--seconds", "0.01", "--calibration-steps", "1", "--calibration-warmup", "0", "--max-val-images", "4"]
+    argv += ["--seconds", "1e-6", "--calibration-steps", "1", "--calibration-warmup", "0", "--max-val-images", "4"]
     assert bench_time_to_quality.main([*argv, "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
     assert "test SSIM mean / median / p5" in capsys.readouterr().out
     arms = json.loads(out.read_text())["arms"]
@@ -245,11 +245,18 @@ def test_bench_time_to_quality_without_training_data_is_a_clear_error(
     assert "error:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text", ["16", "16x", "x128", "ax3", "0x128", "16x-1", ","])
-def test_bench_time_to_quality_refuses_a_malformed_arm(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "text", "message"),
+    [("--arms", text, "BATCHxCROP") for text in ["16", "16x", "x128", "ax3", "0x128", "16x-1", ","]]
+    + [("--seconds", text, "seconds") for text in ["0", "-1", "nan", "inf", "soon"]]
+    + [("--calibration-warmup", "-1", "0 or more")],
+)
+def test_bench_time_to_quality_refuses_a_malformed_option(
+    flag: str, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as stopped:
-        bench_time_to_quality.build_parser().parse_args(["--arms", text])
-    assert stopped.value.code == 2 and "BATCHxCROP" in capsys.readouterr().err
+        bench_time_to_quality.build_parser().parse_args([flag, text])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bench_validation(
@@ -263,6 +270,14 @@ def test_bench_validation(
     figures = json.loads(out.read_text())
     assert figures["slices"] == 4 and figures["speedup"] > 0
     assert {name: len(rounds) for name, rounds in figures["round_seconds"].items()} == {"scikit-image": 2, "torch": 2}
+
+
+def test_bench_validation_without_data_is_a_clear_error(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench_validation.main(["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "absent" in err and "Traceback" not in err
 
 
 def test_minor_faults_count_memory_mapped_in_afresh() -> None:

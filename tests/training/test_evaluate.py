@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +11,24 @@ import pytest
 import torch
 
 from models.config import PRESETS
+from models.quality import psnr, ssim
 from models.vqvae import VQVAE
+from training import evaluate
+from training.config import TrainConfig
 from training.data import SliceSet
 from training.evaluate import reconstruct_set, score
 from training.synthetic import synthetic_slice
+from training.train import Trainer
 
 
 @pytest.fixture(scope="module")
 def mixed_sizes() -> SliceSet:
-    """Slices of three sizes, one under SSIM's 11x11 window (scored by the reference's smaller window)."""
+    """Slices of three sizes, interleaved (so batches, which group them by size, come out of order), one under
+    SSIM's 11x11 window (scored by the reference's smaller window)."""
     rng = np.random.default_rng(7)
-    images = [synthetic_slice(rng, size) for size in [(64, 64)] * 3 + [(40, 48)] * 2]
-    images.append(synthetic_slice(rng, (64, 64))[24:33, 20:29].copy())  # 9x9, inside the head
+    tiny = synthetic_slice(rng, (64, 64))[24:33, 20:29].copy()  # 9x9, inside the head
+    images = [synthetic_slice(rng, (64, 64)), tiny, synthetic_slice(rng, (40, 48)), synthetic_slice(rng, (64, 64))]
+    images += [synthetic_slice(rng, (40, 48)), synthetic_slice(rng, (64, 64))]
     return SliceSet(images, [f"s{i}.png" for i in range(len(images))], Path("mixed"))
 
 
@@ -42,3 +49,28 @@ def test_scores_in_torch_equal_the_reference_per_image(mixed_sizes: SliceSet) ->
 def test_the_reference_scores_nothing_in_torch(mixed_sizes: SliceSet) -> None:
     result = reconstruct_set(VQVAE(PRESETS["tiny"]), mixed_sizes)
     assert result.ssims is None and result.psnrs is None
+
+
+def test_validation_scores_in_torch(tiny_config: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What training validates with: scikit-image's SSIM must not run (on a GPU it would be most of the pass)."""
+    trainer = Trainer(tiny_config())
+
+    def refuse(*_: object) -> float:
+        raise AssertionError("validation called the scikit-image SSIM")
+
+    monkeypatch.setattr(evaluate, "ssim", refuse)
+    report = trainer.validate()
+    assert report["images"] == len(trainer.val_set) and 0 < report["ssim"]["mean"] < 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")
+def test_scores_in_torch_on_cuda_equal_the_reference(mixed_sizes: SliceSet) -> None:
+    """On a GPU, with the model in channels_last as training keeps it: the scores of one pass, computed on the GPU,
+    equal scikit-image's on that pass's own reconstructions (copied to the host)."""
+    torch.manual_seed(0)
+    model = VQVAE(PRESETS["tiny"]).cuda().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    result = reconstruct_set(model, mixed_sizes, batch_size=2, score_in_torch=True)
+    assert result.ssims is not None and result.psnrs is not None
+    pairs = list(zip(result.originals, result.reconstructions, strict=True))
+    assert result.ssims == pytest.approx([ssim(a, b) for a, b in pairs], rel=0, abs=1e-9)
+    assert result.psnrs == pytest.approx([psnr(a, b) for a, b in pairs], rel=0, abs=1e-9)
