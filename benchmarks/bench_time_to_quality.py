@@ -7,7 +7,7 @@ work buys quality in the same time.
 
 An arm is a batch size and a crop (``16x128``; crop 0 = full slices), with every other ``TrainConfig`` default.
 Each arm first times ``--calibration-steps`` steps of a throwaway Trainer. It then trains a fresh model from the
-same seed for as many whole epochs as fit ``--seconds`` of step time (at least one), with the schedule (warm-up,
+same seed for as many whole epochs as fit in ``--seconds`` of step time (at least one), with the schedule (warm-up,
 cosine decay) fitted to them, as ``vqvae-train --epochs N`` does, validation and checkpoints included. Its best
 checkpoint (by validation SSIM on ``--max-val-images`` slices) is then scored on every image of ``--eval-split``
 with the DESIGN.md metric. Training seconds are the step time the run itself measured (validation excluded).
