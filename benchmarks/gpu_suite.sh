@@ -24,7 +24,7 @@ stage info 20 TERM bash -c 'nvidia-smi -L; python3 -c "import sys, torch; print(
 torch.version.cuda, torch.cuda.get_device_name(0), torch.get_num_threads(), \"threads\")"'
 stage tests 90 TERM python3 -m pytest -q -p no:cacheprovider tests/app/test_app_cuda.py \
     tests/training/test_cuda_training.py tests/training/test_precision.py tests/models/test_shipped_checkpoint.py \
-    tests/models/test_quality_torch.py
+    tests/models/test_quality_torch.py tests/training/test_evaluate.py
 stage bench_train 100 TERM python3 -m benchmarks.bench_train --data "$data" --rounds 3 \
     --round-seconds 3 --json "$out/bench_train.json"
 stage eval 45 TERM python3 -m training.evaluate --checkpoint models/weights/vqvae.safetensors --data "$data" \
