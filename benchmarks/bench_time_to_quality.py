@@ -6,11 +6,12 @@ slices, does about 4x the work in little more time (docs/performance.md, "On a G
 work buys quality in the same time.
 
 An arm is a batch size and a crop (``16x128``; crop 0 = full slices), with every other ``TrainConfig`` default.
-Each arm first times ``--calibration-steps`` steps of a throwaway Trainer. It then trains a fresh model from the
-same seed for as many whole epochs as fit in ``--seconds`` of step time (at least one), with the schedule (warm-up,
-cosine decay) fitted to them, as ``vqvae-train --epochs N`` does, validation and checkpoints included. Its best
-checkpoint (by validation SSIM on ``--max-val-images`` slices) is then scored on every image of ``--eval-split``
-with the DESIGN.md metric. Training seconds are the step time the run itself measured (validation excluded).
+Each arm first times ``--calibration-steps`` steps of a throwaway Trainer (fewer where they would take more than a
+quarter of the budget). It then trains a fresh model from the same seed for as many whole epochs as fit in
+``--seconds`` of step time (at least one), with the schedule (warm-up, cosine decay) fitted to them, as ``vqvae-train
+--epochs N`` does, validation and checkpoints included. Its best checkpoint (by validation SSIM on
+``--max-val-images`` slices) is then scored on every image of ``--eval-split`` with the DESIGN.md metric. Training
+seconds are the step time the run itself measured (validation excluded).
 
     PYTHONPATH=. python -m benchmarks.bench_time_to_quality --device cuda --seconds 45 --arms 16x128,64x128,16x0
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from app.arguments import non_negative_int, positive_int, positive_seconds
-from benchmarks.common import print_header, ratio, set_threads, time_calls, write_json
+from benchmarks.common import print_header, ratio, set_threads, write_json
 from models.checkpoint import load
 from models.config import PRESETS
 from models.device import pick_device
@@ -72,12 +73,24 @@ def arm_list(text: str) -> list[Arm]:
     return arms
 
 
-def seconds_per_step(config: TrainConfig, warmup: int, steps: int) -> tuple[float, int]:
-    """Median seconds of ``steps`` loop steps of a throwaway Trainer after ``warmup`` untimed ones, and its steps
-    per epoch."""
+def seconds_per_step(config: TrainConfig, warmup: int, steps: int, budget: float) -> tuple[float, int]:
+    """Median seconds of up to ``steps`` loop steps of a throwaway Trainer after up to ``warmup`` untimed ones, and
+    its steps per epoch. Each phase also ends once it took a quarter of ``budget`` (after at least one step), so
+    that calibrating a step of seconds (full slices on a CPU) does not outlast the training it plans."""
     trainer = Trainer(config)
     trainer.model.train()
-    durations = time_calls(lambda _: trainer.loop_step(), warmup=warmup, repeats=steps, seconds=0)
+    phase_limit = budget / 4
+    started = time.perf_counter()
+    for _ in range(warmup):
+        trainer.loop_step()
+        if time.perf_counter() - started >= phase_limit:
+            break
+    durations: list[float] = []
+    started = time.perf_counter()
+    while len(durations) < steps and (not durations or time.perf_counter() - started < phase_limit):
+        step_started = time.perf_counter()
+        trainer.loop_step()
+        durations.append(time.perf_counter() - step_started)
     return statistics.median(durations), trainer.steps_per_epoch
 
 
@@ -85,7 +98,10 @@ def run_arm(arm: Arm, base: TrainConfig, args: argparse.Namespace, eval_set: Sli
     """Calibrate, train for the budget, score the best checkpoint on the evaluation split."""
     config = dataclasses.replace(base, batch_size=arm.batch_size, crop=arm.crop, out=base.out / arm.folder)
     step_s, steps_per_epoch = seconds_per_step(
-        dataclasses.replace(config, out=config.out / "calibration"), args.calibration_warmup, args.calibration_steps
+        dataclasses.replace(config, out=config.out / "calibration"),
+        args.calibration_warmup,
+        args.calibration_steps,
+        args.seconds,
     )
     epochs = max(1, math.floor(args.seconds / (step_s * steps_per_epoch)))
     print(f"{arm.name}: {1000 * step_s:.1f} ms/step when calibrated, so {epochs} epochs of {steps_per_epoch} steps")

@@ -33,6 +33,7 @@ from models.checkpoint import save
 from models.config import PRESETS
 from models.vqvae import VQVAE
 from training import train
+from training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +231,25 @@ def test_bench_time_to_quality(fixture_oasis: Path, tmp_path: Path, capsys: pyte
         assert arm["eval"]["images"] == 8 and -1 <= arm["eval"]["ssim"]["mean"] <= 1
         assert arm["train_seconds"] > 0 and arm["wall_seconds"] >= arm["train_seconds"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["batch4_crop32", "batch8_crop0"]
+
+
+def test_bench_time_to_quality_calibration_stops_at_a_quarter_of_the_budget(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = []
+    real_step = train.Trainer.loop_step
+
+    def counted(self: train.Trainer) -> tuple[float, float, float, float]:
+        steps.append(1)
+        return real_step(self)
+
+    monkeypatch.setattr(train.Trainer, "loop_step", counted)
+    config = TrainConfig(data=fixture_oasis, out=tmp_path, preset="tiny", batch_size=2, crop=32, device="cpu")
+    seconds, steps_per_epoch = bench_time_to_quality.seconds_per_step(config, 100, 100, budget=1e-6)
+    assert len(steps) == 2 and seconds > 0 and steps_per_epoch == 12  # one warm-up step, one timed; 24 slices / 2
+    steps.clear()
+    bench_time_to_quality.seconds_per_step(config, 2, 3, budget=1e6)
+    assert len(steps) == 5  # a large budget: the counts asked for
 
 
 def test_bench_time_to_quality_without_training_data_is_a_clear_error(
