@@ -25,7 +25,7 @@ from benchmarks.common import (
     write_json,
 )
 from models.checkpoint import load
-from models.device import pick_device
+from models.device import bulk_batch_size, pick_device
 from training.data import DataError, load_split
 from training.evaluate import score
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
         model, _ = load(checkpoint.path, device)
-    print(f"{len(slices)} slices of {slices.root}, on {device}")
+    print(f"{len(slices)} slices of {slices.root}, on {device}, {bulk_batch_size(device)} a pass")
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     means: dict[str, float] = {}
     for name, in_torch in VARIANTS.items():  # warm-up, untimed

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from models.allocator import DEFAULT_RETAIN_MB
 from models.config import PRESETS, VQVAEConfig
+from models.quality_torch import MIN_SIZE
 from training.data import DEFAULT_DATA_ROOT
 
 
@@ -51,6 +53,30 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue from out/last.pt if present"})
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse values that would only fail later, deep in a step, or train nonsense silently: one line each."""
+        problems = [
+            f"{name} (--{name.replace('_', '-')}) must be {rule}, got {getattr(self, name)!r}"
+            for name, ok, rule in (
+                ("epochs", self.epochs >= 1, "at least 1"),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
+                ("crop", self.crop == 0 or self.crop >= MIN_SIZE, f"0 (full images) or at least {MIN_SIZE} (SSIM)"),
+                ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0"),
+                ("min_lr", 0 <= self.min_lr <= self.lr, "from 0 to lr"),
+                ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+                ("weight_decay", self.weight_decay >= 0, "0 or more"),
+                ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
+                ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
+                ("threads", self.threads >= 0, "0 (all cores) or more"),
+                ("malloc_retain_mb", self.malloc_retain_mb >= 0, "0 (glibc's defaults) or more"),
+                ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "at least 1"),
+                ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "at least 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def model_config(self) -> VQVAEConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -82,5 +108,8 @@ def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.Arg
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser(TrainConfig, "Train the brain-MRI VQ-VAE.").parse_args(argv)
-    return TrainConfig(**vars(args))
+    parser = build_parser(TrainConfig, "Train the brain-MRI VQ-VAE.")
+    try:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with 2 and the usage line

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load, save
-from models.device import pick_device
+from models.device import bulk_batch_size, pick_device
 from models.quality import Summary, psnr, ssim
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
@@ -47,11 +47,14 @@ def _batches(slices: SliceSet, batch_size: int) -> Iterator[list[int]]:
 
 
 def reconstruct_set(
-    model: VQVAE, slices: SliceSet, batch_size: int = 32, *, score_in_torch: bool = False
+    model: VQVAE, slices: SliceSet, batch_size: int | None = None, *, score_in_torch: bool = False
 ) -> Reconstructions:
-    """Eval-mode round trip of every image (any sizes), batched, on the model's device; with ``score_in_torch``
-    each batch is also scored there (``models.quality_torch``, float64)."""
+    """Eval-mode round trip of every image (any sizes), batched (by default ``models.device.bulk_batch_size``), on
+    the model's device; with ``score_in_torch`` each batch is also scored there (``models.quality_torch``, float64)."""
     device = next(model.parameters()).device
+    batch_size = bulk_batch_size(device) if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model.eval()
     originals: list[np.ndarray] = [np.empty(0)] * len(slices)
     recons: list[np.ndarray] = [np.empty(0)] * len(slices)
@@ -74,7 +77,7 @@ def reconstruct_set(
 
 
 def score(
-    model: VQVAE, slices: SliceSet, batch_size: int = 32, *, score_in_torch: bool = False
+    model: VQVAE, slices: SliceSet, batch_size: int | None = None, *, score_in_torch: bool = False
 ) -> tuple[dict[str, Any], Reconstructions]:
     """The evaluation report for one set of slices, and the reconstructions it was computed from.
 
@@ -145,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default: <checkpoint>.<split>.json)")
     parser.add_argument("--figures", type=Path, default=None, help="folder for panels and usage figures")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only this many images (spread)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 4 on a CPU, 32 on a GPU)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--record", action="store_true", help="write the metrics into the checkpoint metadata")
     args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         model, _ = load(args.checkpoint, pick_device(args.device))
         slices = load_split(args.data, args.split or None, args.limit)

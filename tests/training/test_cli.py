@@ -92,6 +92,47 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
     assert "bad.safetensors: not a readable safetensors checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--epochs", "0"], "epochs (--epochs) must be at least 1, got 0"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
+        (["--crop", "8"], "crop (--crop) must be 0 (full images) or at least 11 (SSIM), got 8"),
+        (["--crop", "-5"], "crop (--crop) must be 0"),
+        (["--lr", "0"], "lr (--lr) must be a finite number above 0, got 0.0"),
+        (["--lr", "nan"], "lr (--lr) must be a finite number above 0, got nan"),
+        (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr, got 0.1"),
+        (["--warmup-steps", "-1"], "warmup_steps (--warmup-steps) must be 0 or more"),
+        (["--weight-decay", "-1"], "weight_decay (--weight-decay) must be 0 or more"),
+        (["--ssim-weight", "1.5"], "ssim_weight (--ssim-weight) must be from 0 to 1, got 1.5"),
+        (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be 0 (off) or more"),
+        (["--threads", "-2"], "threads (--threads) must be 0 (all cores) or more"),
+        (["--malloc-retain-mb", "-1"], "malloc_retain_mb (--malloc-retain-mb) must be 0"),
+        (["--max-train-images", "0"], "max_train_images (--max-train-images) must be at least 1, got 0"),
+        (["--max-val-images", "0"], "max_val_images (--max-val-images) must be at least 1, got 0"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused_up_front(
+    flags: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a batch size of 0 divided by zero, a crop under the SSIM window failed in the first step, and an
+    image cap of 0 silently meant all images; each with a traceback or nothing at all."""
+    with pytest.raises(SystemExit) as stopped:
+        train.main([*flags, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and said in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before anything was created
+
+
+def test_evaluate_refuses_a_batch_size_below_one(
+    trained: Path, fixture_oasis: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = trained / "best.safetensors"
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main(["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--batch-size", "0"])
+    assert stopped.value.code == 2 and "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+
+
 def _default_sigint() -> None:
     """SIGINT as at a terminal, even where the tests were started with it ignored: bash starts background commands
     (``cmd &`` without job control) with SIGINT ignored, a child inherits that, and Python then installs no

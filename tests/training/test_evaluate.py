@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.config import PRESETS
+from models.device import bulk_batch_size
 from models.quality import psnr, ssim
 from models.vqvae import VQVAE
 from training import evaluate
@@ -74,3 +75,22 @@ def test_scores_in_torch_on_cuda_equal_the_reference(mixed_sizes: SliceSet) -> N
     pairs = list(zip(result.originals, result.reconstructions, strict=True))
     assert result.ssims == pytest.approx([ssim(a, b) for a, b in pairs], rel=0, abs=1e-9)
     assert result.psnrs == pytest.approx([psnr(a, b) for a, b in pairs], rel=0, abs=1e-9)
+
+
+def test_the_default_batch_follows_the_device(mixed_sizes: SliceSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 images a pass on a CPU (larger batches are slower per image there), and the same figures as any batch."""
+    seen: list[int] = []
+    real = evaluate._batches
+
+    def recorded(slices: SliceSet, batch_size: int) -> object:
+        seen.append(batch_size)
+        return real(slices, batch_size)
+
+    monkeypatch.setattr(evaluate, "_batches", recorded)
+    model = VQVAE(PRESETS["tiny"])
+    by_default, _ = score(model, mixed_sizes)
+    one_by_one, _ = score(model, mixed_sizes, batch_size=1)
+    assert seen == [bulk_batch_size(torch.device("cpu")), 1] == [4, 1]
+    assert [r["ssim"] for r in by_default["per_image"]] == pytest.approx([r["ssim"] for r in one_by_one["per_image"]])
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        score(model, mixed_sizes, batch_size=0)
