@@ -124,13 +124,15 @@ def test_a_setting_out_of_range_is_refused_up_front(
     assert not (tmp_path / "run").exists()  # refused before anything was created
 
 
-def test_evaluate_refuses_a_batch_size_below_one(
-    trained: Path, fixture_oasis: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--limit", "0"), ("--limit", "-1")])
+def test_evaluate_refuses_a_count_below_one(
+    flag: str, value: str, trained: Path, fixture_oasis: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Before: a batch size of 0 and a limit of 0 ended in tracebacks, a limit of -1 in numpy's words."""
     checkpoint = trained / "best.safetensors"
     with pytest.raises(SystemExit) as stopped:
-        evaluate.main(["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--batch-size", "0"])
-    assert stopped.value.code == 2 and "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+        evaluate.main(["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), flag, value])
+    assert stopped.value.code == 2 and f"{flag} must be at least 1, got {value}" in capsys.readouterr().err
 
 
 def _default_sigint() -> None:
