@@ -105,6 +105,12 @@ def run_arm(arm: Arm, base: TrainConfig, args: argparse.Namespace, eval_set: Sli
     )
     epochs = max(1, math.floor(args.seconds / (step_s * steps_per_epoch)))
     print(f"{arm.name}: {1000 * step_s:.1f} ms/step when calibrated, so {epochs} epochs of {steps_per_epoch} steps")
+    epoch_s = step_s * steps_per_epoch
+    if epoch_s > 1.5 * args.seconds:
+        print(
+            f"warning: one epoch takes about {epoch_s:.0f} s, over the {args.seconds:g} s budget; the arm trains one "
+            "anyway (fewer slices per epoch: --max-train-images)"
+        )
     trainer = Trainer(dataclasses.replace(config, epochs=epochs))
     started = time.perf_counter()
     state = trainer.run()
