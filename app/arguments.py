@@ -14,12 +14,16 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _at_least(text: str, minimum: int, rule: str) -> int:
+    value = _whole_number(text)
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1 (workers, rounds, requests)."""
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _at_least(text, 1, "at least 1")
 
 
 def port_number(text: str) -> int:
@@ -33,10 +37,7 @@ def port_number(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (warm-up steps)."""
-    value = _whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _at_least(text, 0, "0 or more")
 
 
 def positive_seconds(text: str) -> float:
