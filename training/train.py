@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +27,7 @@ from training.data import CropSampler, DataError, load_split, to_float
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
+from training.stop_signals import StopSignals, Terminated, exit_code
 
 
 class DivergedError(RuntimeError):
@@ -118,6 +117,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.state = RunState()
+        self.saved_step: int | None = None  # the step that last.safetensors and last.pt were last written at
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +164,7 @@ class Trainer:
         partial = self.last_state_path.with_suffix(".partial")
         torch.save(state, partial)
         partial.replace(self.last_state_path)
+        self.saved_step = self.state.step
 
     def try_resume(self) -> bool:
         weights = self.out / "last.safetensors"
@@ -313,59 +314,17 @@ class Trainer:
         )
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``docker stop``, a batch scheduler): stop as on Ctrl-C, state saved."""
+def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
+    """Save the state for ``--resume`` after a stop signal, whatever further signals come, and say so.
 
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM while training, raised as ``KeyboardInterrupt`` and ``Terminated``.
-
-    A signal is raised where it lands (in a step, in validation), except inside ``deferred()``, which the epoch's
-    checkpoint writes and figures run in: there it is raised when the block ends, or at once if a second one comes.
-    Raised in the middle of drawing the first figure, it left objects of a half-built pyparsing grammar (under
-    matplotlib) whose ``__del__`` printed a traceback at exit (a flaky test caught it).
-    """
-
-    def __init__(self) -> None:
-        self._deferring = False
-        self._pending: type[KeyboardInterrupt] | None = None
-
-    def _receive(self, signum: int, frame: object) -> None:
-        error = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        if self._deferring and self._pending is None:
-            self._pending = error
-            return
-        raise error
-
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Hold a stop signal until the block has finished (a second one still stops at once)."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            raise pending
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle SIGTERM, and SIGINT unless it is ignored (a job started with ``&`` from a script inherits it
-        ignored, and keeps ignoring it); main thread only, the previous handlers are put back."""
-        names = [signal.SIGTERM]
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            names.append(signal.SIGINT)
-        try:
-            previous = {name: signal.signal(name, self._receive) for name in names}
-        except ValueError:  # not the main thread: leave signals alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            for name, handler in previous.items():
-                signal.signal(name, handler)
+    Skipped where the epoch's files were written at this very step (a signal held by ``deferred()`` is raised right
+    after them): the same files again would only cost time."""
+    with trainer.stop_signals.installed(), trainer.stop_signals.held():
+        if trainer.saved_step != trainer.state.step:
+            trainer.save_state()
+    stopped_by = "SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+    print(f"\n{stopped_by}: state saved in {trainer.out} (resume with --resume)", file=sys.stderr)
+    return exit_code(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,25 +340,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{trainer.steps_per_epoch} steps per epoch, crop {trainer.sampler.crop}, {trainer.precision}; "
         f"output in {config.out}"
     )
+    finished = config.out / "best.safetensors"
     try:
         with trainer.stop_signals.installed():
             trainer.run()
-    except KeyboardInterrupt as exc:  # Ctrl-C (SIGINT), or SIGTERM as Terminated
-        trainer.save_state()
-        stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{stopped_by}: state saved in {config.out} (resume with --resume)", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            if finished.exists():
+                trainer.final_figures()
+    except KeyboardInterrupt as stop:  # Ctrl-C (SIGINT), or SIGTERM as Terminated
+        return stopped(trainer, stop)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if not (config.out / "best.safetensors").exists():
+    if not finished.exists():
         print(f"error: no epoch produced a finite validation SSIM; no best checkpoint in {config.out}", file=sys.stderr)
         return 1
-    trainer.final_figures()
-    print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {config.out / 'best.safetensors'}")
+    print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {finished}")
     return 0
 
 

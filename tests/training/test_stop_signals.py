@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from training import train
 from training.config import TrainConfig
-from training.train import StopSignals, Terminated, Trainer
+from training.stop_signals import StopSignals, Terminated
+from training.train import Trainer
 
 
 def _signal_self(signum: signal.Signals) -> None:
@@ -88,3 +90,109 @@ def test_sigterm_while_the_epochs_figures_are_drawn_stops_after_them(
     assert len(json.loads((tmp_path / "history.json").read_text())) == 1
     assert trainer.state.epoch == 1
     assert (tmp_path / "last.pt").exists() and (tmp_path / "best.safetensors").exists()
+
+
+def test_no_signal_is_raised_inside_a_held_block(heeded_sigint: None, capsys: pytest.CaptureFixture[str]) -> None:
+    signals = StopSignals()
+    finished = []
+    with signals.installed(), signals.held():
+        _signal_self(signal.SIGINT)
+        _signal_self(signal.SIGTERM)
+        finished.append("the block")
+    assert finished == ["the block"]
+    assert capsys.readouterr().err.count("still saving the state") == 2
+
+
+def _count_saves(monkeypatch: pytest.MonkeyPatch, during_a_save: Callable[[], None] = lambda: None) -> list[int]:
+    """Record the step of every ``save_state``; ``during_a_save`` runs between its two files."""
+    steps: list[int] = []
+    save_weights = train.save
+
+    def save_between(*args: Any, **kwargs: Any) -> None:
+        save_weights(*args, **kwargs)
+        if args[1].name == "last.safetensors":
+            during_a_save()
+
+    original = Trainer.save_state
+
+    def counted(self: Trainer) -> None:
+        original(self)
+        steps.append(self.state.step)
+
+    monkeypatch.setattr(train, "save", save_between)
+    monkeypatch.setattr(Trainer, "save_state", counted)
+    return steps
+
+
+def _stop_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: signal.Signals) -> None:
+    original = Trainer.loop_step
+
+    def stepped(self: Trainer) -> Any:
+        values = original(self)
+        if self.state.step == step:
+            _signal_self(signum)
+        return values
+
+    monkeypatch.setattr(Trainer, "loop_step", stepped)
+
+
+def test_a_second_ctrl_c_during_the_last_save_is_held_until_both_files_are_written(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    heeded_sigint: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: a traceback, with last.safetensors of one step and last.pt of an older one."""
+    steps = _count_saves(monkeypatch, during_a_save=lambda: _signal_self(signal.SIGINT))
+    _stop_at_step(monkeypatch, 3, signal.SIGINT)
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=50))
+    try:
+        code = train.main([])
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped main(): a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "still saving the state" in err and "interrupted: state saved" in err
+    assert steps == [3]  # the stop's save, whole
+    _, metadata = train.load(tmp_path / "last.safetensors")
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert metadata["training"]["steps"] == json.loads(state["run"])["step"] == 3
+
+
+def test_a_stop_held_over_the_epochs_files_does_not_save_them_twice(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = _count_saves(monkeypatch)
+    signals_in_the_files: list[Path] = []
+    draw = train.loss_curves_figure
+
+    def draw_after_a_signal(history: Any, path: Path) -> None:
+        _signal_self(signal.SIGTERM)
+        signals_in_the_files.append(path)
+        draw(history, path)
+
+    monkeypatch.setattr(train, "loss_curves_figure", draw_after_a_signal)
+    trainer = Trainer(tiny_config(epochs=3, max_val_images=4))
+    with pytest.raises(Terminated) as stop, trainer.stop_signals.installed():
+        trainer.run()
+    assert train.stopped(trainer, stop.value) == 143
+    assert signals_in_the_files and steps == [trainer.steps_per_epoch]  # the epoch's save only
+
+
+def test_ctrl_c_while_the_final_figures_are_drawn_exits_cleanly(
+    tiny_config: Callable[..., TrainConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    heeded_sigint: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: the final figures ran outside the signal handling, and Ctrl-C there ended in a traceback."""
+    steps = _count_saves(monkeypatch)
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=1, max_val_images=4))
+    monkeypatch.setattr(Trainer, "final_figures", lambda self: _signal_self(signal.SIGINT))
+    try:
+        code = train.main([])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main(): a traceback")
+    assert code == 130 and "interrupted: state saved" in capsys.readouterr().err
+    assert len(steps) == 1  # the epoch's save; nothing was left to save
