@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from models.grayscale import to_uint8, to_unit_float
+from models.grayscale import NotANumberError, to_uint8, to_unit_float
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # zlib settings of the PNGs we send. On 32 reconstructed OASIS test slices (256x256): Pillow's default (level 6)
@@ -71,8 +71,11 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
         raise UnsupportedImageError("the uploaded file is empty")
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours: its message names its limit
+        raise ImageTooLargeError(
+            f"image rejected as a decompression bomb: its header claims over {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
+            f"pixels; the limit is {max_pixels} pixels"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
     except _DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
@@ -97,6 +100,8 @@ def load_pixels(image: Image.Image) -> np.ndarray:
         ) from exc
     try:
         return to_unit_float(image)
+    except NotANumberError as exc:
+        raise UnsupportedImageError(str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
 

@@ -41,6 +41,14 @@ async def test_truncated_png(client: httpx.AsyncClient, as_upload: Files, image_
     assert_error(await client.post("/encode", files=as_upload(png[:-200])), 400, "truncated")
 
 
+async def test_float_tiff_with_nan_pixels(client: httpx.AsyncClient, as_upload: Files, image_file: Any) -> None:
+    """Before: 200 with "ssim": null, which the schema says cannot happen."""
+    pixels = np.full((32, 32), 0.5, np.float32)
+    pixels[5, 5] = np.nan
+    response = await client.post("/reconstruct", files=as_upload(image_file(pixels, "TIFF"), "scan.tif"))
+    assert_error(response, 400, "1 NaN pixel")
+
+
 async def test_one_pixel_image(client: httpx.AsyncClient, as_upload: Files, image_file: Any) -> None:
     png = image_file(np.zeros((1, 1), np.uint8))
     assert_error(await client.post("/reconstruct", files=as_upload(png)), 422, "1x1", "minimum is 8x8")

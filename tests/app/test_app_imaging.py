@@ -147,6 +147,23 @@ def test_bomb_headers_are_refused_without_decoding(
         open_image(with_header_size(image_file(noise(8, 8)), side, side), **LIMITS)
 
 
+def test_pillows_own_bomb_guard_names_our_limit_not_only_pillows(image_file: ImageFile, noise: Noise) -> None:
+    """Before: the message quoted Pillow's 178956970 pixels only, which is not this service's limit."""
+    with pytest.raises(ImageTooLargeError, match="the limit is 1000 pixels"):
+        open_image(with_header_size(image_file(noise(8, 8)), 40000, 40000), max_pixels=1000, min_size=8)
+
+
+def test_float_images_are_clipped_but_nan_pixels_are_refused(image_file: ImageFile) -> None:
+    """Before: NaN passed the clip into the model, and /reconstruct answered 200 with an SSIM of null."""
+    pixels = np.linspace(-0.5, 1.5, 16 * 16, dtype=np.float32).reshape(16, 16)
+    pixels[0, :2] = [np.inf, -np.inf]
+    np.testing.assert_array_equal(decode(image_file(pixels, "TIFF")), np.clip(pixels, 0.0, 1.0))
+    pixels[3, 4:6] = np.nan
+    with pytest.raises(UnsupportedImageError, match="has 2 NaN pixel") as caught:
+        decode(image_file(pixels, "TIFF"))
+    assert caught.value.status_code == 400
+
+
 def test_too_small_for_ssim(image_file: ImageFile) -> None:
     with pytest.raises(ImageTooSmallError, match="1x1 pixels; the minimum is 8x8") as caught:
         decode(image_file(np.zeros((1, 1), np.uint8)))
