@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
@@ -21,6 +22,8 @@ from app.routes import codec, health, metrics, model
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
 
 DESCRIPTION = """\
 Compress brain-MRI slices into a small grid of VQ-VAE codebook indices and decode them back.
@@ -55,7 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service = None
             await run_in_threadpool(service.close)
 
-    app = FastAPI(title="Brain-MRI VQ-VAE", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: the docs pages' assets come from the installed package, not from a CDN (air-gapped networks).
+    app = FastAPIOffline(
+        title="Brain-MRI VQ-VAE",
+        version="1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io either
+    )
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.service = None
@@ -63,10 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (codec.router, model.router, health.router, metrics.router)
     for router in routers:
         app.include_router(router)
-    docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    known_paths = frozenset(
-        [getattr(route, "path", "") for router in routers for route in router.routes] + [url for url in docs if url]
-    )
+    known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
     install_error_handlers(app)
     # Last added runs first: metrics see every answer, including the 500s and 413s given below them.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where inference runs")
     torch_threads: int = Field(default=0, ge=0, description="intra-op threads for torch; 0 keeps torch's default")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
-    max_pixels: int = Field(default=4096 * 4096, ge=1, description="largest width*height accepted (413 above)")
+    max_pixels: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="largest width*height accepted (413 above): four times a 512x512 MRI slice. Time and memory grow "
+        "with it, and every request queued behind such an image waits for it (README, Settings)",
+    )
     min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
     inline_max_bytes: int = Field(
         default=32 * 1024,

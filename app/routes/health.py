@@ -10,11 +10,17 @@ from app.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+# HEAD too: load balancers and uptime checkers often probe with it (FastAPI's GET routes answer it with 405).
+PROBE = ["GET", "HEAD"]
+
+
+@router.api_route("/healthz", methods=PROBE, response_model=Health, summary="Liveness: the process answers")
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses=error_responses(503), summary="Readiness: model loaded")
+@router.api_route(
+    "/readyz", methods=PROBE, response_model=Health, responses=error_responses(503), summary="Readiness: model loaded"
+)
 async def readyz(_: Service) -> Health:
     return Health(status="ready")

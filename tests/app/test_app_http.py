@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -100,10 +101,30 @@ def test_model_docs_and_openapi(server: httpx.Client) -> None:
     docs = server.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+    assert '"validatorUrl": null' in docs.text
     schema = server.get("/openapi.json").json()
     assert {"/encode", "/decode", "/reconstruct", "/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     decode_request = schema["components"]["schemas"]["DecodeRequest"]
     assert decode_request["examples"][0]["indices"]
+
+
+@pytest.mark.parametrize(("page", "scripts"), [("/docs", 1), ("/redoc", 1)])
+def test_docs_pages_load_nothing_from_the_internet(server: httpx.Client, page: str, scripts: int) -> None:
+    """Before: FastAPI's pages took their scripts from cdn.jsdelivr.net, a blank page on an air-gapped network."""
+    html = server.get(page).text
+    assert not re.findall(r"https?://", html)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len([asset for asset in assets if asset.endswith(".js")]) == scripts
+    for asset in assets:
+        answer = server.get(asset)
+        assert answer.status_code == 200 and len(answer.content) > 1000, asset
+
+
+@pytest.mark.parametrize("probe", ["/healthz", "/readyz"])
+def test_probes_answer_head_too(server: httpx.Client, probe: str) -> None:
+    """Load balancers often probe with HEAD; it got 405."""
+    answer = server.head(probe)
+    assert answer.status_code == 200 and answer.content == b""
 
 
 def test_metrics_exposition(server: httpx.Client) -> None:
