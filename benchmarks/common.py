@@ -197,13 +197,18 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def benchmark_parser(description: str | None, *, images: int, checkpoint: bool = True) -> argparse.ArgumentParser:
+def benchmark_parser(
+    description: str | None, *, images: int | None, checkpoint: bool = True
+) -> argparse.ArgumentParser:
     """A script's parser with the flags every script shares: data and how many distinct slices of it (``images``
-    by default), threads, JSON output (and the checkpoint, where a script loads one)."""
+    by default; None: the script reads no data), threads, JSON output (and the checkpoint, where a script loads one)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
-    parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
-    parser.add_argument("--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)")
+    if images is not None:
+        parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
+        parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
+        parser.add_argument(
+            "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"
+        )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     if checkpoint:

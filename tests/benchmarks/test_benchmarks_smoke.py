@@ -20,6 +20,7 @@ import pytest
 from benchmarks import (
     bench_app,
     bench_batching,
+    bench_image_size,
     bench_malloc,
     bench_model,
     bench_service,
@@ -340,3 +341,18 @@ def test_bench_app(fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFi
     for routes in figures["rounds_per_request_s"].values():
         assert all(len(rounds) == 1 and rounds[0] > 0 for rounds in routes.values())
     assert figures["thread_round_trip_s"][0] > 0
+
+
+def test_bench_image_size(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sizes.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--sides", "16,32", "--repeats", "2", "--json", str(out)]
+    assert bench_image_size.main(argv) == 0
+    assert "32x32    reconstruct" in capsys.readouterr().out
+    results = json.loads(out.read_text())["results"]
+    assert [(r["side"], r["operation"]) for r in results] == [
+        (16, "encode"),
+        (16, "reconstruct"),
+        (32, "encode"),
+        (32, "reconstruct"),
+    ]
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in results)
