@@ -25,6 +25,7 @@ from app.arguments import port_number, positive_int
 from app.errors import format_validation_errors
 from app.metrics import shared_by_workers
 from app.settings import Settings
+from models.cpus import usable_cpus
 
 APP_FACTORY = "app.main:create_app"
 
@@ -57,8 +58,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def threads_per_worker(workers: int) -> int:
     """Each of ``workers`` processes' share of the usable CPUs, at least one."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // workers)
+    return max(1, usable_cpus() // workers)
 
 
 def share_cpus_among_workers(workers: int) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.allocator import DEFAULT_RETAIN_MB
+from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
 
 # Resolved from the package, not the working directory, so `vqvae-serve` works from anywhere in a clone.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "vqvae.safetensors"
@@ -26,7 +27,11 @@ class Settings(BaseSettings):
         default=DEFAULT_CHECKPOINT, description="safetensors checkpoint written by models.checkpoint"
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu", description="where inference runs")
-    torch_threads: int = Field(default=0, ge=0, description="intra-op threads for torch; 0 keeps torch's default")
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description=f"intra-op threads for torch (0: torch's default), {THREADS_PER_CPU_LIMIT} per usable CPU at most",
+    )
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(
         default=1024 * 1024,
@@ -60,9 +65,28 @@ class Settings(BaseSettings):
         "does not page-fault its buffers in again (glibc only; see models.allocator); 0: glibc's defaults",
     )
     max_batch_size: int = Field(default=4, ge=1, description="most requests grouped into one forward pass")
-    max_wait_ms: float = Field(default=2.0, ge=0, description="how long a batch waits for companions, only under load")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="how long a batch waits for companions, only under load (at most 1 s)"
+    )
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("torch_threads")
+    @classmethod
+    def _sane_threads(cls, value: int) -> int:
+        if value > max_torch_threads():
+            raise ValueError(f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _an_image_can_pass(self) -> Settings:
+        """A pixel limit under the smallest accepted image would refuse every image."""
+        if self.max_pixels < self.min_size**2:
+            raise ValueError(
+                f"max_pixels ({self.max_pixels}) is under min_size squared ({self.min_size**2}): every image would "
+                "be refused"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 
 from models.allocator import DEFAULT_RETAIN_MB
 from models.config import PRESETS, VQVAEConfig
+from models.cpus import max_torch_threads
 from models.quality_torch import MIN_SIZE
 from training.data import DEFAULT_DATA_ROOT
 
@@ -64,10 +65,12 @@ class TrainConfig:
                 ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0"),
                 ("min_lr", 0 <= self.min_lr <= self.lr, "from 0 to lr"),
                 ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
-                ("weight_decay", self.weight_decay >= 0, "0 or more"),
+                ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite 0 or more"),
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
-                ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
-                ("threads", self.threads >= 0, "0 (all cores) or more"),
+                ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or a finite number"),
+                ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all cores) to {max_torch_threads()}"),
+                ("codebook_size", self.codebook_size is None or self.codebook_size >= 2, "at least 2"),
+                ("embedding_dim", self.embedding_dim is None or self.embedding_dim >= 1, "at least 1"),
                 ("malloc_retain_mb", self.malloc_retain_mb >= 0, "0 (glibc's defaults) or more"),
                 ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "at least 1"),
                 ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "at least 1"),
@@ -83,8 +86,8 @@ class TrainConfig:
         base = PRESETS[self.preset]
         return dataclasses.replace(
             base,
-            codebook_size=self.codebook_size or base.codebook_size,
-            embedding_dim=self.embedding_dim or base.embedding_dim,
+            codebook_size=base.codebook_size if self.codebook_size is None else self.codebook_size,
+            embedding_dim=base.embedding_dim if self.embedding_dim is None else self.embedding_dim,
         )
 
     def to_dict(self) -> dict[str, Any]:

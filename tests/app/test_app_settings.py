@@ -37,6 +37,9 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("inline_max_pixels", -1),
         ("inline_max_bytes", -1),
         ("parallel_batches", -1),
+        ("max_wait_ms", float("inf")),  # was accepted, then killed the model thread under load
+        ("torch_threads", 100_000),  # was a segfault at start-up
+        ("max_pixels", 10),  # under min_size squared: every image would be refused
     ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:

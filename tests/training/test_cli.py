@@ -103,10 +103,15 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--lr", "nan"], "lr (--lr) must be a finite number above 0, got nan"),
         (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr, got 0.1"),
         (["--warmup-steps", "-1"], "warmup_steps (--warmup-steps) must be 0 or more"),
-        (["--weight-decay", "-1"], "weight_decay (--weight-decay) must be 0 or more"),
+        (["--weight-decay", "-1"], "weight_decay (--weight-decay) must be a finite 0 or more"),
+        (["--weight-decay", "inf"], "weight_decay (--weight-decay) must be a finite 0 or more, got inf"),
         (["--ssim-weight", "1.5"], "ssim_weight (--ssim-weight) must be from 0 to 1, got 1.5"),
-        (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be 0 (off) or more"),
-        (["--threads", "-2"], "threads (--threads) must be 0 (all cores) or more"),
+        (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be 0 (off) or a finite number"),
+        (["--grad-clip", "inf"], "grad_clip (--grad-clip) must be 0 (off) or a finite number, got inf"),
+        (["--threads", "-2"], "threads (--threads) must be 0 (all cores) to"),
+        (["--threads", "100000"], "threads (--threads) must be 0 (all cores) to"),  # was a segfault
+        (["--codebook-size", "0"], "codebook_size (--codebook-size) must be at least 2, got 0"),  # was the preset's
+        (["--embedding-dim", "0"], "embedding_dim (--embedding-dim) must be at least 1, got 0"),
         (["--malloc-retain-mb", "-1"], "malloc_retain_mb (--malloc-retain-mb) must be 0"),
         (["--max-train-images", "0"], "max_train_images (--max-train-images) must be at least 1, got 0"),
         (["--max-val-images", "0"], "max_val_images (--max-val-images) must be at least 1, got 0"),
