@@ -60,7 +60,9 @@ async def test_image_over_the_pixel_limit(serve: Serve, as_upload: Files, image_
     assert_error(response, 413, "33x32 = 1056 pixels", "limit of 1024")
 
 
-async def test_default_pixel_limit_is_1024_squared(client: httpx.AsyncClient, as_upload: Files, image_file: Any) -> None:
+async def test_default_pixel_limit_is_1024_squared(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any
+) -> None:
     """Before: 4096x4096; one such image took 10 s and 2.4 GB to encode on 2 cores, and held up everyone else."""
     response = await client.post("/encode", files=as_upload(image_file(np.zeros((1024, 1025), np.uint8))))
     assert_error(response, 413, "1025x1024 = 1049600 pixels", "limit of 1048576")
