@@ -21,6 +21,7 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
+from training.outputs import check_file, check_folder
 
 
 @dataclass
@@ -157,15 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    out = args.out or args.checkpoint.with_suffix(f".{args.split or 'folder'}.json")
     try:
+        check_file(out, "the report")  # before the scoring, not after it
+        if args.figures:
+            check_folder(args.figures, "--figures")
+        if args.record:
+            check_file(args.checkpoint, "--record into")
         model, _ = load(args.checkpoint, pick_device(args.device))
         slices = load_split(args.data, args.split or None, args.limit)
     except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report, result = score(model, slices, args.batch_size)
+    if not math.isfinite(report["ssim"]["mean"]):  # NaN in a report is not even valid JSON
+        print(f"error: {args.checkpoint} reconstructs to NaN or infinite values (broken weights?)", file=sys.stderr)
+        return 1
     report = {"checkpoint": str(args.checkpoint), "data": str(slices.root), **report}
-    out = args.out or args.checkpoint.with_suffix(f".{args.split or 'folder'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(format_table(report, f"{args.checkpoint} on {slices.root}"))

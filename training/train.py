@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from training.data import CropSampler, DataError, load_split, to_float
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
+from training.outputs import check_folder
 from training.stop_signals import StopSignals, Terminated, exit_code
 
 
@@ -93,6 +95,7 @@ class Trainer:
     """Owns the model, optimizer, data and files of one run (``out`` folder)."""
 
     def __init__(self, config: TrainConfig) -> None:
+        check_folder(config.out, "--out")  # before the data loads, not after an epoch
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
@@ -167,18 +170,26 @@ class Trainer:
         self.saved_step = self.state.step
 
     def try_resume(self) -> bool:
-        weights = self.out / "last.safetensors"
-        if not (self.config.resume and self.last_state_path.exists() and weights.exists()):
+        """With ``--resume``, continue from ``last.safetensors`` + ``last.pt``; both or neither must be there."""
+        weights, state_path = self.out / "last.safetensors", self.last_state_path
+        if not self.config.resume or not (weights.exists() or state_path.exists()):
             return False
+        for missing in (weights, state_path):
+            if not missing.exists():  # resuming from half of it would restart from step 0 over the run's files
+                raise CheckpointError(f"{self.out}: incomplete resume state, no {missing.name}; use another --out")
         model, _ = load(weights)
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
         self.model.load_state_dict(model.state_dict())
-        state = torch.load(self.last_state_path, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.state = RunState(**json.loads(state["run"]))
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.state = RunState(**json.loads(state["run"]))
+        except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise CheckpointError(f"{state_path}: unreadable resume state ({reason}); use another --out") from exc
         return True
 
     def write_log(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.checkpoint import load, read_metadata
+from models.checkpoint import load, read_metadata, save
 from training import evaluate, train
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
@@ -199,3 +199,82 @@ def test_short_training_on_genuine_oasis(shared_oasis: Path, tmp_path: Path) -> 
     _, metadata = load(tmp_path / "best.safetensors")
     assert metadata["data"]["train"]["images"] == 32
     assert metadata["metrics"]["validate"]["images"] == 4
+
+
+def _refused(code: int, capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_train_refuses_an_out_it_cannot_write_before_loading_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a traceback (FileExistsError, PermissionError), or, in a read-only folder, one after a whole epoch.
+    The data folder does not exist: the output check must come first."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    absent = ["--data", str(tmp_path / "absent"), *TINY]
+    _refused(train.main([*absent, "--out", str(a_file / "run")]), capsys, f"{a_file} is a file")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as if tmp_path were read-only
+    _refused(train.main([*absent, "--out", str(tmp_path / "run")]), capsys, "permission denied")
+
+
+@pytest.mark.parametrize(
+    ("remove", "damage", "said"),
+    [
+        (None, b"not a torch file", "last.pt: unreadable resume state"),
+        (None, b"", "last.pt: unreadable resume state"),
+        ("last.safetensors", None, "incomplete resume state, no last.safetensors"),
+        ("last.pt", None, "incomplete resume state, no last.pt"),
+    ],
+)
+def test_resume_from_a_damaged_or_half_state_is_refused(
+    trained: Path,
+    fixture_oasis: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    remove: str | None,
+    damage: bytes | None,
+    said: str,
+) -> None:
+    """Before: tracebacks (EOFError, KeyError, ...), and without last.safetensors a silent restart from step 0
+    that overwrote the run's best checkpoint."""
+    run = tmp_path / "resume"
+    run.mkdir()
+    for name in ("last.safetensors", "last.pt", "best.safetensors"):
+        if name != remove:
+            (run / name).write_bytes((trained / name).read_bytes())
+    if damage is not None:
+        (run / "last.pt").write_bytes(damage)
+    best = (run / "best.safetensors").read_bytes()
+    _refused(train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]), capsys, said)
+    assert (run / "best.safetensors").read_bytes() == best
+
+
+def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: IsADirectoryError / FileExistsError tracebacks, after all the scoring."""
+    base = ["--checkpoint", str(trained / "best.safetensors"), "--data", str(fixture_oasis)]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    _refused(evaluate.main([*base, "--out", str(tmp_path)]), capsys, f"{tmp_path} is a folder")
+    _refused(evaluate.main([*base, "--out", str(a_file / "r.json")]), capsys, f"{a_file} is a file")
+    _refused(evaluate.main([*base, "--figures", str(a_file)]), capsys, f"cannot write --figures {a_file}")
+
+
+def test_evaluate_a_checkpoint_of_nan_weights_fails_without_a_report(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: exit 0 and a report with bare NaN in it, which is not JSON."""
+    model, metadata = load(trained / "best.safetensors")
+    for parameter in model.decoder.parameters():
+        parameter.data.fill_(float("nan"))
+    broken = save(model, tmp_path / "broken.safetensors", metadata)
+    code = evaluate.main(["--checkpoint", str(broken), "--data", str(fixture_oasis), "--split", "test"])
+    err = capsys.readouterr().err
+    assert code == 1 and "NaN or infinite" in err and "Traceback" not in err
+    assert not broken.with_suffix(".test.json").exists()
