@@ -24,6 +24,10 @@ def format_validation_errors(errors: Sequence[Any]) -> str:
             continue
         location = _location(error.get("loc", ()))
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if message.startswith("Expected UploadFile"):  # FastAPI's words for a text field: say what to send instead
+            message = "send the image as a file part with a filename (curl -F file=@slice.png), not as a text field"
+        elif error.get("type") == "missing" and not location:
+            message = "the request body is empty"
         given = error.get("input")
         if error.get("type") in {"int_type", "int_from_float", "list_type", "greater_than_equal", "less_than_equal"}:
             shown = repr(given)

@@ -74,10 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (codec.router, model.router, health.router, metrics.router)
     for router in routers:
         app.include_router(router)
-    known_paths = frozenset(getattr(route, "path", "") for route in app.routes)
+    # The routers' own routes, then the app's (docs pages, their assets, the schema): FastAPI lists an included
+    # router in app.routes as one entry without a path.
+    routes = [*(route for router in routers for route in router.routes), *app.routes]
+    known_paths = frozenset(path for route in routes if isinstance(path := getattr(route, "path", None), str))
     install_error_handlers(app)
     # Last added runs first: metrics see every answer, including the 500s and 413s given below them.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
+    )
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)

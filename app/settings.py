@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description=f"intra-op threads for torch (0: torch's default), {THREADS_PER_CPU_LIMIT} per usable CPU at most",
     )
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
+    max_json_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1,
+        description="largest JSON body (/decode) accepted (413 above): parsed on the event loop, so kept small; a "
+        "4096x4096 image's 512x512 grid of 4-digit indices takes about 1.6 MB",
+    )
     max_pixels: int = Field(
         default=1024 * 1024,
         ge=1,

@@ -12,12 +12,13 @@ from fastapi.responses import Response
 
 from app.inference import InferenceService
 from app.offload import decode_upload, encode_answer
-from app.routes.deps import Service, error_responses, require_content_type
+from app.routes.deps import Service, error_responses, one_file, require_content_type
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 
 router = APIRouter(tags=["codec"])
 
 _multipart = Depends(require_content_type("multipart/form-data", "upload the image in the 'file' field"))
+_one_file = Depends(one_file)
 _json = Depends(require_content_type("application/json", 'send {"indices": [[...], ...]}'))
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
 _PNG: dict[str, Any] = {"content": {"image/png": {}}}
@@ -30,7 +31,7 @@ def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response
 @router.post(
     "/encode",
     response_model=EncodeResponse,
-    dependencies=[_multipart],
+    dependencies=[_multipart, _one_file],
     responses=error_responses(400, 413, 415, 422, 503),
     summary="Image -> grid of codebook indices",
 )
@@ -51,7 +52,7 @@ async def encode(file: ImageFile, service: Service) -> EncodeResponse:
     "/decode",
     response_class=Response,
     dependencies=[_json],
-    responses={200: {**_PNG, "description": "8-bit grayscale PNG"}, **error_responses(413, 415, 422, 503)},
+    responses={200: {**_PNG, "description": "8-bit grayscale PNG"}, **error_responses(400, 413, 415, 422, 503)},
     summary="Grid of codebook indices -> PNG",
 )
 async def decode(body: DecodeRequest, service: Service) -> Response:
@@ -93,7 +94,7 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
 @router.post(
     "/reconstruct",
     response_model=ReconstructResponse,
-    dependencies=[_multipart],
+    dependencies=[_multipart, _one_file],
     responses={
         200: {**_PNG, "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers)"},
         **error_responses(400, 413, 415, 422, 503),

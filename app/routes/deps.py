@@ -11,7 +11,7 @@ from app.inference import InferenceService
 from app.schemas import ErrorResponse
 
 _ERROR_TEXT = {
-    400: "undecodable, empty or unsupported image",
+    400: "undecodable, empty or unsupported image; for JSON, a body that cannot be parsed",
     413: "body or pixel count over the limit",
     415: "wrong content type",
     422: "invalid fields (the message names them)",
@@ -46,3 +46,11 @@ def require_content_type(expected: str, hint: str) -> Callable[[Request], Awaita
             raise HTTPException(415, f"{shown}: expected {expected} ({hint})")
 
     return check
+
+
+async def one_file(request: Request) -> None:
+    """422 when the ``file`` field comes more than once: FastAPI would silently take the last. The form is the one
+    FastAPI has already parsed (Starlette keeps it), so this costs a look-up."""
+    count = len((await request.form()).getlist("file"))
+    if count > 1:
+        raise HTTPException(422, f"file: send one image per request; the field came {count} times")

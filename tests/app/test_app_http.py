@@ -104,6 +104,7 @@ def test_model_docs_and_openapi(server: httpx.Client) -> None:
     assert '"validatorUrl": null' in docs.text
     schema = server.get("/openapi.json").json()
     assert {"/encode", "/decode", "/reconstruct", "/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    assert {"400", "413", "415", "422", "503"} <= set(schema["paths"]["/decode"]["post"]["responses"])
     decode_request = schema["components"]["schemas"]["DecodeRequest"]
     assert decode_request["examples"][0]["indices"]
 
