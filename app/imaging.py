@@ -25,6 +25,7 @@ PNG_COMPRESS_LEVEL = 1
 PNG_COMPRESS_TYPE = zlib.Z_RLE
 _ACCEPTED_TEXT = "PNG, JPEG, TIFF or BMP"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIGNATURES = {"PNG": PNG_SIGNATURE, "JPEG": b"\xff\xd8\xff", "TIFF": b"II*\x00", "big-endian TIFF": b"MM\x00*"}
 MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES  # over it Pillow raises ValueError: a 400 below
 # What Pillow raises on damaged data, depending on the plugin; MemoryError and friends are left alone.
@@ -77,6 +78,11 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
             f"pixels; the limit is {max_pixels} pixels"
         ) from exc
     except UnidentifiedImageError as exc:
+        claimed = next((name for name, magic in _SIGNATURES.items() if data.startswith(magic)), None)
+        if claimed:  # Pillow says "cannot identify" of a damaged header too: the caller's file is not the wrong kind
+            raise UnsupportedImageError(
+                f"the file starts as a {claimed} but its header cannot be read (truncated or corrupt file?)"
+            ) from exc
         raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
     except _DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
         raise UnsupportedImageError(f"could not read the image header (truncated or corrupt file?): {exc}") from exc

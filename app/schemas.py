@@ -10,8 +10,11 @@ from pydantic_core import PydanticCustomError
 # Strict: 3.0, true and "3" are not indices. The upper bound keeps numbers sane; the codebook size is checked
 # by the route, which knows the model.
 CodeIndex = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
-Side = Annotated[int, Field(strict=True, ge=1)]
 MAX_GRID_SIDE = 4096
+# A side no grid of MAX_GRID_SIDE can reach at any stride the presets use (at most 16); bounded so that a
+# 4000-digit number is refused with its own short message, not echoed back in full by the grid check.
+MAX_IMAGE_SIDE = MAX_GRID_SIDE * 16
+Side = Annotated[int, Field(strict=True, ge=1, le=MAX_IMAGE_SIDE)]
 
 
 class ErrorResponse(BaseModel):

@@ -109,6 +109,14 @@ async def test_two_files_in_one_request_are_refused(client: httpx.AsyncClient, i
     assert_error(response, 422, "one image per request", "2 times")
 
 
+async def test_an_absurd_image_size_is_refused_without_echoing_it(client: httpx.AsyncClient) -> None:
+    """Before: a 4000-digit image_size came back whole in an 8 KB message."""
+    body = '{"indices": [[1]], "image_size": [' + "9" * 4000 + ", 8]}"
+    response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "image_size[0]: Input should be less than or equal to 65536")
+    assert len(response.content) < 300
+
+
 async def test_an_empty_json_body_is_named(client: httpx.AsyncClient) -> None:
     response = await client.post("/decode", content=b"", headers={"content-type": "application/json"})
     assert_error(response, 422, "the request body is empty")

@@ -82,6 +82,10 @@ def test_multi_frame_tiff_uses_the_first_frame(noise: Noise) -> None:
         (b"", "empty"),
         (b"patient name, age\nDoe, 71\n", "not PNG, JPEG, TIFF or BMP"),
         (b"GIF89a" + bytes(64), "not PNG, JPEG, TIFF or BMP"),
+        # Before: "not PNG, JPEG, TIFF or BMP" for files that are one of those, damaged.
+        (b"\x89PNG\r\n\x1a\n" + bytes(20), "starts as a PNG but its header cannot be read"),
+        (b"\xff\xd8\xff\xe0" + bytes(20), "starts as a JPEG but its header cannot be read"),
+        (b"MM\x00*" + bytes(20), "starts as a big-endian TIFF but its header cannot be read"),
     ],
 )
 def test_not_an_accepted_image(content: bytes, message: str) -> None:
