@@ -57,19 +57,61 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, dict[str, Any]]:
-    """Rebuild the model from the file alone -> (model in eval mode, metadata)."""
-    path = Path(path)
-    metadata = read_metadata(path)
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message: torch's argument errors span a dozen lines."""
+    return next(iter(str(exc).splitlines()), type(exc).__name__)
+
+
+def _config_and_shapes(path: Path, metadata: dict[str, Any]) -> tuple[VQVAEConfig, dict[str, torch.Size]]:
+    """The architecture in the metadata, and the tensor shapes its model has.
+
+    The model is built on the meta device: a crafted config can ask for terabytes, and nothing is allocated until
+    the file is known to hold tensors of exactly these shapes.
+    """
     try:
         config = VQVAEConfig.from_dict(metadata["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid architecture config in checkpoint: {exc}") from exc
-    model = VQVAE(config)
+        with torch.device("meta"):
+            shapes = {name: tensor.shape for name, tensor in VQVAE(config).state_dict().items()}
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: invalid architecture config in checkpoint: {_one_line(exc)}") from exc
+    return config, shapes
+
+
+def _first_mismatch(expected: dict[str, torch.Size], declared: dict[str, torch.Size]) -> str | None:
+    """What first differs between the model's tensors and those the file's header declares, or None."""
+    for name, shape in expected.items():
+        if name not in declared:
+            return f"tensor {name!r} is missing"
+        if declared[name] != shape:
+            return f"tensor {name!r} has shape {list(declared[name])} but the config needs {list(shape)}"
+    unexpected = sorted(set(declared) - set(expected))
+    return f"unexpected tensor {unexpected[0]!r}" if unexpected else None
+
+
+def _read_tensors(path: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """The file's tensors, read only after the shapes in its header match ``expected``."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        model.load_state_dict(tensors, strict=True)
+            declared = {name: torch.Size(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            mismatch = _first_mismatch(expected, declared)
+            if mismatch is None:
+                return {name: handle.get_tensor(name) for name in declared}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: tensors do not match the config in the checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {_one_line(exc)}") from exc
+    raise CheckpointError(f"{path}: tensors do not match the config in the checkpoint: {mismatch}")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, dict[str, Any]]:
+    """Rebuild the model from the file alone -> (model in eval mode, metadata).
+
+    A wrongly typed config value, or tensor names or shapes that differ from the config's model, is a one-line
+    CheckpointError raised before the real model is allocated, so a crafted header cannot make ``load`` allocate
+    much more than the file itself holds.
+    """
+    path = Path(path)
+    metadata = read_metadata(path)
+    config, shapes = _config_and_shapes(path, metadata)
+    tensors = _read_tensors(path, shapes)
+    model = VQVAE(config)
+    model.load_state_dict(tensors, strict=True)  # same names and shapes; values are cast to the model's dtypes
     return model.to(device).eval(), metadata

@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+MAX_LAYERS = 64  # levels, or residual blocks per stack
+
+# Field annotation -> (check, what the error message asks for).
+_TYPE_CHECKS: dict[object, tuple[Callable[[object], bool], str]] = {
+    int: (_is_int, "an integer"),
+    bool: (lambda value: isinstance(value, bool), "true or false"),
+    float: (_is_finite_number, "a finite number"),
+    tuple[int, ...]: (lambda value: isinstance(value, list | tuple) and all(map(_is_int, value)), "a list of integers"),
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,7 @@ class VQVAEConfig:
     dead_code_threshold: float = 0.03
 
     def __post_init__(self) -> None:
+        self._check_types()
         # JSON round trips give lists; keep tuples so the dataclass stays hashable and comparable.
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
@@ -47,6 +69,15 @@ class VQVAEConfig:
                 raise ValueError(f"{name} must all be >= 1, got {getattr(self, name)}")
         if self.res_blocks < 0 or self.bottleneck_res_blocks < 0:
             raise ValueError("res_blocks and bottleneck_res_blocks must be >= 0")
+        # Upper bounds far above any sensible network: a checkpoint header asking for millions of layers would
+        # otherwise hang start-up building them (10,000 residual blocks took 34 s, even on the meta device).
+        for name, value in (
+            ("levels", len(self.encoder_channels)),
+            ("res_blocks", self.res_blocks),
+            ("bottleneck_res_blocks", self.bottleneck_res_blocks),
+        ):
+            if value > MAX_LAYERS:
+                raise ValueError(f"{name} must be at most {MAX_LAYERS}, got {value}")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if self.codebook_size < 2:
@@ -59,6 +90,15 @@ class VQVAEConfig:
             raise ValueError(f"ema_epsilon must be > 0, got {self.ema_epsilon}")
         if self.dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}")
+
+    def _check_types(self) -> None:
+        """Refuse wrongly typed values up front: a checkpoint's JSON can hold ``32.5`` or ``"no"``, which would
+        otherwise fail deep inside torch or, for a string flag, silently count as true."""
+        for name, annotation in get_type_hints(type(self)).items():
+            check, expected = _TYPE_CHECKS[annotation]
+            value = getattr(self, name)
+            if not check(value):
+                raise ValueError(f"{name} must be {expected}, got {reprlib.repr(value)}")
 
     @property
     def stride(self) -> int:

@@ -1,11 +1,14 @@
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
+from models import checkpoint
 from models.checkpoint import CheckpointError, load, read_metadata, save
-from models.config import PRESETS
+from models.config import PRESETS, VQVAEConfig
 from models.vqvae import VQVAE
 
 
@@ -64,8 +67,6 @@ def test_tensors_not_matching_config(saved: tuple[VQVAE, Path], tmp_path: Path) 
     bad = tmp_path / "mismatch.safetensors"
     save(other, bad, metadata)
     # Rewrite the header to claim the tiny architecture while holding grid64 tensors.
-    from safetensors import safe_open
-
     with safe_open(str(bad), framework="pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
         header = handle.metadata()
@@ -73,3 +74,78 @@ def test_tensors_not_matching_config(saved: tuple[VQVAE, Path], tmp_path: Path) 
     save_file(tensors, str(bad), metadata=header)
     with pytest.raises(CheckpointError, match=r"mismatch\.safetensors: tensors do not match"):
         load(bad)
+
+
+def _crafted(
+    source: Path, target: Path, *, config: dict[str, object] | None = None, drop: str = "", add: str = ""
+) -> Path:
+    """A copy of ``source`` with its header's config updated, one tensor dropped or one added."""
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}  # noqa: SIM118
+        header = json.loads(handle.metadata()["vqvae"])
+    header["config"].update(config or {})
+    if add:
+        tensors[add] = torch.zeros(1)
+    save_file(tensors, str(target), metadata={"vqvae": json.dumps(header)})
+    return target
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"codebook_size": 32.5}, "invalid architecture config in checkpoint: codebook_size must be an integer"),
+        ({"normalize_codes": "no"}, "invalid architecture config in checkpoint: normalize_codes must be true or"),
+        ({"normalize_codes": "false"}, "invalid architecture config in checkpoint: normalize_codes must be true or"),
+        ({"codebook_size": 10**30}, "invalid architecture config in checkpoint: "),  # past int64: torch refuses it
+        (
+            {"codebook_size": 10**12},
+            r"tensors do not match the config in the checkpoint: tensor 'quantizer\.codebook' has shape \[32, 4\] "
+            r"but the config needs \[1000000000000, 4\]$",
+        ),
+        (
+            {"encoder_channels": [10**7, 16]},
+            r"tensors do not match the config in the checkpoint: tensor 'encoder\.net\.0\.weight' has shape",
+        ),
+    ],
+)
+def test_crafted_config_is_a_one_line_checkpoint_error(
+    saved: tuple[VQVAE, Path], tmp_path: Path, config: dict[str, object], message: str
+) -> None:
+    path = _crafted(saved[1], tmp_path / "crafted.safetensors", config=config)
+    with pytest.raises(CheckpointError, match=r"crafted\.safetensors: " + message) as caught:
+        load(path)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("drop", "add", "message"),
+    [
+        ("quantizer.ema_sum", "", "tensor 'quantizer.ema_sum' is missing"),
+        ("", "extra", "unexpected tensor 'extra'"),
+    ],
+)
+def test_missing_or_extra_tensor_is_named_on_one_line(
+    saved: tuple[VQVAE, Path], tmp_path: Path, drop: str, add: str, message: str
+) -> None:
+    path = _crafted(saved[1], tmp_path / "edited.safetensors", drop=drop, add=add)
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: tensors do not match the config in the checkpoint: {message}"
+
+
+def test_shapes_are_compared_before_the_model_is_allocated(
+    saved: tuple[VQVAE, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A codebook that would fit in memory must still not be allocated for a file whose tensors cannot fill it.
+    devices: list[str] = []
+
+    class RecordingVQVAE(VQVAE):
+        def __init__(self, config: VQVAEConfig) -> None:
+            super().__init__(config)
+            devices.append(self.quantizer.codebook.device.type)
+
+    monkeypatch.setattr(checkpoint, "VQVAE", RecordingVQVAE)
+    path = _crafted(saved[1], tmp_path / "big.safetensors", config={"codebook_size": 2**20})
+    with pytest.raises(CheckpointError, match=r"tensor 'quantizer\.codebook' has shape"):
+        load(path)
+    assert devices == ["meta"]
