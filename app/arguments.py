@@ -40,12 +40,30 @@ def non_negative_int(text: str) -> int:
     return _at_least(text, 0, "0 or more")
 
 
-def positive_seconds(text: str) -> float:
-    """argparse type for a finite time budget above 0 (NaN and inf would only fail later, inside arithmetic)."""
+def _seconds(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text!r}")
+    if not (math.isfinite(value) and (value > 0 or (zero and value == 0))):
+        rule = "0 or more" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {rule}, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a finite time budget above 0 (NaN and inf would only fail later, inside arithmetic)."""
+    return _seconds(text, zero=False)
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type for a finite least time that may be 0 (0: the counts alone decide; inf would never end)."""
+    return _seconds(text, zero=True)
+
+
+def seed_number(text: str) -> int:
+    """argparse type for a random seed: 0 to 2**32 - 1, what numpy's legacy seeding takes."""
+    value = _whole_number(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {value}")
     return value

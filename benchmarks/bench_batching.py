@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.arguments import positive_int
+from app.arguments import non_negative_int, positive_int
 from benchmarks.bench_service import Upload, drive, endpoint_list, make_uploads
 from benchmarks.common import (
     benchmark_parser,
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=64)
     parser.add_argument("--rounds", type=positive_int, default=8, help="blocks per server and endpoint (default: 8)")
     parser.add_argument("--requests", type=positive_int, default=48, help="requests per block (default: 48)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed requests per server and endpoint first")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=10, help="untimed requests per server and endpoint first"
+    )
     parser.add_argument(
         "--endpoints", type=endpoint_list, default="encode,reconstruct", help="comma-separated: encode, reconstruct"
     )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.arguments import non_negative_int, non_negative_seconds, positive_int
 from app.settings import Settings
 from benchmarks.common import (
     benchmark_parser,
@@ -167,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="comma-separated sweep (default: 1,...,32)"
     )
-    parser.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size")
-    parser.add_argument("--repeats", type=int, default=5, help="least timed calls per batch size")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each batch size")
+    parser.add_argument("--seconds", type=non_negative_seconds, default=2.0, help="least timed seconds per batch size")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="least timed calls per batch size")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before each batch size")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default: %(default)s)")
     return parser
 

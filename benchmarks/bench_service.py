@@ -47,7 +47,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from app.arguments import positive_int
+from app.arguments import non_negative_seconds, positive_int, positive_seconds
 from app.cli import threads_per_worker
 from app.imaging import decode_image, encode_png
 from app.settings import Settings
@@ -581,7 +581,7 @@ def env_pair(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=64)
     parser.add_argument(
-        "--requests", type=int, default=256, help="requests per endpoint and level (default: %(default)s)"
+        "--requests", type=positive_int, default=256, help="requests per endpoint and level (default: %(default)s)"
     )
     parser.add_argument("--concurrency", type=int_list, default=[1, 4, 16, 64], help="levels (default: 1,4,16,64)")
     parser.add_argument(
@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="passes over all levels; targets use each level's median (default: 3)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
+    parser.add_argument("--timeout", type=positive_seconds, default=60.0, help="client timeout per request, seconds")
     parser.add_argument(
         "--server-env", type=env_pair, action="append", default=[], metavar="VQVAE_NAME=VALUE", help="server setting"
     )
@@ -605,22 +605,29 @@ def build_parser() -> argparse.ArgumentParser:
         "VQVAE_TORCH_THREADS is set); CPU and memory columns then sum over them (default: %(default)s)",
     )
     parser.add_argument("--server-log-level", default="warning", help="uvicorn log level (warning: no access log)")
-    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
+    parser.add_argument("--startup-timeout", type=positive_seconds, default=180.0, help="seconds to wait for /readyz")
     group = parser.add_argument_group("in-process reference (benchmarks.bench_model)")
     group.add_argument("--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="sweep (default: 1,...,32)")
-    group.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per batch size in the sweep")
-    group.add_argument("--repeats", type=int, default=5, help="least timed calls per batch size")
     group.add_argument(
-        "--reference-seconds", type=float, default=0.5, help="least timed seconds per re-measurement around a block"
+        "--seconds", type=non_negative_seconds, default=2.0, help="least timed seconds per batch size in the sweep"
+    )
+    group.add_argument("--repeats", type=positive_int, default=5, help="least timed calls per batch size")
+    group.add_argument(
+        "--reference-seconds",
+        type=non_negative_seconds,
+        default=0.5,
+        help="least timed seconds per re-measurement around a block",
     )
     group.add_argument(
         "--blocks", type=positive_int, default=8, help="most blocks per level, of 4 x concurrency requests at least"
     )
     group = parser.add_argument_group("overload phase (a second server with a small queue)")
     group.add_argument("--no-overload", action="store_true", help="skip it")
-    group.add_argument("--overload-queue", type=int, default=8, help="its VQVAE_MAX_QUEUE (default: %(default)s)")
-    group.add_argument("--overload-concurrency", type=int, default=64, help="callers (default: %(default)s)")
-    group.add_argument("--overload-requests", type=int, default=512, help="requests (default: %(default)s)")
+    group.add_argument(
+        "--overload-queue", type=positive_int, default=8, help="its VQVAE_MAX_QUEUE (default: %(default)s)"
+    )
+    group.add_argument("--overload-concurrency", type=positive_int, default=64, help="callers (default: %(default)s)")
+    group.add_argument("--overload-requests", type=positive_int, default=512, help="requests (default: %(default)s)")
     return parser
 
 

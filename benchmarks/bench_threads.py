@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.arguments import positive_int
+from app.arguments import non_negative_seconds, positive_int
 from benchmarks.bench_model import measure_batch, model_runner
 from benchmarks.common import (
     REPO_ROOT,
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=16)
     parser.add_argument("--rounds", type=positive_int, default=3, help="passes over the variants (default: 3)")
     parser.add_argument("--repeats", type=positive_int, default=20, help="least timed calls (default: 20)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="least timed seconds per operation")
+    parser.add_argument("--seconds", type=non_negative_seconds, default=2.0, help="least timed seconds per operation")
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     return parser
 

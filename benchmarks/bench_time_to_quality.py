@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.arguments import non_negative_int, positive_int, positive_seconds
-from benchmarks.common import print_header, ratio, set_threads, write_json
+from app.arguments import non_negative_int, positive_int, positive_seconds, seed_number
+from benchmarks.common import output_file, output_folder, print_header, ratio, set_threads, write_json
 from models.checkpoint import load
 from models.config import PRESETS
 from models.device import pick_device
+from models.quality_torch import MIN_SIZE
 from training.config import TrainConfig
 from training.data import DataError, SliceSet, load_split
 from training.evaluate import headline, score
@@ -65,8 +66,10 @@ def arm_list(text: str) -> list[Arm]:
             arm = Arm(int(batch), int(crop)) if sep else None
         except ValueError:
             arm = None
-        if arm is None or arm.batch_size < 1 or arm.crop < 0:
-            raise argparse.ArgumentTypeError(f"expected BATCHxCROP (crop 0 = full slices), got {part!r}")
+        if arm is None or arm.batch_size < 1 or not (arm.crop == 0 or arm.crop >= MIN_SIZE):  # TrainConfig's rule
+            raise argparse.ArgumentTypeError(
+                f"expected BATCHxCROP (crop 0 = full slices, or at least {MIN_SIZE}), got {part!r}"
+            )
         arms.append(arm)
     if not arms:
         raise argparse.ArgumentTypeError("expected at least one BATCHxCROP arm")
@@ -167,10 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-split", default="test", help="split scored at the end (default: %(default)s)")
     parser.add_argument("--calibration-steps", type=positive_int, default=40, help="(default: %(default)s)")
     parser.add_argument("--calibration-warmup", type=non_negative_int, default=10, help="(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="every arm's seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--seed", type=seed_number, default=defaults.seed, help="every arm's seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch intra-op threads (0 = torch's default)"
+    )
+    parser.add_argument("--out", type=output_folder, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--json", type=output_file, help="also write the figures as JSON to this file")
     return parser
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.arguments import positive_int
+from app.arguments import non_negative_int, non_negative_seconds, positive_int
 from benchmarks.common import (
     benchmark_parser,
     load_slices,
@@ -279,23 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=64, checkpoint=False)
     defaults = TrainConfig()
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="(default: %(default)s)")
     parser.add_argument(
         "--steps", type=positive_int, default=1, help="least timed steps per variant and round (default: %(default)s)"
     )
     parser.add_argument(
         "--round-seconds",
-        type=float,
+        type=non_negative_seconds,
         default=6.0,
         help="least timed seconds per variant and round (default: %(default)s)",
     )
     parser.add_argument(
         "--rounds", type=positive_int, default=6, help="alternating rounds over the variants (default: %(default)s)"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed steps per variant first (default: %(default)s)"
+    )
     parser.add_argument(
         "--matmul-seconds",
-        type=float,
+        type=non_negative_seconds,
         default=0.5,
         help="seconds of warm-up, then of timing, for each matrix-product yardstick (default: %(default)s)",
     )

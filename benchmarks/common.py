@@ -11,24 +11,26 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from PIL import Image
 
-from app.arguments import positive_int
+from app.arguments import non_negative_int, positive_int
 from models.allocator import retain_freed_memory
-from models.checkpoint import save
+from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, DataError, read_grayscale, resolve_folder
+from training.outputs import OutputError, check_file, check_folder
 from training.synthetic import synthetic_slice
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,9 +169,16 @@ def resolved_checkpoint(path: Path, random_preset: str) -> Iterator[Checkpoint]:
     """``path`` when it exists; otherwise a randomly initialised ``random_preset`` model in a temporary file.
 
     Speed does not depend on the weights, so the scripts always run; quality figures of a random model mean
-    nothing, and the script says so.
+    nothing, and the script says so. A ``path`` that exists but is no loadable checkpoint (a folder, a text file,
+    tensors that do not fit its config) ends the script with one ``error:`` line, before anything is measured.
     """
-    if path.is_file():
+    if path.exists():
+        try:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: not a checkpoint file")
+            load(path)  # the whole file, once, here: the scripts' own loads may run in child processes
+        except CheckpointError as exc:
+            fail(str(exc))
         print(f"checkpoint: {path}")
         yield Checkpoint(path, str(path))
         return
@@ -186,6 +195,33 @@ def resolved_checkpoint(path: Path, random_preset: str) -> Iterator[Checkpoint]:
 
 
 # ---- arguments -------------------------------------------------------------------------------------------
+def fail(message: str, status: int = 2) -> NoReturn:
+    """End the script with one ``error:`` line (status 2: bad input, as argparse's errors; 1: a failure)."""
+    one_line = " ".join(part.strip() for part in message.splitlines())  # torch's messages run over several
+    print(f"error: {one_line}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _output_argument(check: Callable[[Path, str], None], text: str) -> Path:
+    try:
+        check(Path(text), "to")
+    except OutputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def output_file(text: str) -> Path:
+    """argparse type for a file written at the end (``--json``): refused up front, rather than after the figures
+    have been measured, where it is a folder or cannot be created."""
+    return _output_argument(check_file, text)
+
+
+def output_folder(text: str) -> Path:
+    """argparse type for a folder that a script writes into (created where absent); refused up front like
+    ``output_file``."""
+    return _output_argument(check_folder, text)
+
+
 def int_list(text: str) -> list[int]:
     """'1,4,16' -> [1, 4, 16] (argparse type)."""
     try:
@@ -209,8 +245,10 @@ def benchmark_parser(
         parser.add_argument(
             "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"
         )
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch intra-op threads (0 = torch's default)"
+    )
+    parser.add_argument("--json", type=output_file, help="also write the figures as JSON to this file")
     if checkpoint:
         parser.add_argument(
             "--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to measure (default: %(default)s)"
@@ -227,8 +265,11 @@ def benchmark_parser(
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    except OSError as exc:  # checked up front (``output_file``), but the file system may have changed since
+        fail(f"cannot write the figures to {path}: {exc.strerror or exc}", 1)
     print(f"figures written to {path}")
 
 

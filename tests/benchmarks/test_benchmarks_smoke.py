@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from benchmarks import (
     bench_app,
@@ -29,8 +31,8 @@ from benchmarks import (
     bench_train,
     bench_validation,
 )
-from benchmarks.common import load_slices
-from models.checkpoint import save
+from benchmarks.common import load_slices, write_json
+from models.checkpoint import METADATA_KEY, save
 from models.config import PRESETS
 from models.vqvae import VQVAE
 from training import train
@@ -272,7 +274,10 @@ def test_bench_time_to_quality_without_training_data_is_a_clear_error(
     ("flag", "text", "message"),
     [("--arms", text, "BATCHxCROP") for text in ["16", "16x", "x128", "ax3", "0x128", "16x-1", ","]]
     + [("--seconds", text, "seconds") for text in ["0", "-1", "nan", "inf", "soon"]]
-    + [("--calibration-warmup", "-1", "0 or more")],
+    + [("--arms", "16x3", "at least 11")]  # a crop TrainConfig refuses, once the arm starts
+    + [("--calibration-warmup", "-1", "0 or more"), ("--threads", "-1", "0 or more")]
+    + [("--seed", text, "from 0 to 4294967295") for text in ["-1", str(2**32)]]
+    + [("--out", "/dev/null", "/dev/null is not a folder"), ("--out", "/dev/null/runs", "/dev/null is not a folder")],
 )
 def test_bench_time_to_quality_refuses_a_malformed_option(
     flag: str, text: str, message: str, capsys: pytest.CaptureFixture[str]
@@ -356,3 +361,124 @@ def test_bench_image_size(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.
         (32, "reconstruct"),
     ]
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in results)
+
+
+# ---- bad arguments: one line and exit 2, before anything is measured ----------------------------------------
+CHECKPOINT_SCRIPTS = [bench_model, bench_malloc, bench_batching, bench_service, bench_threads, bench_validation]
+JSON_SCRIPTS = [*CHECKPOINT_SCRIPTS, bench_app, bench_train, bench_time_to_quality]
+
+
+def refusal(script: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``script`` printed on stderr when it refused ``argv`` with status 2 (not a Python exception)."""
+    with pytest.raises(SystemExit) as stopped:
+        script.main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    return err
+
+
+def bad_checkpoint(kind: str, folder: Path) -> Path:
+    path = folder / "bad.safetensors"
+    if kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "folder":
+        path.mkdir()
+    else:  # a readable header whose config the tensors do not fit: only loading the tensors finds it out
+        header = {"format_version": 1, "config": PRESETS["tiny"].to_dict()}
+        save_file({"weight": torch.zeros(2)}, str(path), metadata={METADATA_KEY: json.dumps(header)})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "folder", "mismatched"])
+@pytest.mark.parametrize("script", CHECKPOINT_SCRIPTS)
+def test_a_bad_checkpoint_is_refused_in_one_line(
+    script: Any, kind: str, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = bad_checkpoint(kind, tmp_path)
+    err = refusal(script, ["--checkpoint", str(checkpoint), *data_args(fixture_oasis, 1)], capsys)
+    assert err.startswith(f"error: {checkpoint}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+@pytest.mark.parametrize("script", JSON_SCRIPTS)
+def test_an_unwritable_json_path_is_refused_up_front(
+    script: Any, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    path, problem = (
+        (tmp_path, f"{tmp_path} is a folder") if where == "a folder" else (tmp_path / "file" / "x.json", "not a folder")
+    )
+    err = refusal(script, ["--json", str(path)], capsys)
+    assert f"error: argument --json: cannot write to {path}" in err and problem in err
+
+
+def test_write_json_fails_in_one_line_where_the_file_cannot_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        write_json(tmp_path, {"figures": 1})  # the folder appeared after the arguments were checked
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and err.startswith(f"error: cannot write the figures to {tmp_path}: ")
+
+
+SECONDS = ["inf", "nan", "-1"]
+
+
+@pytest.mark.parametrize(
+    ("script", "flag", "text", "message"),
+    [(s, "--threads", "-1", "0 or more") for s in [*CHECKPOINT_SCRIPTS, bench_app, bench_train]]
+    + [(bench_model, "--seconds", t, "a finite number of seconds 0 or more") for t in SECONDS]
+    + [(bench_model, "--repeats", "0", "at least 1"), (bench_model, "--warmup", "-1", "0 or more")]
+    + [(bench_threads, "--seconds", t, "a finite number of seconds 0 or more") for t in SECONDS]
+    + [(bench_batching, "--warmup", "-1", "0 or more")]
+    + [(bench_train, "--batch-size", t, "at least 1") for t in ["0", "-4"]]
+    + [(bench_train, "--warmup", "-1", "0 or more")]
+    + [
+        (bench_train, f, t, "a finite number of seconds 0 or more")
+        for f in ["--round-seconds", "--matmul-seconds"]
+        for t in SECONDS
+    ]
+    + [
+        (bench_service, f, t, "a finite number of seconds 0 or more")
+        for f in ["--seconds", "--reference-seconds"]
+        for t in SECONDS
+    ]
+    + [
+        (bench_service, f, t, "a finite number of seconds above 0")
+        for f in ["--timeout", "--startup-timeout"]
+        for t in [*SECONDS, "0"]
+    ]
+    + [
+        (bench_service, f, "0", "at least 1")
+        for f in ["--requests", "--repeats", "--overload-queue", "--overload-concurrency", "--overload-requests"]
+    ],
+)
+def test_a_bad_number_is_refused_by_the_parser(
+    script: Any, flag: str, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refusal(script, [flag, text], capsys)
+    assert f"error: argument {flag}: must be {message}, got " in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--checkpoint", "{tmp}/text.safetensors"], "error: {tmp}/text.safetensors: not a readable safetensors"),
+        (["--json", "{tmp}"], "error: argument --json: cannot write to {tmp}: {tmp} is a folder"),
+        (["--seconds", "inf"], "error: argument --seconds: must be a finite number of seconds 0 or more"),
+    ],
+)
+def test_bench_model_refuses_bad_arguments_without_a_traceback(argv: list[str], message: str, tmp_path: Path) -> None:
+    """As the reviewer ran it: ``python -m benchmarks.bench_model ...`` ends with one line on stderr and status 2."""
+    (tmp_path / "text.safetensors").write_text("not a checkpoint\n")
+    argv = [arg.format(tmp=tmp_path) for arg in argv] + ["--data", str(tmp_path / "absent"), "--images", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_model", *argv],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert message.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1]  # the last line says why

@@ -217,7 +217,7 @@ def test_train_refuses_an_out_it_cannot_write_before_loading_data(
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     absent = ["--data", str(tmp_path / "absent"), *TINY]
-    _refused(train.main([*absent, "--out", str(a_file / "run")]), capsys, f"{a_file} is a file")
+    _refused(train.main([*absent, "--out", str(a_file / "run")]), capsys, f"{a_file} is not a folder")
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as if tmp_path were read-only
     _refused(train.main([*absent, "--out", str(tmp_path / "run")]), capsys, "permission denied")
 
@@ -262,7 +262,7 @@ def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     _refused(evaluate.main([*base, "--out", str(tmp_path)]), capsys, f"{tmp_path} is a folder")
-    _refused(evaluate.main([*base, "--out", str(a_file / "r.json")]), capsys, f"{a_file} is a file")
+    _refused(evaluate.main([*base, "--out", str(a_file / "r.json")]), capsys, f"{a_file} is not a folder")
     _refused(evaluate.main([*base, "--figures", str(a_file)]), capsys, f"cannot write --figures {a_file}")
 
 
