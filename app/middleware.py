@@ -40,12 +40,16 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_json = _media_type(scope) == "application/json"
+        is_json = media_type(_header(scope, b"content-type")) == "application/json"
         limit = self.max_json_bytes if is_json else self.max_bytes
-        too_large = f"request body is larger than the limit of {limit} bytes{' for JSON' if is_json else ''}"
+
+        async def refuse() -> None:  # the message is built only for the rare request that needs it
+            detail = f"request body is larger than the limit of {limit} bytes{' for JSON' if is_json else ''}"
+            await send_json_error(send, 413, detail, close=True)
+
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await send_json_error(send, 413, too_large, close=True)
+            await refuse()
             return
 
         received = 0
@@ -62,7 +66,7 @@ class BodySizeLimitMiddleware:
                 if received > limit:
                     rejected = True
                     if not started:
-                        await send_json_error(send, 413, too_large, close=True)
+                        await refuse()
                     return {"type": "http.disconnect"}
             return message
 
@@ -129,19 +133,21 @@ class QuietStartupFailureMiddleware:
         await self.app(scope, receive, quiet_send)
 
 
-def _media_type(scope: Scope) -> str:
-    """The request's Content-Type without parameters, lower case ("" when absent)."""
+def media_type(content_type: str) -> str:
+    """A Content-Type header's media type, without parameters, lower case ("" for no header)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _header(scope: Scope, wanted: bytes) -> str:
+    """The first header of that (lower-case) name, "" when absent."""
     for name, value in scope.get("headers", []):
-        if name == b"content-type":
-            return value.decode("latin-1").split(";", 1)[0].strip().lower()
+        if name == wanted:
+            return str(value.decode("latin-1"))
     return ""
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    try:
+        return int(_header(scope, b"content-length"))
+    except ValueError:  # absent, or not a number
+        return None

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from app.inference import InferenceService
+from app.middleware import media_type
 from app.schemas import ErrorResponse
 
 _ERROR_TEXT = {
@@ -41,7 +42,7 @@ def require_content_type(expected: str, hint: str) -> Callable[[Request], Awaita
 
     async def check(request: Request) -> None:
         given = request.headers.get("content-type", "")
-        if given.split(";", 1)[0].strip().lower() != expected:
+        if media_type(given) != expected:
             shown = f"unsupported content type {given!r}" if given else "no content type"
             raise HTTPException(415, f"{shown}: expected {expected} ({hint})")
 
