@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         base = TrainConfig(
             data=args.data,
             out=args.out or Path(tmp),
+            overwrite=True,  # a rerun into the same --out replaces that folder's runs
             preset=args.preset,
             seed=args.seed,
             device=args.device,

@@ -51,7 +51,8 @@ class TrainConfig:
     )
     max_train_images: int | None = None
     max_val_images: int | None = field(default=256, metadata={"help": "validation images per epoch (spread)"})
-    resume: bool = field(default=False, metadata={"help": "continue from out/last.pt if present"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out (last.pt) if there is one"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run already in --out (removes its files)"})
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -74,6 +75,7 @@ class TrainConfig:
                 ("malloc_retain_mb", self.malloc_retain_mb >= 0, "0 (glibc's defaults) or more"),
                 ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "at least 1"),
                 ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "at least 1"),
+                ("overwrite", not (self.overwrite and self.resume), "off with --resume (continue or replace)"),
             )
             if not ok
         ]

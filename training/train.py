@@ -23,6 +23,7 @@ from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.device import cpu_has_amx, pick_device
 from models.vqvae import VQVAE
+from training import run_folder
 from training.config import TrainConfig, parse_args
 from training.data import CropSampler, DataError, load_split, to_float
 from training.evaluate import headline, score
@@ -96,6 +97,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
+        run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
@@ -124,6 +126,8 @@ class Trainer:
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
+        if config.overwrite:
+            run_folder.clear(self.out)
 
     @property
     def precision(self) -> str:

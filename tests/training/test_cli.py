@@ -278,3 +278,57 @@ def test_evaluate_a_checkpoint_of_nan_weights_fails_without_a_report(
     err = capsys.readouterr().err
     assert code == 1 and "NaN or infinite" in err and "Traceback" not in err
     assert not broken.with_suffix(".test.json").exists()
+
+
+def _copy_run(trained: Path, run: Path, names: tuple[str, ...]) -> None:
+    run.mkdir()
+    for name in names:
+        (run / name).write_bytes((trained / name).read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("names", "flags", "said"),
+    [
+        (("best.safetensors", "last.safetensors", "last.pt"), [], "already holds a training run"),
+        (("best.safetensors",), [], "already holds a training run (best.safetensors); pass --resume"),
+        (("best.safetensors",), ["--resume"], "holds best.safetensors but no last.safetensors or last.pt"),
+    ],
+)
+def test_train_refuses_to_start_over_an_earlier_run(
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    names: tuple[str, ...],
+    flags: list[str],
+    said: str,
+) -> None:
+    """Before: a new run wrote over the folder's best.safetensors at its first epoch, without a word. The data
+    folder does not exist: the refusal must come before the data loads."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, names)
+    best = (run / "best.safetensors").read_bytes()
+    _refused(train.main(["--data", str(tmp_path / "absent"), "--out", str(run), *flags, *TINY]), capsys, said)
+    assert (run / "best.safetensors").read_bytes() == best
+
+
+def test_overwrite_replaces_an_earlier_run(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.safetensors", "last.pt", "history.json"))
+    assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--overwrite", *TINY]) == 0
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
+    assert read_metadata(run / "best.safetensors")["training"]["epochs"] == 1
+
+
+def test_overwrite_with_resume_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        train.parse_args(["--resume", "--overwrite"])
+    assert exited.value.code == 2 and "off with --resume" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume_says_so(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "empty"
+    assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--resume", *TINY]) == 0
+    assert f"note: nothing to resume in {run}; starting a new run there" in capsys.readouterr().out
+    assert (run / "best.safetensors").is_file()

@@ -1,0 +1,46 @@
+"""What a training run leaves in its ``--out`` folder, and whether a new run may start there.
+
+A run started without ``--resume`` in a folder that holds another run used to write over that run's
+``best.safetensors`` at its first epoch, silently; and after ``--overwrite`` a stale ``best.safetensors`` could pass
+for this run's result when no epoch of it produced one. So a run folder is claimed before any data loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.outputs import OutputError
+
+CHECKPOINTS = ("best.safetensors", "last.safetensors", "last.pt")
+RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
+
+
+def held_checkpoints(out: Path) -> list[str]:
+    """The checkpoint files of an earlier run in ``out``."""
+    return [name for name in CHECKPOINTS if (out / name).is_file()]
+
+
+def check(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over an earlier run unless told to continue it (``--resume``) or replace it
+    (``--overwrite``); say so when ``--resume`` finds nothing to continue."""
+    held = held_checkpoints(out)
+    if resume:
+        if not held:
+            print(f"note: nothing to resume in {out}; starting a new run there")
+        elif not {"last.safetensors", "last.pt"} & set(held):  # a fresh start would write over its best checkpoint
+            raise OutputError(
+                f"{out} holds {', '.join(held)} but no last.safetensors or last.pt to resume from; "
+                "pass --overwrite instead of --resume to replace it, or choose another --out"
+            )
+        return
+    if held and not overwrite:
+        raise OutputError(
+            f"{out} already holds a training run ({', '.join(held)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+
+
+def clear(out: Path) -> None:
+    """Remove an earlier run's files (``--overwrite``), once the new run has everything it needs to start."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
