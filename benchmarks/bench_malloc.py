@@ -47,6 +47,7 @@ from benchmarks.common import (
 from models.allocator import DEFAULT_RETAIN_MB
 from models.checkpoint import load
 from training.config import TrainConfig
+from training.outputs import quiet_on_closed_stdout
 
 MODES = ("glibc defaults", "retained")
 RETAIN_MB = DEFAULT_RETAIN_MB
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = print_header("malloc: glibc defaults vs memory kept mapped (models.allocator)")

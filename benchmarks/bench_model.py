@@ -38,6 +38,7 @@ from benchmarks.common import (
 from models.checkpoint import load
 from models.device import pick_device
 from models.vqvae import VQVAE
+from training.outputs import quiet_on_closed_stdout
 
 OPERATIONS = ("encode", "reconstruct")
 DEFAULT_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -21,7 +21,7 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
-from training.outputs import check_file, check_folder
+from training.outputs import check_file, check_folder, quiet_on_closed_stdout
 
 
 @dataclass
@@ -141,6 +141,7 @@ def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) ->
     save(model, checkpoint, {**metadata, "metrics": metrics})
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a VQ-VAE checkpoint on a split (SSIM per DESIGN.md).")
     parser.add_argument("--checkpoint", type=Path, required=True)

@@ -1,10 +1,18 @@
 """Where ``vqvae-train``, ``vqvae-eval`` and the benchmarks will write, checked before any work: a run that cannot
-save its checkpoint used to find out after a whole epoch (``vqvae-eval``: after scoring), with a traceback."""
+save its checkpoint used to find out after a whole epoch (``vqvae-eval``: after scoring), with a traceback. And
+what they do when the reader of their standard output goes away."""
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
+
+P = ParamSpec("P")
 
 
 class OutputError(ValueError):
@@ -39,3 +47,23 @@ def check_file(path: Path, what: str) -> None:
         problem = _folder_problem(path.parent)
     if problem:
         raise OutputError(f"cannot write {what} {path}: {problem}")
+
+
+def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
+    """A command whose reader went away (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in
+    the shell, instead of a ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not
+    done, as with any tool in a closed pipe."""
+
+    @functools.wraps(main)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()  # here, not at exit, where the error would be printed as "Exception ignored"
+            return code
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+            os.close(devnull)
+            return 128 + signal.SIGPIPE
+
+    return guarded

@@ -11,10 +11,12 @@ from pathlib import Path
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
 from training.figures import rate_distortion_figure
+from training.outputs import quiet_on_closed_stdout
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=Path, nargs="+", required=True, help="vqvae-eval JSON reports")

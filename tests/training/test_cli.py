@@ -332,3 +332,18 @@ def test_resume_with_nothing_to_resume_says_so(
     assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--resume", *TINY]) == 0
     assert f"note: nothing to resume in {run}; starting a new run there" in capsys.readouterr().out
     assert (run / "best.safetensors").is_file()
+
+
+def test_evaluate_into_a_closed_pipe_exits_without_a_traceback(
+    trained: Path, fixture_oasis: Path, tmp_path: Path
+) -> None:
+    """``vqvae-eval | head``: the reader is gone before the table is printed. Before: a BrokenPipeError traceback."""
+    command = [sys.executable, "-m", "training.evaluate", "--checkpoint", str(trained / "best.safetensors")]
+    command += ["--data", str(fixture_oasis), "--out", str(tmp_path / "report.json")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # like head, gone before the command writes
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert json.loads((tmp_path / "report.json").read_text())["ssim"]["mean"] > 0  # written before the table
