@@ -10,6 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.grayscale import to_uint8, to_unit_float
+from models.quality import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 OASIS_SPLITS = {
@@ -59,15 +60,19 @@ class SliceSet:
 
 
 def read_grayscale(path: Path) -> np.ndarray:
-    """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale)."""
+    """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale), and no
+    smaller than the service accepts (``models.quality.MIN_SIDE``)."""
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode == "L":
-                return np.asarray(image, dtype=np.uint8).copy()
-            return to_uint8(to_unit_float(image))
+            gray = image.mode == "L"
+            pixels = np.asarray(image, dtype=np.uint8).copy() if gray else to_uint8(to_unit_float(image))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc
+    if min(pixels.shape) < MIN_SIDE:
+        height, width = pixels.shape
+        raise DataError(f"{path}: image is {width}x{height} pixels; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+    return pixels
 
 
 def resolve_folder(data: Path, split: str | None) -> Path:

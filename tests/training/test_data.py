@@ -32,6 +32,20 @@ def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
         load_folder(tmp_path)
 
 
+@pytest.mark.parametrize(("width", "height"), [(7, 64), (64, 5), (1, 1)])
+def test_images_smaller_than_the_service_accepts_are_refused(tmp_path: Path, width: int, height: int) -> None:
+    """Before: scored with a shrunken SSIM window, a figure the service (422 under 8x8) could not have given."""
+    Image.new("L", (64, 64)).save(tmp_path / "a.png")
+    Image.new("RGB", (width, height)).save(tmp_path / "b_small.png")
+    with pytest.raises(DataError, match=rf"b_small\.png: image is {width}x{height} pixels; the minimum is 8x8"):
+        load_folder(tmp_path)
+
+
+def test_images_of_the_smallest_size_are_kept(tmp_path: Path) -> None:
+    Image.new("L", (8, 8), 9).save(tmp_path / "a.png")
+    assert load_folder(tmp_path).images[0].shape == (8, 8)
+
+
 def test_colour_16_bit_and_mixed_sizes_are_kept(tmp_path: Path) -> None:
     Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a_rgb.png")
     Image.fromarray(np.full((50, 20), 65535, dtype=np.uint16)).save(tmp_path / "b_16bit.png")
