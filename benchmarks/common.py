@@ -123,26 +123,31 @@ class Slices:
         return f"{len(self.images)} slices of {self.shape[0]}x{self.shape[1]} from {self.source}"
 
 
-def load_slices(data: Path, split: str, count: int) -> Slices:
-    """``count`` slices spread evenly over an OASIS split (or a plain folder); synthetic 256x256 ones when absent.
+def load_slices(data: Path | None, split: str, count: int) -> Slices:
+    """``count`` slices spread evenly over an OASIS split (or a plain folder).
 
-    Only the picked files are decoded. Images of a size other than the most common one are dropped, so every
-    batch can be stacked (the service only batches images of one size too).
+    ``data`` None is the default OASIS root, and synthetic 256x256 slices when this machine has none. A folder the
+    caller named must be there: a typo in ``--data`` or ``--split`` ends the script with one line, rather than
+    measure synthetic slices in its place. Only the picked files are decoded. Images of a size other than the most
+    common one are dropped, so every batch can be stacked (the service only batches images of one size too).
     """
     if count < 1:
         raise ValueError(f"need at least one slice, got {count}")
-    try:
-        folder = resolve_folder(data, split)
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"{folder}: no image files")
-        picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-        images = [read_grayscale(files[i]) for i in picks]
-        source = str(folder)
-    except DataError as exc:
+    if data is None and not DEFAULT_DATA_ROOT.is_dir():
         rng = np.random.default_rng(0)
         images = [synthetic_slice(rng, SYNTHETIC_SIZE) for _ in range(count)]
-        source = f"synthetic slices (no data: {exc})"
+        source = f"synthetic slices (no data: {DEFAULT_DATA_ROOT} does not exist)"
+    else:
+        try:
+            folder = resolve_folder(data or DEFAULT_DATA_ROOT, split)
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise DataError(f"{folder}: no image files")
+            picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
+            images = [read_grayscale(files[i]) for i in picks]
+        except DataError as exc:
+            fail(str(exc))
+        source = str(folder)
     shapes = [im.shape for im in images]
     common = max(set(shapes), key=shapes.count)
     kept = [im for im in images if im.shape == common]
@@ -240,7 +245,11 @@ def benchmark_parser(
     by default; None: the script reads no data), threads, JSON output (and the checkpoint, where a script loads one)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if images is not None:
-        parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
+        parser.add_argument(
+            "--data",
+            type=Path,
+            help=f"OASIS root (default: {DEFAULT_DATA_ROOT}, and synthetic slices where that does not exist)",
+        )
         parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
         parser.add_argument(
             "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"

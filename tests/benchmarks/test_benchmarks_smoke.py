@@ -30,6 +30,7 @@ from benchmarks import (
     bench_time_to_quality,
     bench_train,
     bench_validation,
+    common,
 )
 from benchmarks.common import load_slices, write_json
 from models.checkpoint import METADATA_KEY, save
@@ -48,10 +49,25 @@ def data_args(root: Path, images: int = 4) -> list[str]:
     return ["--data", str(root), "--split", "test", "--images", str(images)]
 
 
-def test_load_slices_falls_back_to_synthetic(tmp_path: Path) -> None:
-    slices = load_slices(tmp_path / "absent", "test", 2)
+def test_load_slices_falls_back_to_synthetic_without_the_default_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "DEFAULT_DATA_ROOT", tmp_path / "absent")
+    slices = load_slices(None, "test", 2)
     assert len(slices.images) == 2 and slices.shape == (256, 256)
-    assert "synthetic" in slices.source
+    assert f"synthetic slices (no data: {tmp_path / 'absent'} does not exist)" in slices.source
+
+
+@pytest.mark.parametrize(("folder", "split"), [("absent", "test"), ("oasis", "tset")])
+def test_load_slices_refuses_data_that_was_named_but_is_not_there(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], folder: str, split: str
+) -> None:
+    """Before: a typo in --data or --split measured synthetic slices instead (and said so in the header only)."""
+    data = fixture_oasis if folder == "oasis" else tmp_path / folder
+    with pytest.raises(SystemExit) as exited:
+        load_slices(data, split, 2)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: ") and "data folder does not exist" in err
 
 
 def test_bench_model(
@@ -466,12 +482,15 @@ def test_a_bad_number_is_refused_by_the_parser(
         (["--checkpoint", "{tmp}/text.safetensors"], "error: {tmp}/text.safetensors: not a readable safetensors"),
         (["--json", "{tmp}"], "error: argument --json: cannot write to {tmp}: {tmp} is a folder"),
         (["--seconds", "inf"], "error: argument --seconds: must be a finite number of seconds 0 or more"),
+        (["--split", "tset"], "/tset: data folder does not exist"),
     ],
 )
-def test_bench_model_refuses_bad_arguments_without_a_traceback(argv: list[str], message: str, tmp_path: Path) -> None:
+def test_bench_model_refuses_bad_arguments_without_a_traceback(
+    argv: list[str], message: str, tmp_path: Path, fixture_oasis: Path
+) -> None:
     """As the reviewer ran it: ``python -m benchmarks.bench_model ...`` ends with one line on stderr and status 2."""
     (tmp_path / "text.safetensors").write_text("not a checkpoint\n")
-    argv = [arg.format(tmp=tmp_path) for arg in argv] + ["--data", str(tmp_path / "absent"), "--images", "1"]
+    argv = data_args(fixture_oasis, images=1) + [arg.format(tmp=tmp_path) for arg in argv]  # the last flag wins
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_model", *argv],
         cwd=Path(__file__).resolve().parents[2],
