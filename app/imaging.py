@@ -25,6 +25,11 @@ PNG_COMPRESS_LEVEL = 1
 PNG_COMPRESS_TYPE = zlib.Z_RLE
 _ACCEPTED_TEXT = "PNG, JPEG, TIFF or BMP"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BMP_SIGNATURE = b"BM"
+# Where a BMP keeps its info header's size and then its width and height (little-endian), from the file's start;
+# the 12-byte OS/2 1.x header has unsigned 16-bit sides, the others Pillow reads signed 32-bit ones.
+_BMP_HEADER_SIZE_AT, _BMP_SIZE_AT, _BMP_SIZE_END = 14, 18, 26
+_BMP_SIDES_BY_HEADER_SIZE = {12: "<HH", **dict.fromkeys((40, 52, 56, 64, 108, 124), "<ii")}
 _SIGNATURES = {"PNG": PNG_SIGNATURE, "JPEG": b"\xff\xd8\xff", "TIFF": b"II*\x00", "big-endian TIFF": b"MM\x00*"}
 MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES  # over it Pillow raises ValueError: a 400 below
@@ -70,6 +75,7 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
     """
     if not data:
         raise UnsupportedImageError("the uploaded file is empty")
+    _check_bmp_dimensions(data)
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours: its message names its limit
@@ -110,6 +116,25 @@ def load_pixels(image: Image.Image) -> np.ndarray:
         raise UnsupportedImageError(str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
+
+
+def _check_bmp_dimensions(data: bytes) -> None:
+    """400 for a BMP header whose width is not positive or whose height is zero, before Pillow reads it.
+
+    Pillow reads the width as unsigned, so a crafted -12 became 4294967284 columns and the file was refused as a
+    decompression bomb (413), and a zero side as "not an image". A negative height is legal: rows stored top-down.
+    """
+    if not data.startswith(_BMP_SIGNATURE) or len(data) < _BMP_SIZE_END:
+        return  # not a BMP, or too short to say: Pillow's own errors apply
+    layout = _BMP_SIDES_BY_HEADER_SIZE.get(struct.unpack_from("<I", data, _BMP_HEADER_SIZE_AT)[0])
+    if layout is None:
+        return  # a header Pillow does not read (or not a BMP at all): its own error applies
+    width, height = struct.unpack_from(layout, data, _BMP_SIZE_AT)
+    if width <= 0 or height == 0:
+        raise UnsupportedImageError(
+            f"the BMP header gives invalid image dimensions {width}x{height}: the width must be positive and the "
+            "height not zero (corrupt or crafted file?)"
+        )
 
 
 def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> None:

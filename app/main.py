@@ -17,7 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from app.errors import install_error_handlers
 from app.inference import InferenceService, StartupError
 from app.metrics import Metrics, MetricsMiddleware
-from app.middleware import BodySizeLimitMiddleware, QuietStartupFailureMiddleware, UnexpectedErrorMiddleware
+from app.middleware import (
+    BodySizeLimitMiddleware,
+    BodyTimeoutMiddleware,
+    MultipartEndMiddleware,
+    QuietStartupFailureMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
 
@@ -79,10 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes = [*(route for router in routers for route in router.routes), *app.routes]
     known_paths = frozenset(path for route in routes if isinstance(path := getattr(route, "path", None), str))
     install_error_handlers(app)
-    # Last added runs first: metrics see every answer, including the 500s and 413s given below them.
+    # Last added runs first: metrics see every answer, including the 500s, 413s and 408s given below them.
+    app.add_middleware(MultipartEndMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
     )
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)

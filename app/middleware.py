@@ -1,10 +1,13 @@
-"""Pure ASGI middleware: request body limit, the last-resort JSON 500, and a quiet start-up failure."""
+"""Pure ASGI middleware: request body size and time limits, the multipart end check, the last-resort JSON 500,
+and a quiet start-up failure."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,14 +24,55 @@ async def send_json_error(send: Send, status: int, detail: str, *, close: bool =
     await send({"type": "http.response.body", "body": body})
 
 
+def _disconnect() -> Message:
+    """What the app hears after a middleware has answered for it: the client left, so it stops reading."""
+    return {"type": "http.disconnect"}
+
+
+class EarlyAnswer:
+    """A middleware's own error answer, given while the app below may still be reading the body.
+
+    Once given, the app hears that the client left (``http.disconnect``), whatever it still sends is dropped and
+    whatever it raises is swallowed, so no framework can turn the refusal into another status. Shared by the
+    body-size and body-time limits.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.given = False
+        self._started = False  # the app's own answer has begun: too late for ours
+
+    async def give(self, status: int, detail: str) -> Message:
+        """Answer ``status`` (the connection is closed after it); returns the message to hand the app instead."""
+        self.given = True
+        if not self._started:
+            await send_json_error(self._send, status, detail, close=True)
+        return _disconnect()
+
+    async def send(self, message: Message) -> None:
+        """The ``send`` to give the app: passes its messages on until an early answer was given."""
+        if self.given:
+            return
+        if message["type"] == "http.response.start":
+            self._started = True
+        await self._send(message)
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
+        """Call the app with ``receive`` and this ``send``."""
+        try:
+            await app(scope, receive, self.send)
+        except Exception:
+            if not self.given:
+                raise  # the app's fault, not the refusal's: let the error middleware answer
+
+
 class BodySizeLimitMiddleware:
     """413 for bodies over ``max_bytes`` (``max_json_bytes`` for JSON): at once from Content-Length, else while
     counting streamed chunks.
 
     JSON has its own, lower limit because FastAPI parses it on the event loop: an 18 MB body of indices held every
     other request for about a second, while the largest grid a JSON body may carry fits in far less.
-    Once over the limit it answers 413 itself, tells the app the client left (``http.disconnect``) and drops
-    whatever the app still tries to send, so no framework can turn the overflow into another status.
+    The 413 is an ``EarlyAnswer``: no framework below can turn the overflow into another status.
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, max_json_bytes: int) -> None:
@@ -42,47 +86,125 @@ class BodySizeLimitMiddleware:
             return
         is_json = media_type(_header(scope, b"content-type")) == "application/json"
         limit = self.max_json_bytes if is_json else self.max_bytes
+        answer = EarlyAnswer(send)
 
-        async def refuse() -> None:  # the message is built only for the rare request that needs it
-            detail = f"request body is larger than the limit of {limit} bytes{' for JSON' if is_json else ''}"
-            await send_json_error(send, 413, detail, close=True)
+        def detail() -> str:  # built only for the rare request that needs it
+            return f"request body is larger than the limit of {limit} bytes{' for JSON' if is_json else ''}"
 
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await refuse()
+            await answer.give(413, detail())
             return
 
         received = 0
-        rejected = False
-        started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
+            nonlocal received
+            if answer.given:
+                return _disconnect()
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    rejected = True
-                    if not started:
-                        await refuse()
-                    return {"type": "http.disconnect"}
+                    return await answer.give(413, detail())
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if rejected:
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        await answer.run(self.app, scope, limited_receive)
 
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise  # the app's fault, not the overflow's: let the error middleware answer
+
+class BodyTimeoutMiddleware:
+    """408 when the whole body has not arrived ``timeout_s`` after the request's headers did.
+
+    uvicorn waits for a body as long as the client keeps the connection open, so a client that declares a body
+    and then stalls, or trickles it a byte at a time (slowloris), would hold a connection and a request forever.
+    The deadline covers the body only: once its last chunk is in, the app's later waits (for a disconnect) are
+    not timed, and a request whose body the app never reads is never refused.
+    """
+
+    def __init__(self, app: ASGIApp, *, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        answer = EarlyAnswer(send)
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if answer.given:
+                return _disconnect()
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):  # cancels the pending read, nothing else
+                    message = await receive()
+            except TimeoutError:
+                return await answer.give(408, self._detail())
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await answer.run(self.app, scope, timed_receive)
+
+    def _detail(self) -> str:
+        return (
+            f"the request body did not arrive in full within {self.timeout_s:g} s of the request's headers (the "
+            "limit set by VQVAE_BODY_TIMEOUT_S); send the whole body without pausing"
+        )
+
+
+# Set in the scope when a multipart body ended before its closing boundary (``app.routes.deps.complete_form``).
+MULTIPART_UNFINISHED = "vqvae.multipart_unfinished"
+
+
+class MultipartEndMiddleware:
+    """Marks a multipart body that ends without its closing boundary (``--boundary--``): a cut-short upload.
+
+    Starlette's parser (python-multipart) does not check that a form was finished: it keeps the parts it closed
+    and silently drops the one that was cut, so a truncated upload read as a form without its ``file`` field
+    (422 "Field required"), or was served when the cut part came after the file. The routes turn the mark into
+    a 400 (``app.routes.deps.complete_form``), after their content-type check.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        boundary = _multipart_boundary(scope) if scope["type"] == "http" else None
+        if boundary is None:
+            await self.app(scope, receive, send)
+            return
+        watch = CloseDelimiterWatch(boundary)
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                watch.feed(message.get("body", b""))
+                if not message.get("more_body", False) and not watch.seen:
+                    scope[MULTIPART_UNFINISHED] = True
+            return message
+
+        await self.app(scope, watched_receive, send)
+
+
+class CloseDelimiterWatch:
+    """Looks for a multipart body's close delimiter in the chunks it arrives in, across chunk edges too."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delimiter = b"--" + boundary + b"--"
+        self.seen = False
+        self._tail = b""  # the last len(delimiter) - 1 bytes: a match may start in them
+
+    def feed(self, chunk: bytes) -> None:
+        """Searched from the end: a whole form's last chunk ends with the delimiter, so that search stops at once."""
+        if self.seen or not chunk:
+            return
+        keep = len(self.delimiter) - 1
+        self.seen = chunk.rfind(self.delimiter) >= 0 or self.delimiter in self._tail + chunk[:keep]
+        self._tail = chunk[-keep:] if len(chunk) >= keep else (self._tail + chunk)[-keep:]
 
 
 class UnexpectedErrorMiddleware:
@@ -144,6 +266,14 @@ def _header(scope: Scope, wanted: bytes) -> str:
         if name == wanted:
             return str(value.decode("latin-1"))
     return ""
+
+
+def _multipart_boundary(scope: Scope) -> bytes | None:
+    """A multipart/form-data request's boundary, as Starlette's parser reads it; None for other requests."""
+    content_type, options = parse_options_header(_header(scope, b"content-type"))
+    if content_type != b"multipart/form-data":
+        return None
+    return options.get(b"boundary") or None  # none, or empty: Starlette refuses the form itself (400)
 
 
 def _content_length(scope: Scope) -> int | None:

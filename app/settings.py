@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.allocator import DEFAULT_RETAIN_MB
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
+from models.limits import MIN_SIDE
 
 # Resolved from the package, not the working directory, so `vqvae-serve` works from anywhere in a clone.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "vqvae.safetensors"
@@ -39,13 +40,23 @@ class Settings(BaseSettings):
         description="largest JSON body (/decode) accepted (413 above): parsed on the event loop, so kept small; a "
         "4096x4096 image's 512x512 grid of 4-digit indices takes about 1.6 MB",
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="seconds a request body may take to arrive in full after the request's headers (408 after): a "
+        "client that stalls or trickles its upload holds a connection until then. 30 s carries the 20 MiB body "
+        "limit over about 6 Mbit/s; an MRI slice's few tens of KiB over far slower links (at most 600 s)",
+    )
     max_pixels: int = Field(
         default=1024 * 1024,
         ge=1,
         description="largest width*height accepted (413 above): four times a 512x512 MRI slice. Time and memory grow "
         "with it, and every request queued behind such an image waits for it (README, Settings)",
     )
-    min_size: int = Field(default=8, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)")
+    min_size: int = Field(
+        default=MIN_SIDE, ge=SSIM_MIN_SIDE, description="smallest width and height accepted (422 below)"
+    )
     inline_max_bytes: int = Field(
         default=32 * 1024,
         ge=0,

@@ -8,11 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.metrics import structural_similarity
 
-# The smallest width and height scored anywhere: the service's default VQVAE_MIN_SIZE, and the floor for training and
-# evaluation images, so that a figure from vqvae-eval is one the service could also have given. Under 8 pixels a side
-# an image is less than one code of the default model's grid, and SSIM's window shrinks to a few pixels.
-MIN_SIDE = 8
-
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """SSIM of two (H, W) images in [0, 1]: Gaussian window sigma 1.5, population covariance, data_range 1.

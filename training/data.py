@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.grayscale import to_uint8, to_unit_float
-from models.quality import MIN_SIDE
+from models.limits import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 OASIS_SPLITS = {

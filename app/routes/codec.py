@@ -7,32 +7,38 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Header, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from app.inference import InferenceService
+from app.negotiation import produces
 from app.offload import decode_upload, encode_answer
-from app.routes.deps import Service, error_responses, one_file, require_content_type
+from app.routes.deps import Service, complete_form, error_responses, one_file, require_content_type
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 
 router = APIRouter(tags=["codec"])
 
+JSON, PNG = "application/json", "image/png"
+# Each route checks, in this order, before its fields: content type (415), Accept (406), then the form (400, 422).
 _multipart = Depends(require_content_type("multipart/form-data", "upload the image in the 'file' field"))
-_one_file = Depends(one_file)
-_json = Depends(require_content_type("application/json", 'send {"indices": [[...], ...]}'))
+_json_body = Depends(require_content_type(JSON, 'send {"indices": [[...], ...]}'))
+_whole_form = [Depends(complete_form), Depends(one_file)]
+_json_or_png = produces(JSON, PNG)  # JSON first: it wins ties, wildcards and no Accept header
+Answer = Annotated[str, Depends(_json_or_png)]  # the same call as in the route's dependencies: solved once
+_ERRORS = error_responses(400, 406, 408, 413, 415, 422, 503)
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
-_PNG: dict[str, Any] = {"content": {"image/png": {}}}
+_PNG: dict[str, Any] = {"content": {PNG: {}}}
 
 
 def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=png, media_type="image/png", headers=headers)
+    return Response(content=png, media_type=PNG, headers=headers)
 
 
 @router.post(
     "/encode",
     response_model=EncodeResponse,
-    dependencies=[_multipart, _one_file],
-    responses=error_responses(400, 413, 415, 422, 503),
+    dependencies=[_multipart, Depends(produces(JSON)), *_whole_form],
+    responses=_ERRORS,
     summary="Image -> grid of codebook indices",
 )
 async def encode(file: ImageFile, service: Service) -> EncodeResponse:
@@ -51,8 +57,8 @@ async def encode(file: ImageFile, service: Service) -> EncodeResponse:
 @router.post(
     "/decode",
     response_class=Response,
-    dependencies=[_json],
-    responses={200: {**_PNG, "description": "8-bit grayscale PNG"}, **error_responses(400, 413, 415, 422, 503)},
+    dependencies=[_json_body, Depends(produces(PNG))],
+    responses={200: {**_PNG, "description": "8-bit grayscale PNG"}, **_ERRORS},
     summary="Grid of codebook indices -> PNG",
 )
 async def decode(body: DecodeRequest, service: Service) -> Response:
@@ -94,22 +100,18 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
 @router.post(
     "/reconstruct",
     response_model=ReconstructResponse,
-    dependencies=[_multipart, _one_file],
+    dependencies=[_multipart, Depends(_json_or_png), *_whole_form],
     responses={
         200: {**_PNG, "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers)"},
-        **error_responses(400, 413, 415, 422, 503),
+        **_ERRORS,
     },
     summary="Image -> reconstruction through the codebook, with SSIM and PSNR",
 )
-async def reconstruct(
-    file: ImageFile,
-    service: Service,
-    accept: Annotated[str | None, Header(description="`image/png` for the PNG itself instead of JSON")] = None,
-) -> ReconstructResponse | Response:
+async def reconstruct(file: ImageFile, service: Service, answer: Answer) -> ReconstructResponse | Response:
     image = await decode_upload(await file.read(), service.settings)
     result = await service.reconstruct(image)
     png = await encode_answer(result.image, service.settings)
-    if prefers_png(accept):
+    if answer == PNG:
         return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr)})
     height, width = image.shape
     return ReconstructResponse(
@@ -120,24 +122,3 @@ async def reconstruct(
         bits=service.config.bits_for(height, width),
         image_size=(height, width),
     )
-
-
-def prefers_png(accept: str | None) -> bool:
-    """True when the Accept header ranks image/png above JSON; JSON wins ties, wildcards and no header."""
-    if not accept:
-        return False
-    quality = {"image/png": 0.0, "application/json": 0.0}
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        weight = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 0.0
-        for candidate, best in quality.items():
-            if media.lower() in {candidate, "*/*", candidate.split("/")[0] + "/*"}:
-                quality[candidate] = max(best, weight)
-    return quality["image/png"] > quality["application/json"]

@@ -1,4 +1,4 @@
-"""Shared route dependencies: the loaded service, content-type guards, documented error answers."""
+"""Shared route dependencies: the loaded service, content-type and form guards, documented error answers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 
 from app.inference import InferenceService
-from app.middleware import media_type
+from app.middleware import MULTIPART_UNFINISHED, media_type
 from app.schemas import ErrorResponse
 
 _ERROR_TEXT = {
-    400: "undecodable, empty or unsupported image; for JSON, a body that cannot be parsed",
+    400: "undecodable, empty or unsupported image, invalid image dimensions, or a multipart body cut short; for "
+    "JSON, a body that cannot be parsed",
+    406: "the Accept header allows none of the types the endpoint answers (the message lists them)",
+    408: "the request body did not arrive in full in time (VQVAE_BODY_TIMEOUT_S)",
     413: "body or pixel count over the limit",
     415: "wrong content type",
     422: "invalid fields (the message names them)",
@@ -47,6 +50,17 @@ def require_content_type(expected: str, hint: str) -> Callable[[Request], Awaita
             raise HTTPException(415, f"{shown}: expected {expected} ({hint})")
 
     return check
+
+
+async def complete_form(request: Request) -> None:
+    """400 for a multipart body that ended before its closing boundary (``app.middleware.MultipartEndMiddleware``):
+    the parser keeps the parts it finished, so a cut-short upload would otherwise read as a missing field."""
+    if request.scope.get(MULTIPART_UNFINISHED):
+        raise HTTPException(
+            400,
+            "the multipart body is incomplete: it ends before its closing boundary (upload cut short?); send the "
+            "whole form",
+        )
 
 
 async def one_file(request: Request) -> None:

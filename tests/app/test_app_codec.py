@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from app.routes.codec import prefers_png
+from app.negotiation import choose
 from app.settings import DEFAULT_CHECKPOINT
 from models.checkpoint import load, read_metadata
 from models.grayscale import to_uint8, to_unit_float
@@ -145,20 +145,29 @@ async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoin
 
 
 @pytest.mark.parametrize(
-    ("accept", "png"),
+    ("accept", "chosen"),
     [
-        (None, False),
-        ("*/*", False),
-        ("application/json", False),
-        ("image/png", True),
-        ("image/*", True),
-        ("application/json, image/png", False),
-        ("application/json;q=0.5, image/png", True),
-        ("image/png;q=0.1, */*", False),
+        ("", "application/json"),
+        ("*/*", "application/json"),
+        ("application/json", "application/json"),
+        ("image/png", "image/png"),
+        ("IMAGE/*", "image/png"),
+        ("application/json, image/png", "application/json"),
+        ("application/json;q=0.5, image/png", "image/png"),
+        ("image/png;q=0.1, */*", "application/json"),
+        ("*/*, application/json;q=0", "image/png"),  # the most specific range decides, not the highest q
+        ("image/png;q=1, application/json;q=0.999", "image/png"),
+        ("application/json;charset=utf-8;q=0.2, image/png;q=0.3", "image/png"),
+        ("text/html", None),
+        ("image/png;q=0, application/json;q=0", None),
+        ("*/*;q=0", None),
+        ("image/png;q=2, application/json;q=0.1", "application/json"),  # q over 1 is unreadable: the entry skipped
+        ("image/png;q=nan", "application/json"),
+        ("*/png, garbage", "application/json"),  # nothing readable: as if no header
     ],
 )
-def test_accept_negotiation(accept: str | None, png: bool) -> None:
-    assert prefers_png(accept) is png
+def test_accept_negotiation(accept: str, chosen: str | None) -> None:
+    assert choose(accept, ("application/json", "image/png")) == chosen
 
 
 async def test_real_oasis_slice_ssim_equals_vqvae_eval(

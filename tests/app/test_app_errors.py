@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -143,6 +144,135 @@ async def test_image_routes_want_multipart(client: httpx.AsyncClient, path: str,
 async def test_multipart_without_the_file_field(client: httpx.AsyncClient) -> None:
     response = await client.post("/encode", files={"image": ("x.png", b"123", "image/png")})
     assert_error(response, 422, "file", "Field required")
+
+
+def multipart(files: list[tuple[str, Any]]) -> tuple[bytes, dict[str, str]]:
+    """A form's encoded body and its content-type header, as httpx sends them."""
+    request = httpx.Request("POST", "http://testserver/", files=files)
+    return request.read(), {"content-type": request.headers["content-type"]}
+
+
+def cut(body: bytes, where: str) -> bytes:
+    """The body cut short: before its closing boundary's last '--', in the middle, or inside its last part."""
+    return {
+        "before the closing --": body[: body.rindex(b"--")],
+        "in the middle": body[: len(body) // 2],
+        "inside the last part": body[: body.rindex(b"\r\n--") - 2],
+    }[where]
+
+
+@pytest.mark.parametrize("where", ["before the closing --", "in the middle", "inside the last part"])
+@pytest.mark.parametrize("path", ["/encode", "/reconstruct"])
+async def test_a_truncated_multipart_body_is_a_400(
+    client: httpx.AsyncClient, image_file: Any, noise: Any, path: str, where: str
+) -> None:
+    """Before: 422 "file: Field required" (the parser silently drops a part it never saw the end of), or 200 when
+    the part cut came after the file."""
+    png = image_file(noise(16, 16))
+    body, headers = multipart([("file", ("a.png", png, "image/png")), ("note", (None, b"a field after the file"))])
+    response = await client.post(path, content=cut(body, where), headers=headers)
+    assert_error(response, 400, "multipart body is incomplete", "closing boundary")
+
+
+@pytest.mark.parametrize("epilogue", [b"", b"an epilogue after the closing boundary, which parsers ignore\r\n"])
+async def test_a_whole_multipart_body_in_small_chunks_is_served(
+    client: httpx.AsyncClient, image_file: Any, noise: Any, epilogue: bytes
+) -> None:
+    """The closing boundary is found wherever the chunks split it, and need not end the body."""
+    form, headers = multipart([("file", ("a.png", image_file(noise(16, 16)), "image/png"))])
+    body = form + epilogue
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    response = await client.post("/encode", content=chunks(), headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def bmp_with_size(bmp: bytes, width: int, height: int) -> bytes:
+    return bmp[:18] + struct.pack("<ii", width, height) + bmp[26:]
+
+
+@pytest.mark.parametrize(("width", "height"), [(-16, 16), (0, 16), (16, 0)])
+async def test_a_bmp_with_invalid_dimensions_is_a_400(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any, width: int, height: int
+) -> None:
+    """Before: 413 "decompression bomb" for a negative width, 400 "not PNG, JPEG, TIFF or BMP" for a zero side."""
+    bmp = bmp_with_size(image_file(noise(16, 16), "BMP"), width, height)
+    response = await client.post("/encode", files=as_upload(bmp, "scan.bmp"))
+    assert_error(response, 400, f"invalid image dimensions {width}x{height}")
+
+
+async def test_a_top_down_bmp_is_served(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """A negative height is legal (rows stored top-down)."""
+    bmp = bmp_with_size(image_file(noise(16, 12), "BMP"), 12, -16)
+    response = await client.post("/encode", files=as_upload(bmp, "scan.bmp"))
+    assert response.status_code == 200, response.text
+    assert response.json()["image_size"] == [16, 12]
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "produced"),
+    [
+        ("/encode", "image/jpeg", "application/json"),
+        ("/encode", "image/png", "application/json"),
+        ("/encode", "*/*, application/json;q=0", "application/json"),
+        ("/encode", "application/*;q=0", "application/json"),
+        ("/decode", "application/json", "image/png"),
+        ("/decode", "image/*;q=0, */*", "image/png"),
+        ("/reconstruct", "image/jpeg", "application/json, image/png"),
+        ("/reconstruct", "text/html, application/xml;q=0.9", "application/json, image/png"),
+        ("/reconstruct", "application/json;q=0, image/png;q=0", "application/json, image/png"),
+    ],
+)
+async def test_an_accept_header_excluding_every_answer_is_a_406(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any, path: str, accept: str, produced: str
+) -> None:
+    """Before: the endpoint's usual answer whatever the Accept header said."""
+    headers = {"accept": accept}
+    if path == "/decode":
+        response = await client.post(path, json={"indices": [[1, 2]]}, headers=headers)
+    else:
+        response = await client.post(path, files=as_upload(image_file(noise(16, 16))), headers=headers)
+    assert_error(response, 406, accept, f"this endpoint answers: {produced}")
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "answer"),
+    [
+        ("/encode", None, "application/json"),
+        ("/encode", "*/*", "application/json"),
+        ("/encode", "application/*", "application/json"),
+        ("/encode", "image/png, application/json;q=0.1", "application/json"),
+        ("/encode", "text/html, */*;q=0.8", "application/json"),
+        ("/encode", "application/json;q=nonsense", "application/json"),
+        ("/decode", "image/*", "image/png"),
+        ("/decode", "application/json, */*;q=0.1", "image/png"),
+        ("/reconstruct", "*/*", "application/json"),
+        ("/reconstruct", "image/png", "image/png"),
+        ("/reconstruct", "application/json;q=0, image/*", "image/png"),
+        ("/reconstruct", "*/*, image/png;q=0", "application/json"),
+    ],
+)
+async def test_accept_headers_that_allow_an_answer_are_served(
+    client: httpx.AsyncClient,
+    as_upload: Files,
+    image_file: Any,
+    noise: Any,
+    path: str,
+    accept: str | None,
+    answer: str,
+) -> None:
+    headers = {} if accept is None else {"accept": accept}
+    if path == "/decode":
+        response = await client.post(path, json={"indices": [[1, 2]]}, headers=headers)
+    else:
+        response = await client.post(path, files=as_upload(image_file(noise(16, 16))), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == answer
 
 
 async def test_decode_wants_json(client: httpx.AsyncClient) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
+import select
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
-from benchmarks.server import model_loads, running_server
+from benchmarks.server import Server, model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Files = Callable[..., dict[str, tuple[str, bytes, str]]]
@@ -93,6 +96,91 @@ def test_codec_round_trip_over_http(server: httpx.Client, as_upload: Files, imag
     assert request_count(server, "/decode", "422") >= 1
 
 
+BODY_TIMEOUT_S = 1  # the slow-client server's deadline for a whole request body
+ANSWER_BOUND_S = 30  # how long a test waits for an answer: far above the deadline, so only a hang fails it
+
+
+@pytest.fixture(scope="module")
+def slow_client_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a short body deadline (VQVAE_BODY_TIMEOUT_S), for the stalling and trickling clients."""
+    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
+    with running_server(env, tmp_path_factory.mktemp("slow"), log_level="info", startup_timeout_s=60) as process:
+        yield process
+
+
+def raw_connection(server: Server) -> socket.socket:
+    url = httpx.URL(server.base_url)
+    return socket.create_connection((url.host, url.port or 80), timeout=ANSWER_BOUND_S)
+
+
+def upload_head(declared_bytes: int) -> bytes:
+    """A POST /encode request's head declaring a multipart body of that many bytes."""
+    return (
+        "POST /encode HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {declared_bytes}\r\n\r\n"
+    ).encode()
+
+
+def read_answer(sock: socket.socket) -> httpx.Response:
+    """The server's answer, read until it closes the connection (a timeout past ANSWER_BOUND_S fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines]
+    return httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
+
+
+def assert_body_timeout(answer: httpx.Response) -> None:
+    assert answer.status_code == 408, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["connection"] == "close"
+    detail = answer.json()["detail"]
+    assert f"within {BODY_TIMEOUT_S} s" in detail and "VQVAE_BODY_TIMEOUT_S" in detail, detail
+
+
+def test_a_stalled_body_gets_408_counted_and_logged_without_a_traceback(slow_client_server: Server) -> None:
+    """Slowloris: headers declaring 100 kB, then nothing. Before: the connection and the request waited forever."""
+    with httpx.Client(base_url=slow_client_server.base_url, timeout=ANSWER_BOUND_S) as client:
+        before = request_count(client, "/encode", "408")
+        with raw_connection(slow_client_server) as sock:
+            sock.sendall(upload_head(100_000))
+            answer = read_answer(sock)
+        assert_body_timeout(answer)
+        assert request_count(client, "/encode", "408") == before + 1
+    log = slow_client_server.log.read_text(errors="replace")
+    assert '"POST /encode HTTP/1.1" 408' in log
+    assert "Traceback" not in log and "Exception" not in log and " 500" not in log
+
+
+def test_a_trickled_body_gets_408(slow_client_server: Server) -> None:
+    """A byte every 0.1 s keeps each read short but the whole body late: the deadline is for the body, not a read."""
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = itertools.chain(part, itertools.repeat(ord("x")))  # a well-formed form, as slowly as one likes
+    with raw_connection(slow_client_server) as sock:
+        sock.sendall(upload_head(100_000))
+        for _ in range(int(ANSWER_BOUND_S / 0.1)):
+            if select.select([sock], [], [], 0.1)[0]:  # the answer has come: stop sending
+                break
+            sock.sendall(bytes([next(body)]))
+        answer = read_answer(sock)
+    assert_body_timeout(answer)
+
+
+def test_whole_bodies_are_unaffected_by_the_body_deadline(
+    slow_client_server: Server, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    upload = as_upload(image_file(noise(40, 36)))
+    with httpx.Client(base_url=slow_client_server.base_url, timeout=ANSWER_BOUND_S) as client:
+        encoded = client.post("/encode", files=upload)
+        assert encoded.status_code == 200, encoded.text
+        assert client.post("/decode", json=encoded.json()).status_code == 200
+        reconstructed = client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+        assert reconstructed.status_code == 200, reconstructed.text
+        assert reconstructed.headers["content-type"] == "image/png"
+
+
 def test_model_docs_and_openapi(server: httpx.Client) -> None:
     model = server.get("/model").json()
     assert model["codebook_size"] == 32
@@ -104,7 +192,8 @@ def test_model_docs_and_openapi(server: httpx.Client) -> None:
     assert '"validatorUrl": null' in docs.text
     schema = server.get("/openapi.json").json()
     assert {"/encode", "/decode", "/reconstruct", "/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
-    assert {"400", "413", "415", "422", "503"} <= set(schema["paths"]["/decode"]["post"]["responses"])
+    for path in ("/encode", "/decode", "/reconstruct"):
+        assert {"400", "406", "408", "413", "415", "422", "503"} <= set(schema["paths"][path]["post"]["responses"])
     decode_request = schema["components"]["schemas"]["DecodeRequest"]
     assert decode_request["examples"][0]["indices"]
 

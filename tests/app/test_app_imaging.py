@@ -157,6 +157,29 @@ def test_pillows_own_bomb_guard_names_our_limit_not_only_pillows(image_file: Ima
         open_image(with_header_size(image_file(noise(8, 8)), 40000, 40000), max_pixels=1000, min_size=8)
 
 
+def with_bmp_size(bmp: bytes, width: int, height: int) -> bytes:
+    """The same BMP with its (40-byte) info header claiming another width and height, signed as BMP stores them."""
+    return bmp[:18] + struct.pack("<ii", width, height) + bmp[26:]
+
+
+@pytest.mark.parametrize(("width", "height"), [(-12, 16), (-12, -16), (0, 16), (12, 0), (-(2**31), 16)])
+def test_bmp_with_a_non_positive_width_or_a_zero_height_is_invalid(
+    image_file: ImageFile, noise: Noise, width: int, height: int
+) -> None:
+    """Before: a negative width was 413 "decompression bomb" (Pillow reads it unsigned), a zero side "not an image"."""
+    bmp = with_bmp_size(image_file(noise(16, 12), "BMP"), width, height)
+    with pytest.raises(UnsupportedImageError, match=f"invalid image dimensions {width}x{height}") as caught:
+        open_image(bmp, **LIMITS)
+    assert caught.value.status_code == 400
+
+
+def test_bmp_with_a_negative_height_is_read_top_down(image_file: ImageFile, noise: Noise) -> None:
+    """A negative height is legal BMP: the rows are stored top-down, so the same bytes read as the image flipped."""
+    pixels = noise(16, 12)
+    bottom_up = image_file(pixels, "BMP")
+    np.testing.assert_array_equal(decode(with_bmp_size(bottom_up, 12, -16)), decode(bottom_up)[::-1])
+
+
 def test_float_images_are_clipped_but_nan_pixels_are_refused(image_file: ImageFile) -> None:
     """Before: NaN passed the clip into the model, and /reconstruct answered 200 with an SSIM of null."""
     pixels = np.linspace(-0.5, 1.5, 16 * 16, dtype=np.float32).reshape(16, 16)

@@ -18,10 +18,12 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("VQVAE_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("VQVAE_INLINE_MAX_PIXELS", "0")
     monkeypatch.setenv("VQVAE_INLINE_MAX_BYTES", "1000")
+    monkeypatch.setenv("VQVAE_BODY_TIMEOUT_S", "2.5")
     settings = Settings()
     assert settings.checkpoint == tmp_path / "m.safetensors"
     assert (settings.max_pixels, settings.max_wait_ms, settings.log_level) == (1024, 0.5, "warning")
     assert (settings.inline_max_pixels, settings.inline_max_bytes) == (0, 1000)
+    assert settings.body_timeout_s == 2.5
 
 
 def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
@@ -40,6 +42,11 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("max_wait_ms", float("inf")),  # was accepted, then killed the model thread under load
         ("torch_threads", 100_000),  # was a segfault at start-up
         ("max_pixels", 10),  # under min_size squared: every image would be refused
+        ("body_timeout_s", 0),
+        ("body_timeout_s", -1),
+        ("body_timeout_s", 601),
+        ("body_timeout_s", float("inf")),
+        ("body_timeout_s", float("nan")),
     ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:
