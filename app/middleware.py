@@ -57,10 +57,11 @@ class EarlyAnswer:
             self._started = True
         await self._send(message)
 
-    async def run(self, app: ASGIApp, scope: Scope, receive: Receive) -> None:
-        """Call the app with ``receive`` and this ``send``."""
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send | None = None) -> None:
+        """Call the app with ``receive`` and ``send`` (this object's own by default; a given one must pass its
+        messages on to ``self.send``)."""
         try:
-            await app(scope, receive, self.send)
+            await app(scope, receive, send or self.send)
         except Exception:
             if not self.given:
                 raise  # the app's fault, not the refusal's: let the error middleware answer
@@ -118,7 +119,8 @@ class BodyTimeoutMiddleware:
     uvicorn waits for a body as long as the client keeps the connection open, so a client that declares a body
     and then stalls, or trickles it a byte at a time (slowloris), would hold a connection and a request forever.
     The deadline covers the body only: once its last chunk is in, the app's later waits (for a disconnect) are
-    not timed, and a request whose body the app never reads is never refused.
+    not timed. A request whose body the app does not read (a 404, a 415) is answered at once; that answer says
+    ``Connection: close``, as uvicorn would otherwise keep reading the unread body for as long as it trickles in.
     """
 
     def __init__(self, app: ASGIApp, *, timeout_s: float) -> None:
@@ -147,7 +149,14 @@ class BodyTimeoutMiddleware:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await answer.run(self.app, scope, timed_receive)
+        declares_body = _declares_body(scope)
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and declares_body and not body_done:
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await answer.send(message)
+
+        await answer.run(self.app, scope, timed_receive, closing_send)
 
     def _detail(self) -> str:
         return (
@@ -194,9 +203,10 @@ class CloseDelimiterWatch:
     """Looks for a multipart body's close delimiter in the chunks it arrives in, across chunk edges too."""
 
     def __init__(self, boundary: bytes) -> None:
-        self.delimiter = b"--" + boundary + b"--"
+        # Only at a line start: a part's content may hold "--boundary--" itself, just not after a line break.
+        self.delimiter = b"\r\n--" + boundary + b"--"
         self.seen = False
-        self._tail = b""  # the last len(delimiter) - 1 bytes: a match may start in them
+        self._tail = b"\r\n"  # the last len(delimiter) - 1 bytes, where a match may start; first, the body's start
 
     def feed(self, chunk: bytes) -> None:
         """Searched from the end: a whole form's last chunk ends with the delimiter, so that search stops at once."""
@@ -274,6 +284,11 @@ def _multipart_boundary(scope: Scope) -> bytes | None:
     if content_type != b"multipart/form-data":
         return None
     return options.get(b"boundary") or None  # none, or empty: Starlette refuses the form itself (400)
+
+
+def _declares_body(scope: Scope) -> bool:
+    """The request says a body follows: a Content-Length above 0, or a Transfer-Encoding (chunked)."""
+    return bool(_content_length(scope)) or bool(_header(scope, b"transfer-encoding"))
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request
 
 _MAX_SHOWN = 60  # characters of the caller's Accept header quoted back in a 406
+# Characters of an Accept header read: browsers send a few hundred. It is parsed on the event loop, and uvicorn
+# takes headers of megabytes, which held every other request for seconds; entries past this are ignored.
+MAX_ACCEPT_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,27 @@ class MediaRange:
 
 
 def parse_accept(header: str) -> list[MediaRange]:
-    """An Accept header's readable entries, lower case, media type parameters other than q ignored."""
+    """An Accept header's readable entries (within its first ``MAX_ACCEPT_CHARS``), lower case, media type
+    parameters other than q ignored."""
+    if len(header) > MAX_ACCEPT_CHARS:  # the entry cut at the limit is dropped: "...;q=0" must not read as q=1
+        header = header[:MAX_ACCEPT_CHARS].rpartition(",")[0]
     ranges = []
     for entry in header.split(","):
         media, *parameters = (part.strip() for part in entry.split(";"))
         kind, slash, subtype = media.lower().partition("/")
         quality = _quality(parameters)
-        if slash and kind and subtype and (kind != "*" or subtype == "*") and quality is not None:
+        if slash and _is_range(kind, subtype) and quality is not None:
             ranges.append(MediaRange(kind, subtype, quality))
     return ranges
+
+
+def _is_range(kind: str, subtype: str) -> bool:
+    """``type/subtype``, ``type/*`` or ``*/*``: a ``*`` stands for a whole part only, and ``*/subtype`` is none."""
+    if not kind or not subtype:
+        return False
+    if subtype == "*":
+        return kind == "*" or "*" not in kind
+    return "*" not in kind + subtype
 
 
 def _quality(parameters: Sequence[str]) -> float | None:

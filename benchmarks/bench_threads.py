@@ -84,7 +84,8 @@ def child(args: argparse.Namespace) -> dict[str, float]:
 def run_child(args: argparse.Namespace, variant: str, checkpoint: Path) -> dict[str, float]:
     command = [sys.executable, "-m", "benchmarks.bench_threads", "--child", variant, "--checkpoint", str(checkpoint)]
     command += ["--data", str(args.data)] if args.data else []
-    command += ["--split", args.split, "--images", str(args.images)]
+    command += ["--split", args.split] if args.split else []
+    command += ["--images", str(args.images)]
     command += ["--threads", str(args.threads), "--repeats", str(args.repeats), "--seconds", str(args.seconds)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=600)
     if done.returncode != 0:

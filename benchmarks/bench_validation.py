@@ -18,6 +18,7 @@ import time
 from app.arguments import positive_int
 from benchmarks.common import (
     benchmark_parser,
+    data_folder,
     print_header,
     ratio,
     resolved_checkpoint,
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     info = print_header("validation pass: scores from scikit-image vs in torch")
     try:
         device = pick_device(args.device)
-        slices = load_split(args.data, args.split, args.images)
+        slices = load_split(*data_folder(args.data, args.split), args.images)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

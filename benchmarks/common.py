@@ -36,6 +36,7 @@ from training.synthetic import synthetic_slice
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "weights" / "vqvae.safetensors"
 SYNTHETIC_SIZE = (256, 256)  # an OASIS slice
+DEFAULT_SPLIT = "test"
 
 
 # ---- machine ---------------------------------------------------------------------------------------------
@@ -123,23 +124,29 @@ class Slices:
         return f"{len(self.images)} slices of {self.shape[0]}x{self.shape[1]} from {self.source}"
 
 
-def load_slices(data: Path | None, split: str, count: int) -> Slices:
+def data_folder(data: Path | None, split: str | None) -> tuple[Path, str]:
+    """``--data`` and ``--split`` as given, or their defaults: the OASIS root beside the repository, its test split."""
+    return data or DEFAULT_DATA_ROOT, split or DEFAULT_SPLIT
+
+
+def load_slices(data: Path | None, split: str | None, count: int) -> Slices:
     """``count`` slices spread evenly over an OASIS split (or a plain folder).
 
-    ``data`` None is the default OASIS root, and synthetic 256x256 slices when this machine has none. A folder the
-    caller named must be there: a typo in ``--data`` or ``--split`` ends the script with one line, rather than
-    measure synthetic slices in its place. Only the picked files are decoded. Images of a size other than the most
-    common one are dropped, so every batch can be stacked (the service only batches images of one size too).
+    ``data`` and ``split`` None are the defaults (``data_folder``), and synthetic 256x256 slices when this machine
+    has no default root. A folder or split the caller named must be there: a typo in ``--data`` or ``--split`` ends
+    the script with one line, rather than measure synthetic slices in its place. Only the picked files are decoded.
+    Images of a size other than the most common one are dropped, so every batch can be stacked (the service only
+    batches images of one size too).
     """
     if count < 1:
         raise ValueError(f"need at least one slice, got {count}")
-    if data is None and not DEFAULT_DATA_ROOT.is_dir():
+    if data is None and split is None and not DEFAULT_DATA_ROOT.is_dir():
         rng = np.random.default_rng(0)
         images = [synthetic_slice(rng, SYNTHETIC_SIZE) for _ in range(count)]
         source = f"synthetic slices (no data: {DEFAULT_DATA_ROOT} does not exist)"
     else:
         try:
-            folder = resolve_folder(data or DEFAULT_DATA_ROOT, split)
+            folder = resolve_folder(*data_folder(data, split))
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not files:
                 raise DataError(f"{folder}: no image files")
@@ -250,7 +257,7 @@ def benchmark_parser(
             type=Path,
             help=f"OASIS root (default: {DEFAULT_DATA_ROOT}, and synthetic slices where that does not exist)",
         )
-        parser.add_argument("--split", default="test", help="split name or sub-folder of --data (default: %(default)s)")
+        parser.add_argument("--split", help=f"split name or sub-folder of --data (default: {DEFAULT_SPLIT})")
         parser.add_argument(
             "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"
         )

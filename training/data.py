@@ -61,7 +61,7 @@ class SliceSet:
 
 def read_grayscale(path: Path) -> np.ndarray:
     """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale), and no
-    smaller than the service accepts (``models.quality.MIN_SIDE``)."""
+    smaller than the service accepts (``models.limits.MIN_SIDE``)."""
     try:
         with Image.open(path) as image:
             image.load()

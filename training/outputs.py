@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable
@@ -52,18 +53,32 @@ def check_file(path: Path, what: str) -> None:
 def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
     """A command whose reader went away (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in
     the shell, instead of a ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not
-    done, as with any tool in a closed pipe."""
+    done, as with any tool in a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback."""
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
             code = main(*args, **kwargs)
-            sys.stdout.flush()  # here, not at exit, where the error would be printed as "Exception ignored"
+            if sys.stdout is not None:  # None when started with stdout closed (>&-): print() writes nothing then
+                sys.stdout.flush()  # here, not at exit, where the error would be printed as "Exception ignored"
             return code
         except BrokenPipeError:
+            if not _stdout_reader_gone():
+                raise
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
             os.close(devnull)
             return 128 + signal.SIGPIPE
 
     return guarded
+
+
+def _stdout_reader_gone() -> bool:
+    """Standard output is a pipe whose reading end is closed: polled, Linux reports an error on its writing end."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # None, closed, or not a file (captured)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))

@@ -13,6 +13,8 @@ from training.outputs import OutputError
 
 CHECKPOINTS = ("best.safetensors", "last.safetensors", "last.pt")
 RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
+# What a save stopped mid-write leaves: models.checkpoint.save writes NAME.partial, last.pt goes through last.partial.
+PARTIAL_FILES = ("best.safetensors.partial", "last.safetensors.partial", "last.partial")
 
 
 def held_checkpoints(out: Path) -> list[str]:
@@ -23,6 +25,9 @@ def held_checkpoints(out: Path) -> list[str]:
 def check(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to start over an earlier run unless told to continue it (``--resume``) or replace it
     (``--overwrite``); say so when ``--resume`` finds nothing to continue."""
+    blocked = [name for name in (*RUN_FILES, *PARTIAL_FILES) if (out / name).exists() and not (out / name).is_file()]
+    if blocked:  # a folder where a run file goes: the run would fail at its first save, after a whole epoch
+        raise OutputError(f"{out / blocked[0]} is not a file, where the run writes one; move it or use another --out")
     held = held_checkpoints(out)
     if resume:
         if not held:
@@ -42,5 +47,5 @@ def check(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 def clear(out: Path) -> None:
     """Remove an earlier run's files (``--overwrite``), once the new run has everything it needs to start."""
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, *PARTIAL_FILES):
         (out / name).unlink(missing_ok=True)

@@ -19,7 +19,8 @@ from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 router = APIRouter(tags=["codec"])
 
 JSON, PNG = "application/json", "image/png"
-# Each route checks, in this order, before its fields: content type (415), Accept (406), then the form (400, 422).
+# FastAPI reads the whole body before any check (a form it cannot parse is Starlette's 400); then each route checks,
+# in this order: content type (415), Accept (406), a form cut short (400), the file twice (422), then its fields.
 _multipart = Depends(require_content_type("multipart/form-data", "upload the image in the 'file' field"))
 _json_body = Depends(require_content_type(JSON, 'send {"indices": [[...], ...]}'))
 _whole_form = [Depends(complete_form), Depends(one_file)]

@@ -174,6 +174,25 @@ async def test_a_truncated_multipart_body_is_a_400(
     assert_error(response, 400, "multipart body is incomplete", "closing boundary")
 
 
+async def test_a_cut_body_whose_file_holds_the_closing_delimiter_text_is_a_400(
+    client: httpx.AsyncClient, image_file: Any, noise: Any
+) -> None:
+    """A part's content may hold "--boundary--" itself (only after a line break is it the close). Before: that
+    text counted as the close, and the cut body got 422 "Field required"."""
+    head = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    body = head + image_file(noise(16, 16)) + b"trailing text --XyZ-- in the file"
+    response = await client.post("/encode", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    assert_error(response, 400, "multipart body is incomplete")
+
+
+async def test_an_empty_whole_form_is_a_422_not_a_cut_body(client: httpx.AsyncClient) -> None:
+    """A form of no parts is its close delimiter alone, at the body's start: whole, so the missing field is named."""
+    response = await client.post(
+        "/encode", content=b"--XyZ--\r\n", headers={"content-type": "multipart/form-data; boundary=XyZ"}
+    )
+    assert_error(response, 422, "file", "Field required")
+
+
 @pytest.mark.parametrize("epilogue", [b"", b"an epilogue after the closing boundary, which parsers ignore\r\n"])
 async def test_a_whole_multipart_body_in_small_chunks_is_served(
     client: httpx.AsyncClient, image_file: Any, noise: Any, epilogue: bytes

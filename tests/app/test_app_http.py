@@ -168,6 +168,33 @@ def test_a_trickled_body_gets_408(slow_client_server: Server) -> None:
     assert_body_timeout(answer)
 
 
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        ("POST /encode HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n", 415),
+        ("POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n", 404),
+        ("POST /encode HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", 415),
+    ],
+)
+def test_an_answer_given_before_the_body_is_in_closes_the_connection(
+    slow_client_server: Server, head: str, status: int
+) -> None:
+    """The app answers without reading the body. Before: the connection stayed open, and uvicorn went on reading
+    the unread body for as long as the client trickled it, past any deadline."""
+    with raw_connection(slow_client_server) as sock:
+        sock.sendall(head.encode())
+        answer = read_answer(sock)  # returns once the server closes the connection
+    assert answer.status_code == status, answer.text
+    assert answer.headers["connection"] == "close"
+
+
+def test_requests_without_a_body_keep_their_connection(slow_client_server: Server) -> None:
+    with httpx.Client(base_url=slow_client_server.base_url, timeout=ANSWER_BOUND_S) as client:
+        for path in ("/healthz", "/nowhere"):
+            response = client.get(path)
+            assert "close" not in response.headers.get("connection", ""), (path, response.headers)
+
+
 def test_whole_bodies_are_unaffected_by_the_body_deadline(
     slow_client_server: Server, as_upload: Files, image_file: Any, noise: Any
 ) -> None:

@@ -53,17 +53,24 @@ def test_load_slices_falls_back_to_synthetic_without_the_default_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(common, "DEFAULT_DATA_ROOT", tmp_path / "absent")
-    slices = load_slices(None, "test", 2)
+    slices = load_slices(None, None, 2)
     assert len(slices.images) == 2 and slices.shape == (256, 256)
     assert f"synthetic slices (no data: {tmp_path / 'absent'} does not exist)" in slices.source
 
 
-@pytest.mark.parametrize(("folder", "split"), [("absent", "test"), ("oasis", "tset")])
+@pytest.mark.parametrize(("folder", "split"), [("absent", "test"), ("oasis", "tset"), ("default", "test")])
 def test_load_slices_refuses_data_that_was_named_but_is_not_there(
-    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], folder: str, split: str
+    fixture_oasis: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    folder: str,
+    split: str,
 ) -> None:
-    """Before: a typo in --data or --split measured synthetic slices instead (and said so in the header only)."""
-    data = fixture_oasis if folder == "oasis" else tmp_path / folder
+    """Before: a typo in --data or --split measured synthetic slices instead (and said so in the header only).
+    A --split given without --data names a split of the default root, which this machine may not have."""
+    monkeypatch.setattr(common, "DEFAULT_DATA_ROOT", tmp_path / "no default root")
+    data = {"oasis": fixture_oasis, "absent": tmp_path / "absent", "default": None}[folder]
     with pytest.raises(SystemExit) as exited:
         load_slices(data, split, 2)
     err = capsys.readouterr().err
@@ -314,6 +321,14 @@ def test_bench_validation(
     figures = json.loads(out.read_text())
     assert figures["slices"] == 4 and figures["speedup"] > 0
     assert {name: len(rounds) for name, rounds in figures["round_seconds"].items()} == {"scikit-image": 2, "torch": 2}
+
+
+def test_bench_validation_reads_the_default_data_without_data_flags(
+    fixture_oasis: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(common, "DEFAULT_DATA_ROOT", fixture_oasis)
+    assert bench_validation.main(["--checkpoint", str(tiny_checkpoint), "--images", "2", "--rounds", "1"]) == 0
+    assert "mean SSIM differs by" in capsys.readouterr().out
 
 
 def test_bench_validation_without_data_is_a_clear_error(

@@ -311,12 +311,26 @@ def test_train_refuses_to_start_over_an_earlier_run(
     assert (run / "best.safetensors").read_bytes() == best
 
 
+@pytest.mark.parametrize("flags", [[], ["--overwrite"], ["--resume"]])
+@pytest.mark.parametrize("name", ["best.safetensors", "history.json", "last.partial"])
+def test_train_refuses_a_folder_where_a_run_file_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], name: str
+) -> None:
+    """Before: a traceback after the data loaded (--overwrite), or after a whole epoch at the first save."""
+    run = tmp_path / "run"
+    (run / name).mkdir(parents=True)
+    args = ["--data", str(tmp_path / "absent"), "--out", str(run), *flags, *TINY]
+    _refused(train.main(args), capsys, f"{run / name} is not a file")
+
+
 def test_overwrite_replaces_an_earlier_run(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     _copy_run(trained, run, ("best.safetensors", "last.safetensors", "last.pt", "history.json"))
+    (run / "last.partial").write_bytes(b"half of a state file")  # what a save stopped mid-write leaves
     assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--overwrite", *TINY]) == 0
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
     assert read_metadata(run / "best.safetensors")["training"]["epochs"] == 1
+    assert not (run / "last.partial").exists()
 
 
 def test_overwrite_with_resume_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
