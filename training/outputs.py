@@ -22,6 +22,9 @@ class OutputError(ValueError):
 
 def _folder_problem(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (made first if missing), or None."""
+    dangling = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:  # it "does not exist", yet cannot be made: mkdir fails with FileExistsError
+        return f"{dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist"
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         return f"{existing} is not a folder"

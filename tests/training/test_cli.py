@@ -218,6 +218,8 @@ def test_train_refuses_an_out_it_cannot_write_before_loading_data(
     a_file.write_text("not a folder")
     absent = ["--data", str(tmp_path / "absent"), *TINY]
     _refused(train.main([*absent, "--out", str(a_file / "run")]), capsys, f"{a_file} is not a folder")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    _refused(train.main([*absent, "--out", str(tmp_path / "link")]), capsys, "link is a symbolic link to", "gone")
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # as if tmp_path were read-only
     _refused(train.main([*absent, "--out", str(tmp_path / "run")]), capsys, "permission denied")
 
