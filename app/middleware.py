@@ -153,7 +153,8 @@ class BodyTimeoutMiddleware:
 
         async def closing_send(message: Message) -> None:
             if message["type"] == "http.response.start" and declares_body and not body_done:
-                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+                headers = [(name, value) for name, value in message.get("headers", ()) if name != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await answer.send(message)
 
         await answer.run(self.app, scope, timed_receive, closing_send)
