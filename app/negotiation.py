@@ -9,6 +9,7 @@ means anything goes. Entries that cannot be read (a q that is not a number from 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,13 +47,23 @@ def parse_accept(header: str) -> list[MediaRange]:
     if len(header) > MAX_ACCEPT_CHARS:  # the entry cut at the limit is dropped: "...;q=0" must not read as q=1
         header = header[:MAX_ACCEPT_CHARS].rpartition(",")[0]
     ranges = []
-    for entry in header.split(","):
-        media, *parameters = (part.strip() for part in entry.split(";"))
+    for entry in _split(header, ","):
+        media, *parameters = (part.strip() for part in _split(entry, ";"))
         kind, slash, subtype = media.lower().partition("/")
         quality = _quality(parameters)
         if slash and _is_range(kind, subtype) and quality is not None:
             ranges.append(MediaRange(kind, subtype, quality))
     return ranges
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside quoted strings: a parameter value may be ``"a,b"`` (RFC 9110, 5.6.4)."""
+    return _SPLITTERS[separator].findall(text) or [""]
+
+
+# A run of characters other than the separator and '"', or a whole quoted string (backslash escapes included). The
+# alternatives start differently, so matching is linear; an unpaired '"' is dropped.
+_SPLITTERS = {sep: re.compile(rf'(?:"(?:\\.|[^"\\])*"|[^{sep}"])+') for sep in ",;"}
 
 
 def _is_range(kind: str, subtype: str) -> bool:

@@ -166,6 +166,8 @@ async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoin
         ("*/png, garbage", "application/json"),  # nothing readable: as if no header
         ("application/*+json", "application/json"),  # "*" for part of a subtype: no range, skipped (was a 406)
         ("ima*/*", "application/json"),
+        ('image/png;foo="a,b";q=0.1, application/json;q=0.5', "application/json"),  # a comma in quotes splits nothing
+        ('image/png;foo="a;q=0.9";q=0.1, application/json;q=0.5', "application/json"),
     ],
 )
 def test_accept_negotiation(accept: str, chosen: str | None) -> None:
