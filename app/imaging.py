@@ -30,6 +30,7 @@ _BMP_SIGNATURE = b"BM"
 # the 12-byte OS/2 1.x header has unsigned 16-bit sides, the others Pillow reads signed 32-bit ones.
 _BMP_HEADER_SIZE_AT, _BMP_SIZE_AT, _BMP_SIZE_END = 14, 18, 26
 _BMP_SIDES_BY_HEADER_SIZE = {12: "<HH", **dict.fromkeys((40, 52, 56, 64, 108, 124), "<ii")}
+_BMP_LOWEST_HEIGHT = -(1 << 24)  # a top-down BMP's height, as Pillow reads it: below this, a huge positive one
 _SIGNATURES = {"PNG": PNG_SIGNATURE, "JPEG": b"\xff\xd8\xff", "TIFF": b"II*\x00", "big-endian TIFF": b"MM\x00*"}
 MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES  # over it Pillow raises ValueError: a 400 below
@@ -122,7 +123,8 @@ def _check_bmp_dimensions(data: bytes) -> None:
     """400 for a BMP header whose width is not positive or whose height is zero, before Pillow reads it.
 
     Pillow reads the width as unsigned, so a crafted -12 became 4294967284 columns and the file was refused as a
-    decompression bomb (413), and a zero side as "not an image". A negative height is legal: rows stored top-down.
+    decompression bomb (413), and a zero side as "not an image". A negative height is legal: rows stored top-down,
+    down to -2**24, as Pillow takes only heights whose top byte is 0xFF for negative ones.
     """
     if not data.startswith(_BMP_SIGNATURE) or len(data) < _BMP_SIZE_END:
         return  # not a BMP, or too short to say: Pillow's own errors apply
@@ -130,10 +132,10 @@ def _check_bmp_dimensions(data: bytes) -> None:
     if layout is None:
         return  # a header Pillow does not read (or not a BMP at all): its own error applies
     width, height = struct.unpack_from(layout, data, _BMP_SIZE_AT)
-    if width <= 0 or height == 0:
+    if width <= 0 or height == 0 or height < _BMP_LOWEST_HEIGHT:
         raise UnsupportedImageError(
             f"the BMP header gives invalid image dimensions {width}x{height}: the width must be positive and the "
-            "height not zero (corrupt or crafted file?)"
+            f"height not zero, nor below {_BMP_LOWEST_HEIGHT} (corrupt or crafted file?)"
         )
 
 

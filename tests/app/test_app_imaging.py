@@ -162,11 +162,14 @@ def with_bmp_size(bmp: bytes, width: int, height: int) -> bytes:
     return bmp[:18] + struct.pack("<ii", width, height) + bmp[26:]
 
 
-@pytest.mark.parametrize(("width", "height"), [(-12, 16), (-12, -16), (0, 16), (12, 0), (-(2**31), 16)])
+@pytest.mark.parametrize(
+    ("width", "height"), [(-12, 16), (-12, -16), (0, 16), (12, 0), (-(2**31), 16), (12, -(2**24) - 1), (12, -(2**31))]
+)
 def test_bmp_with_a_non_positive_width_or_a_zero_height_is_invalid(
     image_file: ImageFile, noise: Noise, width: int, height: int
 ) -> None:
-    """Before: a negative width was 413 "decompression bomb" (Pillow reads it unsigned), a zero side "not an image"."""
+    """Before: a negative width was 413 "decompression bomb" (Pillow reads it unsigned), a zero side "not an image",
+    and so was a height below -2**24 (Pillow takes only heights whose top byte is 0xFF as negative)."""
     bmp = with_bmp_size(image_file(noise(16, 12), "BMP"), width, height)
     with pytest.raises(UnsupportedImageError, match=f"invalid image dimensions {width}x{height}") as caught:
         open_image(bmp, **LIMITS)
