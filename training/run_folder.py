@@ -11,7 +11,8 @@ from pathlib import Path
 
 from training.outputs import OutputError
 
-CHECKPOINTS = ("best.safetensors", "last.safetensors", "last.pt")
+RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
+CHECKPOINTS = ("best.safetensors", *RESUME_STATE)
 RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
 # What a save stopped mid-write leaves: models.checkpoint.save writes NAME.partial, last.pt goes through last.partial.
 PARTIAL_FILES = ("best.safetensors.partial", "last.safetensors.partial", "last.partial")
@@ -32,11 +33,16 @@ def check(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
         if not held:
             print(f"note: nothing to resume in {out}; starting a new run there")
-        elif not {"last.safetensors", "last.pt"} & set(held):  # a fresh start would write over its best checkpoint
+            return
+        state = [name for name in RESUME_STATE if name in held]
+        if not state:  # a fresh start would write over its best checkpoint
             raise OutputError(
                 f"{out} holds {', '.join(held)} but no last.safetensors or last.pt to resume from; "
                 "pass --overwrite instead of --resume to replace it, or choose another --out"
             )
+        if len(state) < len(RESUME_STATE):  # resuming from half of it would restart from step 0 over the run's files
+            missing = next(name for name in RESUME_STATE if name not in state)
+            raise OutputError(f"{out}: incomplete resume state, no {missing}; use another --out")
         return
     if held and not overwrite:
         raise OutputError(

@@ -174,13 +174,11 @@ class Trainer:
         self.saved_step = self.state.step
 
     def try_resume(self) -> bool:
-        """With ``--resume``, continue from ``last.safetensors`` + ``last.pt``; both or neither must be there."""
+        """With ``--resume``, continue from ``last.safetensors`` + ``last.pt`` (``run_folder.check`` has made sure
+        that both or neither are there, before the data loaded)."""
         weights, state_path = self.out / "last.safetensors", self.last_state_path
-        if not self.config.resume or not (weights.exists() or state_path.exists()):
+        if not self.config.resume or not weights.exists():
             return False
-        for missing in (weights, state_path):
-            if not missing.exists():  # resuming from half of it would restart from step 0 over the run's files
-                raise CheckpointError(f"{self.out}: incomplete resume state, no {missing.name}; use another --out")
         model, _ = load(weights)
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
