@@ -15,7 +15,9 @@ from models.limits import MIN_SIDE
 # Resolved from the package, not the working directory, so `vqvae-serve` works from anywhere in a clone.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" / "vqvae.safetensors"
 
-# SSIM needs a 7x7 window at least (models.quality falls back to the largest odd window that fits).
+# The smallest VQVAE_MIN_SIZE an operator may set. Below 11x11, SSIM's window is the largest odd one that fits
+# (models.quality); scikit-image computes it down to 1x1, but under 7x7 a window holds too few pixels of the
+# sigma-1.5 Gaussian for the score to say much about structure.
 SSIM_MIN_SIDE = 7
 
 

@@ -13,7 +13,7 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """SSIM of two (H, W) images in [0, 1]: Gaussian window sigma 1.5, population covariance, data_range 1.
 
     These are the settings of the SSIM paper and of ``tf.image.ssim``. Images smaller than the 11x11 window
-    (7x7 at least is needed by scikit-image) fall back to the largest odd window that fits.
+    fall back to the largest odd window that fits (scikit-image refuses a window larger than the image).
     """
     original = np.asarray(original, dtype=np.float64)
     reconstruction = np.asarray(reconstruction, dtype=np.float64)
