@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,18 @@ def save(model: VQVAE, path: str | Path, metadata: dict[str, Any] | None = None)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata={METADATA_KEY: json.dumps(header)})
+    # safetensors creates the file 0600 whatever the umask: a checkpoint trained as one user could not be served as
+    # another (the container's non-root user, through a mounted folder). Give it the mode any new file gets.
+    os.chmod(partial, 0o666 & ~_umask())
     partial.replace(path)
     return path
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -203,6 +203,26 @@ async def test_real_oasis_slice_ssim_equals_vqvae_eval(
         assert body["ssim"] == pytest.approx(ssim(image, reconstruction), abs=1e-6)
 
 
+async def test_the_grid16_release_serves_16x16_codes(
+    serve: Serve, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """The second shipped checkpoint, as an operator serves it (VQVAE_CHECKPOINT): a 256x256 slice becomes 16x16
+    codes, 2,560 bits, the model's own, and /decode of them is /reconstruct's picture."""
+    path = DEFAULT_CHECKPOINT.with_name("vqvae_grid16.safetensors")
+    model = load(path)[0]
+    pixels = noise(256, 256, seed=6)
+    upload = as_upload(image_file(pixels))
+    expected, reconstruction = in_process(model, pixels.astype(np.float32) / 255.0)
+    async with serve(checkpoint=path) as client:
+        encoded = (await client.post("/encode", files=upload)).json()
+        decoded = await client.post("/decode", json={"indices": encoded["indices"]})
+        served = (await client.get("/model")).json()
+    assert encoded["grid"] == [16, 16] and encoded["bits"] == 2_560
+    assert np.array_equal(np.array(encoded["indices"]), expected)
+    assert np.array_equal(png_pixels(decoded.content), to_uint8(reconstruction))
+    assert served["checkpoint"] == path.name
+
+
 class HeldModel:
     """Holds the model's first forward pass so that the requests behind it queue up."""
 

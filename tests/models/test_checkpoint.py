@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,15 @@ def test_shapes_are_compared_before_the_model_is_allocated(
     with pytest.raises(CheckpointError, match=r"tensor 'quantizer\.codebook' has shape"):
         load(path)
     assert devices == ["meta"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_saved_checkpoint_gets_the_umasks_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    """safetensors writes its files 0600 whatever the umask: a checkpoint trained as root could not be read by the
+    service's non-root user (Docker, a mounted folder). Before: 0600 in all three cases."""
+    previous = os.umask(umask)
+    try:
+        path = save(VQVAE(PRESETS["tiny"]), tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
