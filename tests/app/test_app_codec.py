@@ -207,7 +207,7 @@ async def test_the_grid16_release_serves_16x16_codes(
     serve: Serve, as_upload: Files, image_file: Any, noise: Any
 ) -> None:
     """The second shipped checkpoint, as an operator serves it (VQVAE_CHECKPOINT): a 256x256 slice becomes 16x16
-    codes, 2,560 bits, the model's own, and /decode of them is /reconstruct's picture."""
+    codes, 2,560 bits, the model's own, and /decode of them is the model's own reconstruction."""
     path = DEFAULT_CHECKPOINT.with_name("vqvae_grid16.safetensors")
     model = load(path)[0]
     pixels = noise(256, 256, seed=6)
