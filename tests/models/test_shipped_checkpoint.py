@@ -18,6 +18,7 @@ GRID16 = WEIGHTS / "vqvae_grid16.safetensors"  # 4x fewer bits, for VQVAE_CHECKP
 
 # (checkpoint, grid of a 256x256 slice, bits per slice, test-split floors for mean SSIM and 5th percentile); the
 # floors sit below the recorded figures, so a checkpoint swapped for a worse one fails here.
+FILES = [pytest.param(SHIPPED, id="default"), pytest.param(GRID16, id="grid16")]
 RELEASES = [
     pytest.param(SHIPPED, (32, 32), 10_240, 0.95, 0.94, id="default"),
     pytest.param(GRID16, (16, 16), 2_560, 0.89, 0.86, id="grid16"),
@@ -39,7 +40,7 @@ def test_released_checkpoint_loads_and_meets_its_targets(
     assert metadata["data"]["train"]["images"] == 6400 and metadata["git_commit"]
 
 
-@pytest.mark.parametrize("path", [SHIPPED, GRID16], ids=["default", "grid16"])
+@pytest.mark.parametrize("path", FILES)
 def test_readme_and_model_card_quote_the_recorded_test_ssim(path: Path) -> None:
     _, metadata = load(path)
     figure = f"{metadata['metrics']['test']['ssim']['mean']:.4f}"
@@ -53,7 +54,7 @@ def test_readme_headline_is_the_served_checkpoint() -> None:
     assert quoted == f"{metadata['metrics']['test']['ssim']['mean']:.4f}"
 
 
-@pytest.mark.parametrize("path", [SHIPPED, GRID16], ids=["default", "grid16"])
+@pytest.mark.parametrize("path", FILES)
 def test_mean_ssim_on_the_genuine_test_split(path: Path, shared_oasis: Path) -> None:
     """Scored again now, on all 544 slices: the recorded figures are this file's."""
     model, metadata = load(path)
