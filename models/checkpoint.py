@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from models.config import VQVAEConfig
+from models.files import write_atomically
 from models.vqvae import VQVAE
 
 FORMAT_VERSION = 1
@@ -24,24 +24,17 @@ class CheckpointError(ValueError):
 
 def save(model: VQVAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write the model's tensors and ``{"format_version", "config", **metadata}`` atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_bytes(model, metadata)
+    return write_atomically(Path(path), lambda partial: partial.write_bytes(data))
+
+
+def to_bytes(model: VQVAE, metadata: dict[str, Any] | None = None) -> bytes:
+    """The checkpoint file's content. Written by Python, not by ``safetensors.torch.save_file``, which creates its
+    file 0600 whatever the umask: a checkpoint trained as one user could not be served as another (the container's
+    non-root user, through a mounted folder). Python's file gets the mode any new file gets."""
     header = {**(metadata or {}), "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={METADATA_KEY: json.dumps(header)})
-    # safetensors creates the file 0600 whatever the umask: a checkpoint trained as one user could not be served as
-    # another (the container's non-root user, through a mounted folder). Give it the mode any new file gets.
-    os.chmod(partial, 0o666 & ~_umask())
-    partial.replace(path)
-    return path
-
-
-def _umask() -> int:
-    """This process's umask (reading it means setting it: put straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return serialize(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

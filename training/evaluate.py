@@ -16,6 +16,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load, save
 from models.device import bulk_batch_size, pick_device
+from models.files import WriteError, write_atomically
 from models.quality import Summary, psnr, ssim
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
@@ -176,29 +177,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.checkpoint} reconstructs to NaN or infinite values (broken weights?)", file=sys.stderr)
         return 1
     report = {"checkpoint": str(args.checkpoint), "data": str(slices.root), **report}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(format_table(report, f"{args.checkpoint} on {slices.root}"))
-    print(f"report: {out}")
-    if args.figures:
-        from training.figures import codebook_usage_figure, panels_figure
+    try:  # a full disk, say: the report and figures are written whole or not at all
+        write_atomically(out, lambda partial: partial.write_text(json.dumps(report, indent=2)))
+        print(format_table(report, f"{args.checkpoint} on {slices.root}"))
+        print(f"report: {out}")
+        if args.figures:
+            from training.figures import codebook_usage_figure, panels_figure
 
-        args.figures.mkdir(parents=True, exist_ok=True)
-        panels_figure(
-            result.originals,
-            result.reconstructions,
-            [r["ssim"] for r in report["per_image"]],
-            result.names,
-            args.figures / "reconstructions.png",
-        )
-        counts = np.bincount(
-            torch.cat([g.reshape(-1) for g in result.indices]).numpy(), minlength=model.config.codebook_size
-        )
-        codebook_usage_figure(counts, args.figures / "codebook_usage.png")
-        print(f"figures: {args.figures}")
-    if args.record:
-        record_metrics(args.checkpoint, args.split or "folder", report)
-        print(f"metrics recorded in {args.checkpoint}")
+            panels_figure(
+                result.originals,
+                result.reconstructions,
+                [r["ssim"] for r in report["per_image"]],
+                result.names,
+                args.figures / "reconstructions.png",
+            )
+            counts = np.bincount(
+                torch.cat([g.reshape(-1) for g in result.indices]).numpy(), minlength=model.config.codebook_size
+            )
+            codebook_usage_figure(counts, args.figures / "codebook_usage.png")
+            print(f"figures: {args.figures}")
+        if args.record:
+            record_metrics(args.checkpoint, args.split or "folder", report)
+            print(f"metrics recorded in {args.checkpoint}")
+    except WriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from models.files import write_atomically
+
 
 def loss_curves_figure(history: Sequence[dict[str, Any]], path: Path) -> Path:
     """Per-epoch total / reconstruction / VQ loss (as in the original report) and validation SSIM."""
@@ -92,8 +94,9 @@ def rate_distortion_figure(
 
 def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # the format named, since the partial file's name does not end in it
+        write_atomically(path, lambda partial: fig.savefig(partial, dpi=110, format=path.suffix.lstrip(".") or None))
+    finally:
+        plt.close(fig)
     return path

@@ -1,6 +1,6 @@
 """Where ``vqvae-train``, ``vqvae-eval`` and the benchmarks will write, checked before any work: a run that cannot
 save its checkpoint used to find out after a whole epoch (``vqvae-eval``: after scoring), with a traceback. And
-what they do when the reader of their standard output goes away."""
+what they do when the reader of their standard output goes away, or it cannot be written."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import ParamSpec
+from typing import Any, ParamSpec, TextIO, cast
 
 P = ParamSpec("P")
 
@@ -56,24 +57,79 @@ def check_file(path: Path, what: str) -> None:
 def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
     """A command whose reader went away (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in
     the shell, instead of a ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not
-    done, as with any tool in a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback."""
+    done, as with any tool in a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback.
+
+    Standard output that cannot be written (``> /dev/full``, a log file on a full disk) ends the command with a
+    one-line error and exit 1, in place of an ``OSError`` traceback. Only standard output's own errors: they are
+    told apart by a wrapper around ``sys.stdout`` while the command runs, since Python's buffer drops what it
+    failed to write and the error cannot be pinned on standard output afterwards."""
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        stdout = sys.stdout
+        if stdout is None:  # started with stdout closed (>&-): print() writes nothing then
+            return main(*args, **kwargs)
+        sys.stdout = cast(TextIO, _StdoutGuard(stdout))
         try:
             code = main(*args, **kwargs)
-            if sys.stdout is not None:  # None when started with stdout closed (>&-): print() writes nothing then
-                sys.stdout.flush()  # here, not at exit, where the error would be printed as "Exception ignored"
+            sys.stdout.flush()  # here, not at exit, where the error would be printed as "Exception ignored"
             return code
         except BrokenPipeError:
             if not _stdout_reader_gone():
                 raise
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
-            os.close(devnull)
+            _silence_stdout()
             return 128 + signal.SIGPIPE
+        except StdoutError as exc:
+            _silence_stdout()
+            print(f"error: cannot write the standard output: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            sys.stdout = stdout
 
     return guarded
+
+
+class StdoutError(OSError):
+    """Standard output could not be written (other than a reader gone away, which is ``BrokenPipeError``)."""
+
+
+class _StdoutGuard:
+    """``sys.stdout`` as it was, except that its write errors are raised as ``StdoutError``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with _as_stdout_error():
+            return self._stream.write(text)
+
+    def flush(self) -> None:
+        with _as_stdout_error():
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _as_stdout_error() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise StdoutError(exc.strerror or str(exc)) from exc
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null: the interpreter's last flush must not fail again."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured): nothing is flushed to a descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 def _stdout_reader_gone() -> bool:

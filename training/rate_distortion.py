@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
 from training.figures import rate_distortion_figure
@@ -28,25 +29,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, default=Path("docs/figures/rate_distortion.png"))
     parser.add_argument("--json", type=Path, default=Path("docs/rate_distortion.json"))
     args = parser.parse_args(argv)
+    labels = args.labels or [p.stem for p in args.reports]
+    if len(labels) != len(args.reports):
+        parser.error(f"--labels gives {len(labels)} labels for {len(args.reports)} reports: one each")
+    if args.every < 1 or not args.budgets or min(args.budgets) < 1:
+        parser.error("--every and each of --budgets must be at least 1")
     try:
+        points = [{"label": label, **operating_point(path)} for label, path in zip(labels, args.reports, strict=True)]
         slices = load_split(args.data, args.split or None)
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     images = slices.images[:: args.every]
-    labels = args.labels or [p.stem for p in args.reports]
-    points = []
-    for label, path in zip(labels, args.reports, strict=True):
-        report = json.loads(path.read_text())
-        points.append({"label": label, "bits": report["bits_per_slice"], "ssim": report["ssim"]["mean"]})
     curves = {codec: codec_curve(images, codec, args.budgets) for codec in CODECS}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"points": points, "codecs": curves, "codec_images": len(images)}, indent=2))
     plotted = {
         name: [(row["bits"], row["ssim"]) for row in rows if row["fits"] == row["images"]]
         for name, rows in curves.items()
     }
-    rate_distortion_figure(points, plotted, args.figure)
+    table = {"points": points, "codecs": curves, "codec_images": len(images)}
+    try:
+        write_atomically(args.json, lambda partial: partial.write_text(json.dumps(table, indent=2)))
+        rate_distortion_figure(points, plotted, args.figure)
+    except WriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"codecs on every {args.every}th slice of {slices.root} ({len(images)} images); mean SSIM (fits/images)")
     print("bytes   " + "".join(f"{name:>22}" for name in CODECS))
     for i, budget in enumerate(args.budgets):
@@ -60,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{point['label']}: {point['bits']:.0f} bits ({point['bits'] / 8:.0f} B), mean SSIM {point['ssim']:.4f}")
     print(f"figure: {args.figure}; table: {args.json}")
     return 0
+
+
+def operating_point(report: Path) -> dict[str, float]:
+    """Bits per slice and mean SSIM from a ``vqvae-eval`` JSON report; ValueError naming the file if it is not one."""
+    try:
+        data = json.loads(report.read_text())
+        return {"bits": float(data["bits_per_slice"]), "ssim": float(data["ssim"]["mean"])}
+    except OSError as exc:
+        raise ValueError(f"cannot read the report {report}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{report} is not a vqvae-eval JSON report ({type(exc).__name__}: {exc})") from exc
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.files import partial_path
 from training.outputs import OutputError
 
 RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
 CHECKPOINTS = ("best.safetensors", *RESUME_STATE)
 RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
-# What a save stopped mid-write leaves: models.checkpoint.save writes NAME.partial, last.pt goes through last.partial.
-PARTIAL_FILES = ("best.safetensors.partial", "last.safetensors.partial", "last.partial")
+# What a save stopped mid-write (killed) leaves: every run file is written as NAME.partial, then renamed
+# (models.files); last.partial is where last.pt went before.
+PARTIAL_FILES = (*(partial_path(Path(name)).name for name in RUN_FILES), "last.partial")
 
 
 def held_checkpoints(out: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import pickle
@@ -20,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
-from models.checkpoint import CheckpointError, load, save
+from models.checkpoint import CheckpointError, load, save, to_bytes
 from models.device import cpu_has_amx, pick_device
+from models.files import WriteError, write_atomically, write_together
 from models.vqvae import VQVAE
 from training import run_folder
 from training.config import TrainConfig, parse_args
@@ -82,6 +84,13 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
@@ -160,17 +169,23 @@ class Trainer:
         }
 
     def save_state(self) -> None:
-        """Weights (safetensors) + optimizer/RNG state (torch.save of tensors and plain types only)."""
-        save(self.model, self.out / "last.safetensors", self.provenance())
+        """Weights (safetensors) + optimizer/RNG state (torch.save of tensors and plain types only), replaced
+        together: resuming from the weights of one step and the optimizer of another would go unnoticed."""
+        weights = to_bytes(self.model, self.provenance())
         state = {
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "run": json.dumps(vars(self.state)),
         }
-        partial = self.last_state_path.with_suffix(".partial")
-        torch.save(state, partial)
-        partial.replace(self.last_state_path)
+        serialized = io.BytesIO()  # torch.save to a file turns a full disk into a RuntimeError from its zip writer
+        torch.save(state, serialized)
+        write_together(
+            {
+                self.out / "last.safetensors": lambda partial: partial.write_bytes(weights),
+                self.last_state_path: lambda partial: partial.write_bytes(serialized.getbuffer()),
+            }
+        )
         self.saved_step = self.state.step
 
     def try_resume(self) -> bool:
@@ -196,11 +211,8 @@ class Trainer:
 
     def write_log(self) -> None:
         history = self.state.history
-        (self.out / "history.json").write_text(json.dumps(history, indent=1))
-        with (self.out / "history.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        write_atomically(self.out / "history.json", lambda partial: partial.write_text(json.dumps(history, indent=1)))
+        write_atomically(self.out / "history.csv", lambda partial: _write_csv(partial, history))
         loss_curves_figure(history, self.out / "loss_curves.png")
 
     # ---- loop --------------------------------------------------------------------------------------------
@@ -242,14 +254,15 @@ class Trainer:
         self.state.step += 1
         return values
 
+    def saved_state(self) -> str:
+        """What a run stopped by an error leaves to resume from, in words."""
+        if self.last_state_path.exists():
+            return f"the state saved after the last finished epoch is in {self.out} (--resume)"
+        return "no epoch's state was saved, so there is nothing to resume"
+
     def diverged(self, what: str) -> DivergedError:
-        saved = (
-            f"the state saved after the last finished epoch is in {self.out} (--resume)"
-            if self.last_state_path.exists()
-            else "no epoch had finished, so nothing was saved"
-        )
         return DivergedError(
-            f"{what} at step {self.state.step}, before the optimizer step; {saved}. "
+            f"{what} at step {self.state.step}, before the optimizer step; {self.saved_state()}. "
             "Try a lower --lr, or --precision fp32 if this ran in bf16"
         )
 
@@ -336,7 +349,14 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
         if trainer.saved_step != trainer.state.step:
             trainer.save_state()
     stopped_by = "SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-    print(f"\n{stopped_by}: state saved in {trainer.out} (resume with --resume)", file=sys.stderr)
+    if trainer.state.epoch >= trainer.config.epochs:  # the stop came while the final figure was drawn
+        print(
+            f"\n{stopped_by} after the last epoch: training is complete, its checkpoints are in {trainer.out}; "
+            "the validation reconstructions figure was not drawn (--resume draws it)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"\n{stopped_by}: state saved in {trainer.out} (resume with --resume)", file=sys.stderr)
     return exit_code(stop)
 
 
@@ -367,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except WriteError as exc:  # a full disk, say: the files of the last finished epoch are whole (written atomically)
+        print(f"error: {exc}; {trainer.saved_state()}", file=sys.stderr)
         return 1
     if not finished.exists():
         print(f"error: no epoch produced a finite validation SSIM; no best checkpoint in {config.out}", file=sys.stderr)

@@ -163,3 +163,18 @@ def test_a_saved_checkpoint_gets_the_umasks_mode(tmp_path: Path, umask: int, mod
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_a_save_over_a_leftover_partial_file_gets_the_umasks_mode(tmp_path: Path) -> None:
+    """A save cut off before its rename leaves ``NAME.partial``; the next save must not inherit that file's mode."""
+    leftover = tmp_path / "model.safetensors.partial"
+    leftover.write_bytes(b"cut off")
+    leftover.chmod(0o600)
+    previous = os.umask(0o022)
+    try:
+        path = save(VQVAE(PRESETS["tiny"]), tmp_path / "model.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not leftover.exists()
+    assert load(path)[0].config == PRESETS["tiny"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -106,12 +107,15 @@ def test_no_signal_is_raised_inside_a_held_block(heeded_sigint: None, capsys: py
 def _count_saves(monkeypatch: pytest.MonkeyPatch, during_a_save: Callable[[], None] = lambda: None) -> list[int]:
     """Record the step of every ``save_state``; ``during_a_save`` runs between its two files."""
     steps: list[int] = []
-    save_weights = train.save
+    write_files = train.write_together
 
-    def save_between(*args: Any, **kwargs: Any) -> None:
-        save_weights(*args, **kwargs)
-        if args[1].name == "last.safetensors":
-            during_a_save()
+    def write_between(writers: dict[Path, Callable[[Path], object]]) -> None:
+        def weights_then_pause(partial: Path, write: Callable[[Path], object]) -> None:
+            write(partial)
+            if partial.name.startswith("last.safetensors"):
+                during_a_save()
+
+        write_files({path: functools.partial(weights_then_pause, write=write) for path, write in writers.items()})
 
     original = Trainer.save_state
 
@@ -119,7 +123,7 @@ def _count_saves(monkeypatch: pytest.MonkeyPatch, during_a_save: Callable[[], No
         original(self)
         steps.append(self.state.step)
 
-    monkeypatch.setattr(train, "save", save_between)
+    monkeypatch.setattr(train, "write_together", write_between)
     monkeypatch.setattr(Trainer, "save_state", counted)
     return steps
 
@@ -182,17 +186,27 @@ def test_a_stop_held_over_the_epochs_files_does_not_save_them_twice(
 
 def test_ctrl_c_while_the_final_figures_are_drawn_exits_cleanly(
     tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     heeded_sigint: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Before: the final figures ran outside the signal handling, and Ctrl-C there ended in a traceback."""
+    """Before: the final figures ran outside the signal handling, and Ctrl-C there ended in a traceback; then it
+    said "state saved (resume with --resume)" as if training had been cut short."""
     steps = _count_saves(monkeypatch)
+    draw = Trainer.final_figures
     monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=1, max_val_images=4))
     monkeypatch.setattr(Trainer, "final_figures", lambda self: _signal_self(signal.SIGINT))
     try:
         code = train.main([])
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C escaped main(): a traceback")
-    assert code == 130 and "interrupted: state saved" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted after the last epoch: training is complete" in err
+    assert "state saved" not in err
     assert len(steps) == 1  # the epoch's save; nothing was left to save
+    # What the message promises: --resume trains nothing more and draws the figure.
+    monkeypatch.setattr(Trainer, "final_figures", draw)
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=1, max_val_images=4, resume=True))
+    assert train.main([]) == 0
+    assert len(steps) == 1 and (tmp_path / "reconstructions_validate.png").is_file()

@@ -1,0 +1,107 @@
+"""``python -m training.rate_distortion``: classical codecs fitted to byte budgets, beside our operating points; and
+its one-line errors for reports it cannot use and files it cannot write."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.quality import ssim
+from training import rate_distortion
+from training.codecs import CODECS, best_fit, codec_ssim
+from training.synthetic import synthetic_slice
+
+
+@pytest.fixture(scope="module")
+def brain() -> np.ndarray:
+    return synthetic_slice(np.random.default_rng(5), (64, 64))  # uint8 (64, 64)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_best_fit_is_the_largest_setting_that_fits(brain: np.ndarray, codec: str) -> None:
+    encode, low, high = CODECS[codec]
+    image = Image.fromarray(brain)
+    sizes = [len(encode(image, setting)) for setting in range(low, high + 1)]
+    budget = sorted(sizes)[len(sizes) // 2]
+    fitted = best_fit(brain, codec, budget)
+    assert fitted is not None and len(fitted) <= budget
+    assert best_fit(brain, codec, 8) is None  # no image file is 8 bytes
+
+
+def test_codec_ssim_scores_the_decoded_file_with_the_design_metric(brain: np.ndarray) -> None:
+    budget = 1500
+    fitted = best_fit(brain, "JPEG", budget)
+    assert fitted is not None
+    with Image.open(io.BytesIO(fitted)) as decoded:
+        restored = np.asarray(decoded, dtype=np.float64) / 255.0
+    assert codec_ssim(brain, "JPEG", budget) == pytest.approx(ssim(brain / 255.0, restored), abs=1e-12)
+    assert codec_ssim(brain, "JPEG", 8) is None
+
+
+def _report(path: Path, bits: float, mean: float) -> Path:
+    path.write_text(json.dumps({"bits_per_slice": bits, "ssim": {"mean": mean, "median": mean, "p5": mean}}))
+    return path
+
+
+def test_a_run_writes_the_table_and_the_figure(fixture_oasis: Path, tmp_path: Path) -> None:
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    table, figure = tmp_path / "out" / "rd.json", tmp_path / "out" / "rd.png"
+    args = ["--reports", str(report), "--labels", "ours", "--data", str(fixture_oasis), "--every", "4"]
+    code = rate_distortion.main([*args, "--budgets", "200", "4000", "--json", str(table), "--figure", str(figure)])
+    assert code == 0
+    written = json.loads(table.read_text())
+    assert written["points"] == [{"label": "ours", "bits": 2560.0, "ssim": 0.9}]
+    assert written["codec_images"] == 2  # 8 test slices, every 4th
+    assert set(written["codecs"]) == set(CODECS)
+    for rows in written["codecs"].values():
+        assert [row["bytes"] for row in rows] == [200, 4000]
+        assert rows[1]["fits"] == 2 and 0.5 < rows[1]["ssim"] <= 1.0  # 4,000 bytes hold any 64x64 slice
+    with Image.open(figure) as image:
+        assert image.format == "PNG"
+    assert not list(table.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "cannot read the report"),
+        ("{not json", "is not a vqvae-eval JSON report (JSONDecodeError"),
+        ('{"ssim": {"mean": 0.9}}', "is not a vqvae-eval JSON report (KeyError"),
+    ],
+)
+def test_a_report_it_cannot_use_is_a_one_line_error(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, said: str
+) -> None:
+    """Before: a traceback (FileNotFoundError, JSONDecodeError, KeyError), after the data had loaded."""
+    report = tmp_path / "report.json"
+    if content is not None:
+        report.write_text(content)
+    assert rate_distortion.main(["--reports", str(report), "--data", str(fixture_oasis)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and str(report) in err and "Traceback" not in err
+
+
+def test_labels_must_match_the_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a ValueError traceback from zip(strict=True), after the codecs had run."""
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    with pytest.raises(SystemExit) as exited:
+        rate_distortion.main(["--reports", str(report), "--labels", "a", "b"])
+    assert exited.value.code == 2 and "--labels gives 2 labels for 1 reports" in capsys.readouterr().err
+
+
+def test_a_table_it_cannot_write_is_a_one_line_error(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    table = tmp_path / "rd.json"
+    table.mkdir()  # a folder where the file goes
+    args = ["--reports", str(report), "--data", str(fixture_oasis), "--every", "8", "--budgets", "4000"]
+    assert rate_distortion.main([*args, "--json", str(table), "--figure", str(tmp_path / "rd.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {table}" in err and "Traceback" not in err
+    assert not (tmp_path / "rd.json.partial").exists()

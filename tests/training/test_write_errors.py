@@ -1,0 +1,98 @@
+"""A write that fails (a full disk; here a file size limit, ``RLIMIT_FSIZE``, which fails writes the same way for
+any user) ends a command with a one-line error naming the file, leaves no partial file, and never leaves a resume
+state whose weights and optimizer come from different steps. Before: an ``OSError`` traceback, the partial file
+kept (filling the disk further), and a new ``last.safetensors`` beside an old ``last.pt``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.files import WriteError, write_atomically, write_together
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
+
+
+def _run_with_file_size_limit(module: str, args: list[str], limit: int) -> subprocess.CompletedProcess[str]:
+    """``module``'s ``main(args)`` in a fresh interpreter whose files cannot grow past ``limit`` bytes."""
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # else the kernel kills the process at the limit
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        f"from {module} import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def _fails_with(path: Path) -> object:
+    def write(partial: Path) -> None:
+        partial.write_bytes(b"half of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return write
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_partial_one(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(WriteError, match=rf"^cannot write {target}: No space left on device$"):
+        write_atomically(target, _fails_with(target))  # type: ignore[arg-type]
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_files_written_together_are_replaced_together(tmp_path: Path) -> None:
+    weights, state = tmp_path / "last.safetensors", tmp_path / "last.pt"
+    weights.write_text("weights 1")
+    state.write_text("state 1")
+    with pytest.raises(WriteError, match=f"cannot write {state}"):
+        write_together({weights: lambda p: p.write_text("weights 2"), state: _fails_with(state)})  # type: ignore[dict-item]
+    assert (weights.read_text(), state.read_text()) == ("weights 1", "state 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.safetensors"]
+    write_together({weights: lambda p: p.write_text("weights 2"), state: lambda p: p.write_text("state 2")})
+    assert (weights.read_text(), state.read_text()) == ("weights 2", "state 2")
+
+
+def test_training_on_a_full_disk_stops_with_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
+    """The tiny model's checkpoint (about 64 KB) fits under the limit; its optimizer state (about twice that) not."""
+    out = tmp_path / "run"
+    args = ["--data", str(fixture_oasis), "--out", str(out), "--epochs", "2", *TINY]
+    done = _run_with_file_size_limit("training.train", args, 100_000)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write {out / 'last.pt'}: File too large" in done.stderr
+    assert "nothing to resume" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors"]  # no partial; no half of a resume state
+
+
+def test_evaluation_on_a_full_disk_stops_with_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
+    checkpoint = REPO_ROOT / "models" / "weights" / "vqvae.safetensors"
+    report = tmp_path / "report.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--split", "test", "--out", str(report)]
+    done = _run_with_file_size_limit("training.evaluate", args, 1_000)  # a report of 8 images is larger
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write {report}: File too large" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_standard_output_that_cannot_be_written_is_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
+    """``vqvae-eval > /dev/full``: the table's print fails with ENOSPC. Before: an ``OSError`` traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    checkpoint = REPO_ROOT / "models" / "weights" / "vqvae.safetensors"
+    report = tmp_path / "report.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--out", str(report)]
+    with open("/dev/full", "w") as full:
+        command = [sys.executable, "-m", "training.evaluate", *args]
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: cannot write the standard output: No space left on device"
+    assert report.is_file()  # written before the table was printed
