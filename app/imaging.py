@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from models.grayscale import NotANumberError, to_uint8, to_unit_float
+from models.grayscale import UnmappablePixelsError, to_uint8, to_unit_float
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # zlib settings of the PNGs we send. On 32 reconstructed OASIS test slices (256x256): Pillow's default (level 6)
@@ -113,7 +113,7 @@ def load_pixels(image: Image.Image) -> np.ndarray:
         ) from exc
     try:
         return to_unit_float(image)
-    except NotANumberError as exc:
+    except UnmappablePixelsError as exc:
         raise UnsupportedImageError(str(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc

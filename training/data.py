@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.grayscale import to_uint8, to_unit_float
+from models.grayscale import has_signed_samples, to_uint8, to_unit_float
 from models.limits import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -65,9 +65,9 @@ def read_grayscale(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            gray = image.mode == "L"
+            gray = image.mode == "L" and not has_signed_samples(image)
             pixels = np.asarray(image, dtype=np.uint8).copy() if gray else to_uint8(to_unit_float(image))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape

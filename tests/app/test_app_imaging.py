@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
-import zlib
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from app.imaging import (
     MAX_PNG_TEXT_BYTES,
@@ -21,7 +21,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
-from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png
+from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
@@ -31,13 +31,6 @@ Noise = Callable[..., np.ndarray]
 
 def decode(data: bytes, **limits: int) -> np.ndarray:
     return decode_image(data, **{**LIMITS, **limits})
-
-
-def with_header_size(png: bytes, width: int, height: int) -> bytes:
-    """The same PNG with its IHDR claiming another size (valid CRC): a decompression bomb's header."""
-    ihdr = bytearray(png[12:29])
-    ihdr[4:12] = struct.pack(">II", width, height)
-    return png[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
 
 
 def test_eight_bit_png_is_divided_by_255(image_file: ImageFile, noise: Noise) -> None:
@@ -192,6 +185,39 @@ def test_float_images_are_clipped_but_nan_pixels_are_refused(image_file: ImageFi
     with pytest.raises(UnsupportedImageError, match="has 2 NaN pixel") as caught:
         decode(image_file(pixels, "TIFF"))
     assert caught.value.status_code == 400
+
+
+def _signed_tiff(pixels: np.ndarray) -> bytes:
+    """A TIFF whose SampleFormat says signed integers: int32 as Pillow writes it, int8 as its raw bytes."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[339] = 2  # SampleFormat: signed integer
+    stored = pixels.view(np.uint8) if pixels.dtype == np.int8 else pixels
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="TIFF", tiffinfo=info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset", "message"),
+    [
+        (np.int32, -300, "negative pixel values (down to -300)"),
+        (np.int8, -100, "negative pixel values (down to -100)"),
+        (np.int32, 70000, "pixel values up to 70199, beyond 16 bits"),
+    ],
+)
+def test_integers_with_no_grey_level_are_refused(dtype: type, offset: int, message: str) -> None:
+    """Before: a signed TIFF of a slice, all below zero, came back all black with SSIM 0.99999; a signed 8-bit one
+    was read as unsigned (-1 as 255); values above 16 bits were clipped to white."""
+    pixels = (np.arange(16 * 16).reshape(16, 16) % 200 + offset).astype(dtype)
+    with pytest.raises(UnsupportedImageError, match=re.escape(message)) as caught:
+        decode(_signed_tiff(pixels))
+    assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32])
+def test_signed_samples_without_negative_values_read_as_their_values(dtype: type) -> None:
+    pixels = (np.arange(16 * 16).reshape(16, 16) % 120).astype(dtype)
+    np.testing.assert_array_equal(decode(_signed_tiff(pixels)), pixels.astype(np.float32) / 255.0)
 
 
 def test_too_small_for_ssim(image_file: ImageFile) -> None:

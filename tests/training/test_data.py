@@ -1,10 +1,12 @@
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
+from benchmarks.crafted_png import with_header_size
 from training.data import CropSampler, DataError, load_folder, load_split, read_grayscale
 
 
@@ -57,6 +59,24 @@ def test_colour_16_bit_and_mixed_sizes_are_kept(tmp_path: Path) -> None:
     assert not slices.same_size
     with pytest.raises(DataError, match="different sizes"):
         slices.stacked()
+
+
+def test_a_decompression_bomb_is_a_data_error(tmp_path: Path) -> None:
+    """Before: Pillow's DecompressionBombError (not an OSError or a ValueError) ended in a traceback."""
+    small = io.BytesIO()
+    Image.new("L", (8, 8)).save(small, format="PNG")
+    (tmp_path / "bomb.png").write_bytes(with_header_size(small.getvalue(), 40000, 40000))
+    with pytest.raises(DataError, match=r"bomb\.png: cannot read image \(Image size \(1600000000 pixels\) exceeds"):
+        load_folder(tmp_path)
+
+
+def test_signed_samples_below_zero_are_a_data_error(tmp_path: Path) -> None:
+    """Pillow reads a signed 8-bit TIFF as unsigned: before, -100 trained as 156, silently."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[339] = 2  # SampleFormat: signed integer
+    Image.fromarray(np.full((16, 16), -100, dtype=np.int8).view(np.uint8)).save(tmp_path / "s.tif", tiffinfo=info)
+    with pytest.raises(DataError, match=r"s\.tif: cannot read image \(the image has negative pixel values"):
+        load_folder(tmp_path)
 
 
 def test_read_grayscale_of_16_bit_mid_grey(tmp_path: Path) -> None:
