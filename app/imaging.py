@@ -86,6 +86,11 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
         ) from exc
     except UnidentifiedImageError as exc:
         claimed = next((name for name, magic in _SIGNATURES.items() if data.startswith(magic)), None)
+        if claimed and "TIFF" in claimed:  # also what Pillow says of sample formats it does not read
+            raise UnsupportedImageError(
+                f"the file starts as a {claimed} but Pillow cannot read it: a sample format it does not support "
+                "(64- or 16-bit floats, 64-bit integers, complex numbers), or a truncated or corrupt file"
+            ) from exc
         if claimed:  # Pillow says "cannot identify" of a damaged header too: the caller's file is not the wrong kind
             raise UnsupportedImageError(
                 f"the file starts as a {claimed} but its header cannot be read (truncated or corrupt file?)"

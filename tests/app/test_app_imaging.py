@@ -78,13 +78,29 @@ def test_multi_frame_tiff_uses_the_first_frame(noise: Noise) -> None:
         # Before: "not PNG, JPEG, TIFF or BMP" for files that are one of those, damaged.
         (b"\x89PNG\r\n\x1a\n" + bytes(20), "starts as a PNG but its header cannot be read"),
         (b"\xff\xd8\xff\xe0" + bytes(20), "starts as a JPEG but its header cannot be read"),
-        (b"MM\x00*" + bytes(20), "starts as a big-endian TIFF but its header cannot be read"),
+        (b"MM\x00*" + bytes(20), "starts as a big-endian TIFF but Pillow cannot read it: a sample format it does not"),
     ],
 )
 def test_not_an_accepted_image(content: bytes, message: str) -> None:
     with pytest.raises(UnsupportedImageError, match=message) as caught:
         decode(content)
     assert caught.value.status_code == 400
+
+
+def _float64_tiff(side: int) -> bytes:
+    """A valid little-endian TIFF of 64-bit float samples (SampleFormat 3), which Pillow does not read."""
+    tags = {256: side, 257: side, 258: 64, 259: 1, 262: 1, 273: 0, 277: 1, 278: side, 279: side * side * 8, 339: 3}
+    ifd_size = 2 + 12 * len(tags) + 4
+    tags[273] = 8 + ifd_size  # the pixels follow the directory
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in sorted(tags.items()))  # LONG each
+    pixels = np.linspace(0.0, 1.0, side * side).astype("<f8").tobytes()
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + bytes(4) + pixels
+
+
+def test_a_tiff_of_a_sample_format_pillow_cannot_read_is_not_called_corrupt() -> None:
+    """Before: "its header cannot be read (truncated or corrupt file?)" of a valid 64-bit float TIFF."""
+    with pytest.raises(UnsupportedImageError, match=r"a sample format it does not support \(64- or 16-bit float"):
+        decode(_float64_tiff(16))
 
 
 def test_gif_is_refused_even_when_valid(image_file: ImageFile, noise: Noise) -> None:
