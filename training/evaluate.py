@@ -142,6 +142,13 @@ def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) ->
     save(model, checkpoint, {**metadata, "metrics": metrics})
 
 
+def default_report(checkpoint: Path, split: str) -> Path:
+    """``<checkpoint>.<split>.json`` beside the checkpoint; a sub-folder split's slashes become underscores (as a
+    suffix, ``sub/deep`` was a ValueError traceback)."""
+    tag = "_".join(part for part in split.replace("\\", "/").split("/") if part) or "folder"
+    return checkpoint.with_name(f"{checkpoint.stem}.{tag}.json")
+
+
 @quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a VQ-VAE checkpoint on a split (SSIM per DESIGN.md).")
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
-    out = args.out or args.checkpoint.with_suffix(f".{args.split or 'folder'}.json")
+    out = args.out or default_report(args.checkpoint, args.split)
     try:
         check_file(out, "the report")  # before the scoring, not after it
         if args.figures:

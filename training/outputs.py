@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TextIO, cast
 
+from training.stop_signals import exit_code
+
 P = ParamSpec("P")
 
 
@@ -58,6 +60,7 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
     """A command whose reader went away (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in
     the shell, instead of a ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not
     done, as with any tool in a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback.
+    Ctrl-C that the command does not handle itself exits 130 with one line, not a ``KeyboardInterrupt`` traceback.
 
     Standard output that cannot be written (``> /dev/full``, a log file on a full disk) ends the command with a
     one-line error and exit 1, in place of an ``OSError`` traceback. Only standard output's own errors: they are
@@ -83,6 +86,9 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
             _silence_stdout()
             print(f"error: cannot write the standard output: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt as stop:  # Ctrl-C while the data loads or a report is scored; files are written
+            print("\ninterrupted", file=sys.stderr)  # whole or not at all (models.files), so nothing else to say
+            return exit_code(stop)
         finally:
             sys.stdout = stdout
 

@@ -12,7 +12,7 @@ from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
 from training.figures import rate_distortion_figure
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import check_file, quiet_on_closed_stdout
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--every and each of --budgets must be at least 1")
     try:
         points = [{"label": label, **operating_point(path)} for label, path in zip(labels, args.reports, strict=True)]
+        check_file(args.json, "--json")  # before the codecs' minutes of work, not after them
+        check_file(args.figure, "--figure")
         slices = load_split(args.data, args.split or None)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -94,14 +94,30 @@ def test_labels_must_match_the_reports(tmp_path: Path, capsys: pytest.CaptureFix
     assert exited.value.code == 2 and "--labels gives 2 labels for 1 reports" in capsys.readouterr().err
 
 
-def test_a_table_it_cannot_write_is_a_one_line_error(
-    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("flag", ["--json", "--figure"])
+def test_an_output_it_cannot_write_is_refused_before_the_codecs_run(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flag: str
 ) -> None:
+    """Before: an IsADirectoryError or FileExistsError traceback, after all the codec work."""
+    monkeypatch.setattr(rate_distortion, "codec_curve", lambda *args: pytest.fail("the codecs ran"))
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    outputs = {"--json": tmp_path / "rd.json", "--figure": tmp_path / "rd.png"}
+    outputs[flag].mkdir()  # a folder where the file goes
+    args = ["--reports", str(report), "--data", str(fixture_oasis), *(str(a) for o in outputs.items() for a in o)]
+    assert rate_distortion.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {flag} {outputs[flag]}: {outputs[flag]} is a folder" in err and "Traceback" not in err
+
+
+def test_a_table_that_fails_while_written_is_a_one_line_error(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file system may change during the codecs' minutes: the write's own failure names the file."""
     report = _report(tmp_path / "ours.json", 2560, 0.9)
     table = tmp_path / "rd.json"
-    table.mkdir()  # a folder where the file goes
-    args = ["--reports", str(report), "--data", str(fixture_oasis), "--every", "8", "--budgets", "4000"]
-    assert rate_distortion.main([*args, "--json", str(table), "--figure", str(tmp_path / "rd.png")]) == 1
+    monkeypatch.setattr(rate_distortion, "codec_curve", lambda *args: (table.mkdir(exist_ok=True), [])[1])
+    args = ["--reports", str(report), "--data", str(fixture_oasis), "--json", str(table)]
+    assert rate_distortion.main([*args, "--figure", str(tmp_path / "rd.png")]) == 1
     err = capsys.readouterr().err
     assert f"cannot write {table}" in err and "Traceback" not in err
     assert not (tmp_path / "rd.json.partial").exists()
