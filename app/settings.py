@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         "client that stalls or trickles its upload holds a connection until then. 30 s carries the 20 MiB body "
         "limit over about 6 Mbit/s; an MRI slice's few tens of KiB over far slower links (at most 600 s)",
     )
+    header_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=600,
+        description="seconds a connection may take to send a request's headers in full, from its opening or from the "
+        "previous answer (408 and closed after): a client that sends nothing, or trickles its headers, would "
+        "otherwise hold a connection, and a file descriptor, forever. Applied by vqvae-serve (and the Docker image), "
+        "not by a plain `uvicorn app.main:create_app` (at most 600 s)",
+    )
     max_pixels: int = Field(
         default=1024 * 1024,
         ge=1,

@@ -84,17 +84,24 @@ def model_loads(client: httpx.Client) -> float:
 
 @contextmanager
 def running_server(
-    env: dict[str, str], log_dir: Path, *, log_level: str, startup_timeout_s: float, workers: int = 1
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    log_level: str,
+    startup_timeout_s: float,
+    workers: int = 1,
+    cli: bool = False,
 ) -> Iterator[Server]:
     """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit.
 
-    One worker: plain ``uvicorn --factory``. Several: ``vqvae-serve --workers N``, which is what sums their
-    metrics (``app.metrics.shared_by_workers``).
+    One worker: plain ``uvicorn --factory``, unless ``cli``. Several, or ``cli``: ``vqvae-serve --workers N``, which
+    is what sums their metrics (``app.metrics.shared_by_workers``) and sets the header deadline
+    (``app.header_deadline``).
     """
     port = free_port()
     log = log_dir / f"server-{port}.log"
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    if workers == 1:
+    if workers == 1 and not cli:
         command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--log-level", log_level]
     else:
         command = [sys.executable, "-m", "app.cli", "--workers", str(workers)]

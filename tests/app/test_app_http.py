@@ -10,6 +10,7 @@ import select
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
+from app.header_deadline import HeaderDeadlineProtocol
 from benchmarks.server import Server, model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +211,97 @@ def test_whole_bodies_are_unaffected_by_the_body_deadline(
         assert reconstructed.headers["content-type"] == "image/png"
 
 
+HEADER_TIMEOUT_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def header_deadline_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``vqvae-serve`` (which sets the header deadline; plain uvicorn does not) with a short VQVAE_HEADER_TIMEOUT_S."""
+    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S)}
+    logs = tmp_path_factory.mktemp("headers")
+    with running_server(env, logs, log_level="info", startup_timeout_s=60, cli=True) as process:
+        yield process
+
+
+def assert_header_timeout(answer: httpx.Response, waited_s: float) -> None:
+    assert answer.status_code == 408, answer.text
+    assert answer.headers["content-type"] == "application/json" and answer.headers["connection"] == "close"
+    assert f"within {HEADER_TIMEOUT_S:g} s" in answer.json()["detail"]
+    assert HEADER_TIMEOUT_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 10
+
+
+def read_kept_answer(sock: socket.socket) -> bytes:
+    """One whole answer on a connection the server keeps open: its head, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
+
+
+def trickle(sock: socket.socket, data: bytes, every_s: float) -> None:
+    """``data`` a byte at a time until the server answers (or it is all sent)."""
+    for byte in data:
+        if select.select([sock], [], [], every_s)[0]:
+            return
+        sock.sendall(bytes([byte]))
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /encode HTTP/1.1\r\nHost: t\r\n"])
+def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_server: Server, sent: bytes) -> None:
+    """Before: held open for as long as the client liked (uvicorn has no header timeout); 21,000 of them exhausted
+    the server's file descriptors."""
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        sock.sendall(sent)
+        answer = read_answer(sock)
+    assert_header_timeout(answer, time.monotonic() - started)
+
+
+def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
+    """Every byte used to cancel uvicorn's only timer: the deadline is for the headers, not for a read."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Padding: " + b"x" * 1000 + b"\r\n\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        trickle(sock, head, 0.05)
+        answer = read_answer(sock)
+    assert_header_timeout(answer, time.monotonic() - started)
+
+
+def test_the_deadline_restarts_after_each_answer_on_a_kept_connection(header_deadline_server: Server) -> None:
+    """The deadline runs from the previous answer: a kept connection's next request gets the same time."""
+    with raw_connection(header_deadline_server) as sock:
+        for pause_s in (0.0, HEADER_TIMEOUT_S * 0.7):  # answered on one connection, past one deadline in all
+            time.sleep(pause_s)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_kept_answer(sock).startswith(b"HTTP/1.1 200 OK")
+        started = time.monotonic()  # the previous answer is in
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        answer = read_answer(sock)
+    assert_header_timeout(answer, time.monotonic() - started)
+
+
+def test_a_body_may_take_longer_than_the_header_deadline(
+    header_deadline_server: Server, image_file: Any, noise: Any
+) -> None:
+    """Once the headers are in, the body has VQVAE_BODY_TIMEOUT_S (30 s by default), not the header deadline."""
+    png = image_file(noise(16, 16))
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png + b"\r\n--b--\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(upload_head(len(body)).replace(b"Host: test", b"Host: test\r\nConnection: close"))
+        started = time.monotonic()
+        for part in (body[: len(body) // 2], body[len(body) // 2 :]):
+            time.sleep(HEADER_TIMEOUT_S * 0.8)
+            sock.sendall(part)
+        answer = read_answer(sock)
+    assert time.monotonic() - started > HEADER_TIMEOUT_S
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["image_size"] == [16, 16]
+
+
 def test_model_docs_and_openapi(server: httpx.Client) -> None:
     model = server.get("/model").json()
     assert model["codebook_size"] == 32
@@ -333,7 +426,7 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
     assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
     assert args == ("app.main:create_app",)
-    assert kwargs["factory"] is True
+    assert kwargs["factory"] is True and kwargs["http"] is HeaderDeadlineProtocol
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
     assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())
     # Two workers share a fresh metrics folder for the run, removed afterwards; one worker needs none.

@@ -1,0 +1,83 @@
+"""A deadline for each request's headers, which uvicorn does not have.
+
+uvicorn closes an idle keep-alive connection after a response (``timeout_keep_alive``), and any byte received
+cancels that timer. A client that connects and sends nothing, or trickles its headers, held its connection, and so a
+file descriptor, for as long as it liked: a reviewer's 21,000 such connections exhausted the server's 20,000
+descriptors, and every other caller got nothing. ``VQVAE_BODY_TIMEOUT_S`` (``app.middleware``) starts only once the
+headers are in, since the app sees nothing before that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.settings import Settings
+
+
+@functools.cache
+def header_timeout_s() -> float:
+    """Read once per process: uvicorn's worker processes inherit the environment that ``vqvae-serve`` checked."""
+    return Settings().header_timeout_s
+
+
+def _late_headers_answer(timeout_s: float) -> bytes:
+    body = json.dumps(
+        {
+            "detail": f"the request's headers did not arrive in full within {timeout_s:g} s of the connection or of "
+            "the previous answer (limit set by VQVAE_HEADER_TIMEOUT_S)"
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
+    ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or of the previous answer, or it gets a 408 and is
+    closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline and not self.transport.is_closing():  # a pipelined request's headers are all in
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_deadline = self.loop.call_later(header_timeout_s(), self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no answer of ours is under way on this connection
+            self.transport.write(_late_headers_answer(header_timeout_s()))
+        self.transport.close()
