@@ -1,4 +1,4 @@
-# The VQ-VAE REST service on CPU: docker build -t vqvae . && docker run -p 8000:8000 vqvae
+# The VQ-VAE REST service on CPU: docker build -t brain-vqvae . && docker run -p 8000:8000 brain-vqvae
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
