@@ -88,14 +88,15 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
                 f"indices form a {rows}x{cols} grid but image_size {height}x{width} needs a "
                 f"{needed[0]}x{needed[1]} grid (stride {config.stride})",
             )
+    grid = np.asarray(body.indices, dtype=np.int64)
     top = config.codebook_size
-    for r, row in enumerate(body.indices):
-        for c, value in enumerate(row):
-            if value >= top:
-                raise HTTPException(
-                    422, f"indices[{r}][{c}] = {value} is out of range: the codebook has {top} codes (0..{top - 1})"
-                )
-    return np.asarray(body.indices, dtype=np.int64)
+    outside = np.argwhere(grid >= top)  # the schema bounds indices to [0, 2**31); the codebook, to [0, top)
+    if len(outside):
+        r, c = outside[0]
+        raise HTTPException(
+            422, f"indices[{r}][{c}] = {grid[r, c]} is out of range: the codebook has {top} codes (0..{top - 1})"
+        )
+    return grid
 
 
 @router.post(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from app.errors import format_validation_errors
 from app.main import create_app
 from app.settings import Settings
 
@@ -328,6 +329,26 @@ async def test_decode_malformed_json(client: httpx.AsyncClient) -> None:
 )
 async def test_bad_indices(client: httpx.AsyncClient, body: dict[str, Any], fragments: tuple[str, ...]) -> None:
     assert_error(await client.post("/decode", json=body), 422, *fragments)
+
+
+@pytest.mark.parametrize(("element", "shown"), [("-1", "-1"), ("0.5", "0.5"), ('""', "''"), ("null", "None")])
+async def test_a_large_invalid_grid_gets_a_short_answer(client: httpx.AsyncClient, element: str, shown: str) -> None:
+    """Before: every bad index was listed; a 2 MB body of -1s took 8 s (every other request waiting) to answer
+    50 MB. Validation stops at the first bad index now."""
+    row = "[" + ",".join([element] * 1000) + "]"
+    body = '{"indices": [' + ",".join([row] * 50) + "]}"
+    response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "indices[0][0]: Input should be", f"(got {shown})")
+    assert len(response.content) < 200, response.text[:300]
+
+
+def test_a_validation_message_names_the_first_problems_and_counts_the_rest() -> None:
+    errors = [
+        {"type": "int_type", "loc": ("body", "indices", 0, n), "msg": "bad", "input": [n] * 10**5} for n in range(12)
+    ]
+    text = format_validation_errors(errors)
+    assert text.startswith("indices[0][0]: bad (got [0, 0, 0, 0, 0, 0, ...]); indices[0][1]: bad")
+    assert text.endswith("indices[0][4]: bad (got [4, 4, 4, 4, 4, 4, ...]); and 7 more")
 
 
 async def test_grid_decoding_to_too_many_pixels(serve: Serve) -> None:
