@@ -4,6 +4,7 @@ and a quiet start-up failure."""
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 import logging
 
@@ -72,7 +73,8 @@ class BodySizeLimitMiddleware:
     counting streamed chunks.
 
     JSON has its own, lower limit because FastAPI parses it on the event loop: an 18 MB body of indices held every
-    other request for about a second, while the largest grid a JSON body may carry fits in far less.
+    other request for about a second, while the largest grid a JSON body may carry fits in far less. It applies to
+    every content type FastAPI parses as JSON (``parsed_as_json``), not only to application/json.
     The 413 is an ``EarlyAnswer``: no framework below can turn the overflow into another status.
     """
 
@@ -85,7 +87,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_json = media_type(_header(scope, b"content-type")) == "application/json"
+        is_json = parsed_as_json(_header(scope, b"content-type"))
         limit = self.max_json_bytes if is_json else self.max_bytes
         answer = EarlyAnswer(send)
 
@@ -269,6 +271,18 @@ class QuietStartupFailureMiddleware:
 def media_type(content_type: str) -> str:
     """A Content-Type header's media type, without parameters, lower case ("" for no header)."""
     return content_type.split(";", 1)[0].strip().lower()
+
+
+def parsed_as_json(content_type: str) -> bool:
+    """Whether FastAPI parses a body sent with this Content-Type header as JSON, before any route check runs:
+    application/json and every application/*+json, the header read by the email package as fastapi.routing reads
+    it. Without the header FastAPI parses nothing (its ``strict_content_type``, left at its default here)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _header(scope: Scope, wanted: bytes) -> str:

@@ -98,6 +98,24 @@ async def test_json_has_its_own_lower_limit(serve: Serve, as_upload: Files, imag
         assert len(png) > 1000 and (await client.post("/encode", files=as_upload(png))).is_success  # not JSON
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/x+json", 413),
+        ("Application/Vnd.Api+JSON; charset=utf-8", 413),
+        ("text/json", 415),  # FastAPI leaves it unparsed: the route's 415 comes before any parsing cost
+        ("application/jsonx", 415),
+    ],
+)
+async def test_the_json_limit_covers_every_type_parsed_as_json(serve: Serve, content_type: str, status: int) -> None:
+    """FastAPI parses any application/*+json as JSON, before the route's 415. Before, only application/json had the
+    JSON limit: an 18 MB grid sent as application/x+json was parsed on the event loop."""
+    body = '{"indices": [[' + ", ".join(["0"] * 600) + "]]}"
+    async with serve(max_json_bytes=1000) as client:
+        response = await client.post("/decode", content=body, headers={"content-type": content_type})
+    assert_error(response, status, *(["limit of 1000 bytes for JSON"] if status == 413 else [content_type]))
+
+
 async def test_a_text_field_instead_of_a_file_is_explained(client: httpx.AsyncClient) -> None:
     """Before: "Expected UploadFile, received: <class 'str'>"."""
     response = await client.post("/encode", files={"file": (None, b"abc")})
