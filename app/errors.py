@@ -41,8 +41,6 @@ def format_validation_errors(errors: Sequence[Any]) -> str:
 
 def _describe(error: Any) -> str:
     """One pydantic error as a sentence a caller can act on."""
-    if error.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {error.get('ctx', {}).get('error', 'decode error')}"
     location = _location(error.get("loc", ()))
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if message.startswith("Expected UploadFile"):  # FastAPI's words for a text field: say what to send instead

@@ -14,9 +14,11 @@ from app.inference import InferenceService
 from app.negotiation import produces
 from app.offload import decode_upload, encode_answer
 from app.routes.deps import Service, complete_form, error_responses, one_file, require_content_type
+from app.routes.json_body import JSONBodyRoute
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 
-router = APIRouter(tags=["codec"])
+# JSONBodyRoute: a /decode body that cannot be parsed gets one 400 naming the problem, whatever it is.
+router = APIRouter(tags=["codec"], route_class=JSONBodyRoute)
 
 JSON, PNG = "application/json", "image/png"
 # FastAPI reads the whole body before any check (a form it cannot parse is Starlette's 400); then each route checks,

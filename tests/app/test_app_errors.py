@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -318,9 +319,25 @@ async def test_decode_wants_json(client: httpx.AsyncClient) -> None:
     assert_error(response, 415, "text/plain", "application/json")
 
 
-async def test_decode_malformed_json(client: httpx.AsyncClient) -> None:
-    response = await client.post("/decode", content=b'{"indices": [[1,', headers={"content-type": "application/json"})
-    assert_error(response, 422, "not valid JSON")
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"indices": [[1,', "Expecting value at line 1, column 17"),
+        (b'{"indices": [[1]], "note": "caf\xe9"}', "it is not UTF-8 text (byte 31: invalid continuation byte)"),
+        (b"[" * 100_000, "its arrays or objects are nested too deeply"),
+        (
+            b'{"indices": [[' + b"9" * (sys.get_int_max_str_digits() + 700) + b"]]}",
+            f"a number has more than {sys.get_int_max_str_digits()} digits",
+        ),
+    ],
+)
+async def test_a_body_that_cannot_be_parsed_as_json_is_one_400_naming_the_problem(
+    client: httpx.AsyncClient, body: bytes, problem: str
+) -> None:
+    """Before: 422 for a syntax error, 400 "There was an error parsing the body" for the others, naming nothing.
+    400 is what the OpenAPI page and the README say."""
+    response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, f"cannot parse the request body as JSON: {problem}")
 
 
 @pytest.mark.parametrize(
