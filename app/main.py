@@ -20,6 +20,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import (
     BodySizeLimitMiddleware,
     BodyTimeoutMiddleware,
+    ContentEncodingMiddleware,
     MultipartEndMiddleware,
     QuietStartupFailureMiddleware,
     UnexpectedErrorMiddleware,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes
     )
+    app.add_middleware(ContentEncodingMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)

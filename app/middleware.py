@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: request body size and time limits, the multipart end check, the last-resort JSON 500,
-and a quiet start-up failure."""
+"""Pure ASGI middleware: request body size and time limits, no compressed bodies, the multipart end check, the
+last-resort JSON 500, and a quiet start-up failure."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import email.message
 import json
 import logging
+from collections.abc import Sequence
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import State
@@ -15,10 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 
-async def send_json_error(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+async def send_json_error(
+    send: Send, status: int, detail: str, *, close: bool = False, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     """Answer ``{"detail": ...}`` straight on the ASGI channel (no framework below us to ask)."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     if close:  # the unread rest of the body makes the connection unusable
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -113,6 +116,38 @@ class BodySizeLimitMiddleware:
             return message
 
         await answer.run(self.app, scope, limited_receive)
+
+
+_MAX_SHOWN_CODING = 40  # characters of a Content-Encoding header repeated in the 415
+
+
+class ContentEncodingMiddleware:
+    """415 for a request body sent compressed (a Content-Encoding other than identity), before any of it is read.
+
+    Nothing here decompresses bodies: FastAPI would parse the compressed bytes as they are, as JSON or as a form,
+    and answer a misleading 400, or serve a body that only looked plain. The answer lists what is accepted
+    (``Accept-Encoding: identity``, RFC 7694) and closes the connection, whose unread body is unusable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coding = _content_coding(scope) if scope["type"] == "http" else ""
+        if coding and _declares_body(scope):
+            shown = coding if len(coding) <= _MAX_SHOWN_CODING else coding[:_MAX_SHOWN_CODING] + "..."
+            detail = f"compressed request bodies are not accepted (Content-Encoding: {shown}); send it uncompressed"
+            await send_json_error(send, 415, detail, close=True, headers=[(b"accept-encoding", b"identity")])
+            return
+        await self.app(scope, receive, send)
+
+
+def _content_coding(scope: Scope) -> str:
+    """The request's Content-Encoding headers, joined, when any coding in them is not identity; "" otherwise."""
+    codings = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"content-encoding"]
+    joined = ", ".join(codings)
+    plain = all(token.strip().lower() in {"", "identity"} for token in joined.split(","))
+    return "" if plain else joined
 
 
 class BodyTimeoutMiddleware:

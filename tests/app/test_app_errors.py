@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -115,6 +117,50 @@ async def test_the_json_limit_covers_every_type_parsed_as_json(serve: Serve, con
     async with serve(max_json_bytes=1000) as client:
         response = await client.post("/decode", content=body, headers={"content-type": content_type})
     assert_error(response, status, *(["limit of 1000 bytes for JSON"] if status == 413 else [content_type]))
+
+
+@pytest.mark.parametrize(
+    ("path", "coding", "compress"),
+    [
+        ("/decode", "gzip", True),
+        ("/decode", "br", False),
+        ("/decode", "identity, GZIP", True),
+        ("/encode", "gzip", False),
+    ],
+)
+async def test_a_compressed_body_is_a_415(
+    client: httpx.AsyncClient, image_file: Any, noise: Any, path: str, coding: str, compress: bool
+) -> None:
+    """Before: the body was parsed as if plain: gzip JSON got 400 "There was an error parsing the body", and a plain
+    body labelled compressed was served."""
+    if path == "/decode":
+        body, headers = b'{"indices": [[1, 2]]}', {"content-type": "application/json"}
+    else:
+        body, headers = multipart([("file", ("a.png", image_file(noise(16, 16)), "image/png"))])
+    content = gzip.compress(body) if compress else body
+    response = await client.post(path, content=content, headers={**headers, "content-encoding": coding})
+    assert_error(response, 415, f"compressed request bodies are not accepted (Content-Encoding: {coding})")
+    assert response.headers["accept-encoding"] == "identity"
+
+
+async def test_a_compressed_body_is_refused_before_it_is_read(client: httpx.AsyncClient) -> None:
+    """The 415 does not wait for a body that never ends."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield gzip.compress(b'{"indices": [[1, 2]]}')
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        response = await client.post(
+            "/decode", content=endless(), headers={"content-type": "application/json", "content-encoding": "gzip"}
+        )
+    assert_error(response, 415, "compressed")
+
+
+async def test_an_identity_content_encoding_is_served(client: httpx.AsyncClient) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "identity"}
+    response = await client.post("/decode", content=b'{"indices": [[1, 2]]}', headers=headers)
+    assert response.status_code == 200, response.text
 
 
 async def test_a_text_field_instead_of_a_file_is_explained(client: httpx.AsyncClient) -> None:
