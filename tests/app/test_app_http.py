@@ -319,6 +319,15 @@ def test_model_docs_and_openapi(server: httpx.Client) -> None:
     assert decode_request["examples"][0]["indices"]
 
 
+def test_openapi_operation_ids_are_unique(server: httpx.Client) -> None:
+    """Before: the probes' GET and HEAD shared one route, so the schema had healthz_healthz_get and readyz_readyz_get
+    twice (and the log a "Duplicate Operation ID" warning); client generators need them unique."""
+    schema = server.get("/openapi.json").json()
+    ids = [operation["operationId"] for item in schema["paths"].values() for operation in item.values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert {"healthz_healthz_get", "healthz_healthz_head", "readyz_readyz_get", "readyz_readyz_head"} <= set(ids)
+
+
 @pytest.mark.parametrize(("page", "scripts"), [("/docs", 1), ("/redoc", 1)])
 def test_docs_pages_load_nothing_from_the_internet(server: httpx.Client, page: str, scripts: int) -> None:
     """Before: FastAPI's pages took their scripts from cdn.jsdelivr.net, a blank page on an air-gapped network."""
