@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         static_url=DOCS_ASSETS,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io either
+        # /encode/ is a 404, not a 307 to /encode: that redirect named an absolute http:// URL, wrong behind a TLS
+        # proxy, and a client that follows it with a POST sends its whole upload twice.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = app_metrics

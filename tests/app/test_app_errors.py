@@ -443,6 +443,13 @@ async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None
     assert_error(await client.get("/encode"), 405, "Method Not Allowed")
 
 
+async def test_a_trailing_slash_is_not_redirected(client: httpx.AsyncClient, as_upload: Files) -> None:
+    """Before: a 307 to an absolute http:// URL (wrong behind a TLS proxy), which a client follows by uploading
+    the whole body again."""
+    assert_error(await client.post("/encode/", files=as_upload(b"not read")), 404, "Not Found")
+    assert_error(await client.get("/healthz/"), 404, "Not Found")
+
+
 async def test_not_ready_without_a_loaded_model(make_settings: Callable[..., Settings], as_upload: Files) -> None:
     """Before the lifespan has loaded the checkpoint, the model routes answer 503 and /readyz says why."""
     app = create_app(make_settings())
