@@ -29,6 +29,11 @@ from app.routes import codec, health, metrics, model
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+# python-multipart logs each malformed form it is sent ("Expected boundary character 45, got ...") as a warning;
+# with no handler of its own, every one became a raw line on the server's stderr, written at the caller's will.
+# The caller's 400 says what was wrong; the server's log keeps the parser's errors only (a temporary file it
+# could not open, say).
+MULTIPART_LOG_LEVEL = logging.ERROR
 
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
 
@@ -48,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own settings and metrics registry; the lifespan loads the model."""
     settings = settings or Settings()
     app_metrics = Metrics()
+    logging.getLogger("python_multipart").setLevel(MULTIPART_LOG_LEVEL)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -441,6 +442,20 @@ async def test_grid_decoding_to_too_many_pixels(serve: Serve) -> None:
 async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
     assert_error(await client.get("/nowhere"), 404, "Not Found")
     assert_error(await client.get("/encode"), 405, "Method Not Allowed")
+
+
+async def test_a_malformed_form_is_not_logged_by_the_parser(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: python-multipart's warning ("Expected boundary character ...") reached the server's stderr as a raw
+    line for every malformed form a caller sent."""
+    body = b"garbage before any boundary\r\n--XyZ\r\n"
+    with caplog.at_level(logging.DEBUG):
+        response = await client.post(
+            "/encode", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"}
+        )
+    assert response.status_code == 400, response.text
+    assert not [record for record in caplog.records if record.name.startswith("python_multipart")]
 
 
 async def test_a_trailing_slash_is_not_redirected(client: httpx.AsyncClient, as_upload: Files) -> None:
