@@ -20,8 +20,9 @@ def exit_code(stop: KeyboardInterrupt) -> int:
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM while training, raised as ``KeyboardInterrupt`` and ``Terminated``.
 
-    A signal is raised where it lands (in a step, in validation), except inside ``deferred()``, which the epoch's
-    checkpoint writes and figures run in: there it is raised when the block ends, or at once if a second one comes.
+    A signal is raised where it lands (in validation, say), except inside ``deferred()``, which each training step
+    and the epoch's checkpoint writes and figures run in: there it is raised when the block ends, or at once if a
+    second one comes (a step cut short so is not saved: ``train.stopped``).
     Raised in the middle of drawing the first figure, it left objects of a half-built pyparsing grammar (under
     matplotlib) whose ``__del__`` printed a traceback at exit (a flaky test caught it).
     Inside ``held()`` (the save after a stop) no signal is raised at all: the process is stopping already, and a

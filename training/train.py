@@ -40,15 +40,26 @@ class DivergedError(RuntimeError):
     untouched (the quantizer's EMA codebook updates inside the forward pass and may not be; nothing is saved)."""
 
 
+LOSS_VALUES = 4  # what a step returns: loss, reconstruction loss, VQ loss, perplexity
+
+
 @dataclass
 class RunState:
-    """What resuming needs besides the weights."""
+    """What resuming needs besides the weights.
+
+    ``epoch`` counts the epochs finished and recorded (validated, in the history). ``epoch_steps`` and
+    ``epoch_sums`` are the steps of the next epoch taken so far and the sums of their loss values: a run stopped in
+    the middle of an epoch, or in its validation, resumes with the rest of that epoch, not with all of it again, and
+    its history row is the one an uninterrupted run writes. ``seconds`` is the time in training steps.
+    """
 
     epoch: int = 0
     step: int = 0
     best_val_ssim: float = -1.0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_steps: int = 0
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0] * LOSS_VALUES)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -132,6 +143,7 @@ class Trainer:
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.state = RunState()
         self.saved_step: int | None = None  # the step that last.safetensors and last.pt were last written at
+        self.step_cut_short = False  # a stop came in the middle of a step (see epoch_step)
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +269,7 @@ class Trainer:
     def saved_state(self) -> str:
         """What a run stopped by an error leaves to resume from, in words."""
         if self.last_state_path.exists():
-            return f"the state saved after the last finished epoch is in {self.out} (--resume)"
+            return f"the state last saved (at the end of an epoch, or at a stop) is in {self.out} (--resume)"
         return "no epoch's state was saved, so there is nothing to resume"
 
     def diverged(self, what: str) -> DivergedError:
@@ -273,59 +285,85 @@ class Trainer:
 
     def run(self) -> RunState:
         cfg = self.config
-        resumed = self.try_resume()
-        if resumed:
-            print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}")
+        if self.try_resume():
+            print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}{self.partial_epoch()}")
         self.model.train()
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
-            started = time.perf_counter()
-            sums = np.zeros(4)
-            bar = tqdm(
-                range(self.steps_per_epoch),
-                desc=f"epoch {epoch}/{cfg.epochs}",
-                disable=not cfg.progress,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for _ in bar:
-                values = self.loop_step()
-                sums += values
-                bar.set_postfix(loss=f"{values[0]:.4f}", ppl=f"{values[3]:.0f}")
-            self.state.seconds += time.perf_counter() - started
-            self.state.epoch = epoch
-            report = self.validate()
-            means = sums / self.steps_per_epoch
-            row = {
-                "epoch": epoch,
-                "step": self.state.step,
-                "loss": means[0],
-                "recon_loss": means[1],
-                "vq_loss": means[2],
-                "perplexity": means[3],
-                "val_ssim": report["ssim"]["mean"],
-                "val_psnr": report["psnr"]["mean"],
-                "val_usage": report["codebook_usage"],
-                "lr": self.optimizer.param_groups[0]["lr"],  # the epoch's last step's
-                "seconds": round(self.state.seconds, 1),
-            }
-            self.state.history.append(row)
-            improved = row["val_ssim"] > self.state.best_val_ssim
-            with self.stop_signals.deferred():
-                if improved:
-                    self.state.best_val_ssim = row["val_ssim"]
-                    save(
-                        self.model,
-                        self.out / "best.safetensors",
-                        {**self.provenance(), "metrics": {"validate": headline(report)}},
-                    )
-                self.save_state()
-                self.write_log()
-            tqdm.write(
-                f"epoch {epoch}: loss {means[0]:.4f} (recon {means[1]:.4f}, vq {means[2]:.4f}) "
-                f"val SSIM {row['val_ssim']:.4f} PSNR {row['val_psnr']:.2f} usage {row['val_usage']:.0%}"
-                f"{' *best' if improved else ''} [{self.state.seconds / 60:.1f} min]"
-            )
+            self.train_epoch(epoch)
+            self.record_epoch(epoch, self.validate())
         return self.state
+
+    def partial_epoch(self) -> str:
+        """The steps of the next epoch that a stopped run had taken, in words (nothing where it had none)."""
+        if not self.state.epoch_steps:
+            return ""
+        return f" ({self.state.epoch_steps} of the {self.steps_per_epoch} steps of epoch {self.state.epoch + 1} done)"
+
+    def train_epoch(self, epoch: int) -> None:
+        """The steps of ``epoch`` not taken yet: all of them, unless a stopped run took some."""
+        bar = tqdm(
+            range(self.state.epoch_steps, self.steps_per_epoch),
+            initial=self.state.epoch_steps,
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            disable=not self.config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for _ in bar:
+            values = self.epoch_step()
+            bar.set_postfix(loss=f"{values[0]:.4f}", ppl=f"{values[3]:.0f}")
+
+    def epoch_step(self) -> tuple[float, float, float, float]:
+        """``loop_step``, counted into the epoch, whole or not at all: a stop signal that comes during it is raised
+        once the step and its counts are done, so the state a stop saves is that of a step boundary, which a resumed
+        run continues from exactly. A second signal stops at once and leaves ``step_cut_short`` set: ``stopped``
+        then saves nothing (the optimizer may have updated some parameters and not others)."""
+        with self.stop_signals.deferred():
+            self.step_cut_short = True
+            started = time.perf_counter()
+            values = self.loop_step()
+            self.state.seconds += time.perf_counter() - started
+            self.state.epoch_sums = [total + value for total, value in zip(self.state.epoch_sums, values, strict=True)]
+            self.state.epoch_steps += 1
+            self.step_cut_short = False
+        return values
+
+    def record_epoch(self, epoch: int, report: dict[str, Any]) -> None:
+        """Count ``epoch`` as done only together with its history row and checkpoints: a stop before this (in the
+        validation, say) leaves it to be validated by the resumed run, its steps all taken."""
+        means = [total / self.steps_per_epoch for total in self.state.epoch_sums]
+        row = {
+            "epoch": epoch,
+            "step": self.state.step,
+            "loss": means[0],
+            "recon_loss": means[1],
+            "vq_loss": means[2],
+            "perplexity": means[3],
+            "val_ssim": report["ssim"]["mean"],
+            "val_psnr": report["psnr"]["mean"],
+            "val_usage": report["codebook_usage"],
+            "lr": self.optimizer.param_groups[0]["lr"],  # the epoch's last step's
+            "seconds": round(self.state.seconds, 1),
+        }
+        improved = row["val_ssim"] > self.state.best_val_ssim
+        with self.stop_signals.deferred():
+            self.state.history.append(row)
+            self.state.epoch, self.state.epoch_steps, self.state.epoch_sums = epoch, 0, [0.0] * LOSS_VALUES
+            if improved:
+                self.state.best_val_ssim = row["val_ssim"]
+                save(
+                    self.model,
+                    self.out / "best.safetensors",
+                    {**self.provenance(), "metrics": {"validate": headline(report)}},
+                )
+            self.save_state()
+            self.write_log()
+        tqdm.write(
+            f"epoch {epoch}: loss {means[0]:.4f} (recon {means[1]:.4f}, vq {means[2]:.4f}) "
+            f"val SSIM {row['val_ssim']:.4f} PSNR {row['val_psnr']:.2f} usage {row['val_usage']:.0%}"
+            f"{' *best' if improved else ''} [{self.state.seconds / 60:.1f} min]"
+        )
 
     def final_figures(self) -> None:
         """Reconstruction panels of the best checkpoint on the validation images."""
@@ -344,11 +382,15 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
     """Save the state for ``--resume`` after a stop signal, whatever further signals come, and say so.
 
     Skipped where the epoch's files were written at this very step (a signal held by ``deferred()`` is raised right
-    after them): the same files again would only cost time."""
+    after them): the same files again would only cost time. Not done where a second signal cut a step short: that
+    state is no step's, and resuming from it would go unnoticed."""
+    stopped_by = "SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+    if trainer.step_cut_short:  # a second signal, in the middle of a step
+        print(f"\n{stopped_by} in the middle of a step, which was not saved; {trainer.saved_state()}", file=sys.stderr)
+        return exit_code(stop)
     with trainer.stop_signals.installed(), trainer.stop_signals.held():
         if trainer.saved_step != trainer.state.step:
             trainer.save_state()
-    stopped_by = "SIGTERM" if isinstance(stop, Terminated) else "interrupted"
     if trainer.state.epoch >= trainer.config.epochs:  # the stop came while the final figure was drawn
         print(
             f"\n{stopped_by} after the last epoch: training is complete, its checkpoints are in {trainer.out}; "

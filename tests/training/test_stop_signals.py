@@ -210,3 +210,102 @@ def test_ctrl_c_while_the_final_figures_are_drawn_exits_cleanly(
     monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=1, max_val_images=4, resume=True))
     assert train.main([]) == 0
     assert len(steps) == 1 and (tmp_path / "reconstructions_validate.png").is_file()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = train.load(path)
+    return model.state_dict()
+
+
+def _without_seconds(history_file: Path) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads(history_file.read_text())]
+
+
+def _signal_in_a_step(monkeypatch: pytest.MonkeyPatch, step: int, signals: int = 1) -> None:
+    """Send SIGINT ``signals`` times at the start of the step counted ``step`` (before its forward pass)."""
+    original = Trainer.train_step
+
+    def signalled(self: Trainer, batch: torch.Tensor) -> Any:
+        if self.state.step == step:
+            for _ in range(signals):
+                _signal_self(signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", signalled)
+
+
+def _signal_in_the_first_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = Trainer.validate, []
+
+    def signalled(self: Trainer) -> Any:
+        calls.append(self.state.step)
+        if len(calls) == 1:
+            _signal_self(signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "validate", signalled)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "stop_in", "saved_step", "resumed_at"),
+    [
+        (2, "a step", 5, "at epoch 0, step 5 (5 of the 6 steps of epoch 1 done)"),
+        (1, "the validation", 6, "at epoch 0, step 6 (6 of the 6 steps of epoch 1 done)"),
+    ],
+    ids=["in-a-step", "in-validation"],
+)
+def test_a_stopped_and_resumed_run_ends_as_an_uninterrupted_one(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    heeded_sigint: None,
+    capsys: pytest.CaptureFixture[str],
+    epochs: int,
+    stop_in: str,
+    saved_step: int,
+    resumed_at: str,
+) -> None:
+    """Before: a stop in the middle of an epoch resumed with the whole epoch again (more steps, other weights);
+    one in its validation recorded the epoch as done with no history row and no best checkpoint, and with
+    --epochs 1 the resumed run ended with "no epoch produced a finite validation SSIM". Ctrl-C comes at the start
+    of a step here: that step is finished before the run stops."""
+    settings = {"epochs": epochs, "max_val_images": 4, "warmup_steps": 2}
+    whole = Trainer(tiny_config(out=tmp_path / "whole", **settings))
+    whole.run()
+    run = tmp_path / "stopped"
+    with monkeypatch.context() as patches:
+        if stop_in == "a step":
+            _signal_in_a_step(patches, saved_step - 1)
+        else:
+            _signal_in_the_first_validation(patches)
+        patches.setattr(train, "parse_args", lambda argv: tiny_config(out=run, **settings))
+        assert train.main([]) == 130
+    saved = json.loads(torch.load(run / "last.pt", weights_only=True)["run"])
+    assert saved["step"] == saved_step and saved["seconds"] > 0  # the seconds of the epoch's steps, carried too
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(out=run, resume=True, **settings))
+    assert train.main([]) == 0
+    assert f"resumed from {run} {resumed_at}" in capsys.readouterr().out
+    assert _without_seconds(run / "history.json") == _without_seconds(tmp_path / "whole" / "history.json")
+    assert json.loads((run / "history.json").read_text())[0]["seconds"] >= round(saved["seconds"], 1)
+    for name in ("last.safetensors", "best.safetensors"):
+        final, expected = _weights(run / name), _weights(tmp_path / "whole" / name)
+        assert final.keys() == expected.keys()
+        assert all(torch.equal(final[key], expected[key]) for key in expected), name
+
+
+def test_a_second_ctrl_c_in_the_middle_of_a_step_saves_nothing(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    heeded_sigint: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first Ctrl-C waits for the step to finish; a second one stops at once, and the state it leaves belongs
+    to no step (the optimizer may have updated some parameters and not others). Before: it was saved for --resume."""
+    steps = _count_saves(monkeypatch)
+    _signal_in_a_step(monkeypatch, 3, signals=2)
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=50))
+    assert train.main([]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted in the middle of a step, which was not saved; no epoch's state was saved" in err
+    assert steps == [] and not (tmp_path / "last.pt").exists()
