@@ -15,6 +15,15 @@ from models.cpus import max_torch_threads
 from models.quality_torch import MIN_SIZE
 from training.data import DEFAULT_DATA_ROOT
 
+PRECISIONS = ("auto", "bf16", "fp32")
+# Upper bounds that refuse typos before any data loads: --codebook-size 100000000 ended in a RuntimeError traceback at
+# the first step (a similarity matrix of over 100 GB), and --embedding-dim 100000 was killed for memory.
+# 2**16 codes: 16-bit indices. The presets use 64 and 1,024; a default batch has 4,096 grid cells, so most of a larger
+# codebook could not be used in a step, and its (cells x codes) similarity matrix is already 1 GiB at this size.
+MAX_CODEBOOK_SIZE = 65_536
+# The presets use 4 and 8 numbers a code, and their widest layers 192 channels: 1,024 leaves room for experiments.
+MAX_EMBEDDING_DIM = 1_024
+
 
 @dataclass
 class TrainConfig:
@@ -70,8 +79,18 @@ class TrainConfig:
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
                 ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or a finite number"),
                 ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all cores) to {max_torch_threads()}"),
-                ("codebook_size", self.codebook_size is None or self.codebook_size >= 2, "at least 2"),
-                ("embedding_dim", self.embedding_dim is None or self.embedding_dim >= 1, "at least 1"),
+                ("preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
+                ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+                (
+                    "codebook_size",
+                    self.codebook_size is None or 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE,
+                    f"from 2 to {MAX_CODEBOOK_SIZE}",
+                ),
+                (
+                    "embedding_dim",
+                    self.embedding_dim is None or 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM,
+                    f"from 1 to {MAX_EMBEDDING_DIM}",
+                ),
                 ("malloc_retain_mb", self.malloc_retain_mb >= 0, "0 (glibc's defaults) or more"),
                 ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "at least 1"),
                 ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "at least 1"),
@@ -83,8 +102,7 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
 
     def model_config(self) -> VQVAEConfig:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        """The preset's architecture with this config's overrides (``__post_init__`` has checked the preset)."""
         base = PRESETS[self.preset]
         return dataclasses.replace(
             base,

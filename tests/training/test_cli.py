@@ -110,8 +110,12 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--grad-clip", "inf"], "grad_clip (--grad-clip) must be 0 (off) or a finite number, got inf"),
         (["--threads", "-2"], "threads (--threads) must be 0 (all cores) to"),
         (["--threads", "100000"], "threads (--threads) must be 0 (all cores) to"),  # was a segfault
-        (["--codebook-size", "0"], "codebook_size (--codebook-size) must be at least 2, got 0"),  # was the preset's
-        (["--embedding-dim", "0"], "embedding_dim (--embedding-dim) must be at least 1, got 0"),
+        (["--codebook-size", "0"], "codebook_size (--codebook-size) must be from 2 to 65536, got 0"),  # was ignored
+        (["--codebook-size", "100000000"], "codebook_size (--codebook-size) must be from 2 to 65536"),  # a traceback
+        (["--embedding-dim", "0"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 0"),
+        (["--embedding-dim", "100000"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 100000"),  # OOM
+        (["--preset", "bogus"], "preset (--preset) must be one of default, grid64, grid16, tiny, got 'bogus'"),
+        (["--precision", "fp16"], "precision (--precision) must be one of auto, bf16, fp32, got 'fp16'"),
         (["--malloc-retain-mb", "-1"], "malloc_retain_mb (--malloc-retain-mb) must be 0"),
         (["--max-train-images", "0"], "max_train_images (--max-train-images) must be at least 1, got 0"),
         (["--max-val-images", "0"], "max_val_images (--max-val-images) must be at least 1, got 0"),
@@ -121,12 +125,18 @@ def test_a_setting_out_of_range_is_refused_up_front(
     flags: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Before: a batch size of 0 divided by zero, a crop under the SSIM window failed in the first step, and an
-    image cap of 0 silently meant all images; each with a traceback or nothing at all."""
+    image cap of 0 silently meant all images; each with a traceback or nothing at all. An unknown preset was refused
+    only after the data had loaded (some 20 s of OASIS)."""
     with pytest.raises(SystemExit) as stopped:
         train.main([*flags, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and said in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before anything was created
+
+
+def test_the_largest_codebook_and_code_are_accepted() -> None:
+    model = train.parse_args(["--codebook-size", "65536", "--embedding-dim", "1024"]).model_config()
+    assert (model.codebook_size, model.embedding_dim) == (65536, 1024)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--limit", "0"), ("--limit", "-1")])
