@@ -23,6 +23,18 @@ PRECISIONS = ("auto", "bf16", "fp32")
 MAX_CODEBOOK_SIZE = 65_536
 # The presets use 4 and 8 numbers a code, and their widest layers 192 channels: 1,024 leaves room for experiments.
 MAX_EMBEDDING_DIM = 1_024
+# What a resumed run may set otherwise than the run it continues; TrainConfig.changes_from says why.
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        *("out", "resume", "overwrite", "epochs"),  # the folder, what this command does with it, where the run ends
+        *("device", "threads", "compile", "precision", "channels_last", "malloc_retain_mb", "progress"),  # how
+    }
+)
+
+
+def flag(name: str) -> str:
+    """A TrainConfig field's command-line flag: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -67,7 +79,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, deep in a step, or train nonsense silently: one line each."""
         problems = [
-            f"{name} (--{name.replace('_', '-')}) must be {rule}, got {getattr(self, name)!r}"
+            f"{name} ({flag(name)}) must be {rule}, got {getattr(self, name)!r}"
             for name, ok, rule in (
                 ("epochs", self.epochs >= 1, "at least 1"),
                 ("batch_size", self.batch_size >= 1, "at least 1"),
@@ -113,20 +125,41 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
+    def changes_from(self, saved: dict[str, Any]) -> list[str]:
+        """What this config sets otherwise than ``saved`` (the ``to_dict()`` of the run that ``--resume``
+        continues), as ``--flag OLD -> NEW``, leaving out what a resumed run may change (``MAY_CHANGE_ON_RESUME``):
+
+        - ``out``: a run folder may be moved or copied, and the run is the one in it;
+        - ``resume``, ``overwrite``: how this command treats the folder, not what it trains;
+        - ``epochs``: where the run ends, to extend it (``vqvae-train`` notes that the cosine decay of the learning
+          rate then spans the new count);
+        - ``device``, ``threads``, ``compile``, ``channels_last``, ``precision``, ``malloc_retain_mb``: where and how
+          fast the same steps are computed, in the same numbers to rounding (bf16's coarser one for ``precision``,
+          which ``auto`` sets by device anyway); ``progress``: what is shown.
+
+        Every other setting changes what the remaining steps train, or (``max_val_images``, ``val_split``) which
+        images the validation SSIMs that pick ``best.safetensors`` are compared over; provenance records only the
+        new ones. Settings the saved run predates are not compared.
+        """
+        return [
+            f"{flag(name)} {saved[name]!r} -> {value!r}"
+            for name, value in self.to_dict().items()
+            if name not in MAY_CHANGE_ON_RESUME and name in saved and saved[name] != value
+        ]
+
 
 def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.ArgumentParser:
     """One --flag per dataclass field (booleans get --flag / --no-flag)."""
     parser = argparse.ArgumentParser(description=description)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         helptext = f.metadata.get("help", "")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
             continue
         caster = {Path: Path, int: int, float: float, str: str, int | None: int, Path | None: Path}.get(kind, str)
-        parser.add_argument(flag, type=caster, default=f.default, help=f"{helptext} (default: {f.default})")
+        parser.add_argument(flag(f.name), type=caster, default=f.default, help=f"{helptext} (default: {f.default})")
     return parser
 
 

@@ -8,8 +8,11 @@ for this run's result when no epoch of it produced one. So a run folder is claim
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from models.checkpoint import CheckpointError, read_metadata
 from models.files import partial_path
+from training.config import TrainConfig
 from training.outputs import OutputError
 
 RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
@@ -57,3 +60,33 @@ def clear(out: Path) -> None:
     """Remove an earlier run's files (``--overwrite``), once the new run has everything it needs to start."""
     for name in (*RUN_FILES, *PARTIAL_FILES):
         (out / name).unlink(missing_ok=True)
+
+
+def saved_settings(out: Path) -> dict[str, Any]:
+    """The training settings of the run in ``out``, from its last.safetensors (no tensors are read)."""
+    path = out / RESUME_STATE[0]
+    training = read_metadata(path).get("training")
+    settings = training.get("config") if isinstance(training, dict) else None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: records no training settings to resume with; use another --out")
+    return settings
+
+
+def check_settings(config: TrainConfig) -> None:
+    """With ``--resume``, refuse settings that differ from the run's, all named in one line, before the data loads:
+    they used to be taken silently, and provenance recorded only the new ones. Note a changed ``--epochs``, which
+    may change (``TrainConfig.changes_from`` says which may, and why)."""
+    if not config.resume or not (config.out / RESUME_STATE[0]).is_file():
+        return
+    saved = saved_settings(config.out)
+    changes = config.changes_from(saved)
+    if changes:
+        raise OutputError(
+            f"{config.out}: --resume with settings other than the run's: {'; '.join(changes)}; resume with the "
+            "run's settings, or start a new run (another --out, or --overwrite)"
+        )
+    if saved.get("epochs", config.epochs) != config.epochs:
+        print(
+            f"note: --epochs {saved['epochs']} -> {config.epochs}: the learning rate's cosine decay now ends with "
+            f"epoch {config.epochs}, so the steps left run at other rates than the run had scheduled"
+        )

@@ -118,6 +118,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
+        run_folder.check_settings(config)
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
@@ -206,9 +207,10 @@ class Trainer:
         weights, state_path = self.out / "last.safetensors", self.last_state_path
         if not self.config.resume or not weights.exists():
             return False
-        model, _ = load(weights)
+        model, metadata = load(weights)
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
+        self.check_same_images(weights, metadata)
         self.model.load_state_dict(model.state_dict())
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -220,6 +222,17 @@ class Trainer:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             raise CheckpointError(f"{state_path}: unreadable resume state ({reason}); use another --out") from exc
         return True
+
+    def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
+        """The run's image counts, where the data settings are the run's (``run_folder.check_settings``): images
+        added to or removed from its folders would change the steps per epoch, and what validation compares."""
+        for split, images in (("train", len(self.train_set)), ("validate", len(self.val_set))):
+            saved = metadata.get("data", {}).get(split, {}).get("images")
+            if saved is not None and saved != images:
+                raise CheckpointError(
+                    f"{weights}: the run had {saved} {split} images, its data folder now gives {images}; "
+                    "resume with the run's data, or use another --out"
+                )
 
     def write_log(self) -> None:
         history = self.state.history

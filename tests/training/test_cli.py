@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from PIL import Image
 
 from models.checkpoint import load, read_metadata, save
 from training import evaluate, train
+from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
 
@@ -51,12 +54,65 @@ def test_resume_continues_from_last_state(
         (run / name).write_bytes((trained / name).read_bytes())
     steps = json.loads((trained / "history.json").read_text())[-1]["step"]
     args = ["--data", str(fixture_oasis), "--out", str(run), "--epochs", "3", "--resume", *TINY]
+    how = ["--device", "cpu", "--precision", "fp32", "--no-channels-last", "--malloc-retain-mb", "0"]  # may change
     capsys.readouterr()
-    assert train.main(args) == 0
-    assert f"resumed from {run} at epoch 2, step {steps}" in capsys.readouterr().out  # not a fresh run of 3
+    assert train.main([*args, *how]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {run} at epoch 2, step {steps}" in out  # not a fresh run of 3
+    assert "note: --epochs 2 -> 3: the learning rate's cosine decay now ends with epoch 3" in out
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert read_metadata(run / "last.safetensors")["training"]["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--batch-size", "8"], "--batch-size 4 -> 8"),
+        (["--lr", "0.01", "--seed", "3"], "--lr 0.002 -> 0.01; --seed 0 -> 3"),
+        (["--crop", "0", "--ssim-weight", "0.5"], "--crop 32 -> 0; --ssim-weight 0.84 -> 0.5"),
+        (["--max-val-images", "4", "--warmup-steps", "0"], "--warmup-steps 2 -> 0; --max-val-images 256 -> 4"),
+        (["--train-split", "test", "--max-train-images", "5"], "--train-split 'train' -> 'test'; --max-train-images"),
+        (["--preset", "grid64"], "--preset 'tiny' -> 'grid64'"),
+    ],
+)
+def test_resume_refuses_other_training_settings_before_the_data_loads(
+    trained: Path,
+    fixture_oasis: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    said: str,
+) -> None:
+    """Before: taken silently (provenance recorded only the new ones), and the rest of the run trained otherwise."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.safetensors", "last.pt", "history.json"))
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    monkeypatch.setattr(train, "load_split", lambda *args: pytest.fail("the data loaded"))
+    args = ["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY, *flags]
+    _refused(train.main(args), capsys, f"{run}: --resume with settings other than the run's: {said}", "--overwrite")
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_changes_from_compares_what_the_saved_run_recorded_and_may_not_change() -> None:
+    saved = {"lr": 0.1, "epochs": 5, "device": "cuda", "out": "elsewhere", "a_setting_of_the_future": 1}
+    assert TrainConfig().changes_from(saved) == ["--lr 0.1 -> 0.002"]  # the rest may change, or is not recorded
+    assert {field.name for field in dataclasses.fields(TrainConfig)} >= MAY_CHANGE_ON_RESUME  # no misspelt name
+
+
+def test_resume_refuses_a_data_folder_that_now_holds_other_images(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same --data with an image added to its training split: the steps per epoch would change."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(fixture_oasis, data)
+    args = ["--data", str(data), "--out", str(run), "--epochs", "1", "--max-val-images", "2", *TINY]
+    assert train.main(args) == 0
+    first = next((data / "keras_png_slices_train").iterdir())
+    shutil.copy(first, first.with_name("added.png"))
+    capsys.readouterr()
+    _refused(train.main([*args, "--resume"]), capsys, "the run had 24 train images, its data folder now gives 25")
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
