@@ -89,12 +89,22 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def git_commit() -> str:
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds training/ and models/
+
+
+def git_commit(root: Path = PACKAGE_ROOT) -> str:
+    """The commit of the checkout whose code this is: git runs in ``root``, not in the working directory (run from
+    another repository, it recorded that one's commit). "unknown" where ``root`` is not the top of a git checkout (an
+    installed or unpacked copy, a copy inside another repository's tree), or git is missing or refuses."""
+    command = ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        return out.stdout.strip() or "unknown"
-    except OSError:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+        return "unknown"
+    return lines[1]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
