@@ -67,7 +67,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` is bf16 on CUDA devices that have it and on CPUs with AMX, and fp32 on other CPUs. AVX-512 BF16
     alone does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core
-    AMD EPYC with it, and 1.35x to 1.57x slower on a 2-core Intel Xeon with it but without AMX. On a 16-core Intel
+    AMD EPYC with it, and 1.41x and 1.57x slower on a 2-core Intel Xeon with it but without AMX. On a 16-core Intel
     Xeon with AMX it was 1.78x faster (``python -m benchmarks.bench_train``; docs/bench_train*.txt,
     docs/cuda_h200_suite.txt). ``--precision bf16`` asks for it anywhere.
     """

@@ -309,3 +309,22 @@ def test_a_second_ctrl_c_in_the_middle_of_a_step_saves_nothing(
     err = capsys.readouterr().err
     assert "interrupted in the middle of a step, which was not saved; no epoch's state was saved" in err
     assert steps == [] and not (tmp_path / "last.pt").exists()
+
+
+def test_ctrl_c_while_the_data_loads_exits_130_in_one_line(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The full OASIS splits take about 20 s to load, before the training's own signal handling is installed.
+    Before: a ``KeyboardInterrupt`` traceback, and death by the signal."""
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config())
+    monkeypatch.setattr(train, "load_split", interrupted)
+    assert train.main([]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert not list(tmp_path.glob("*.safetensors"))
