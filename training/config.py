@@ -32,6 +32,13 @@ MAY_CHANGE_ON_RESUME = frozenset(
 )
 
 
+def _same(name: str, saved: Any, value: Any) -> bool:
+    """Equal settings; a folder given once as ``../shared/data/oasis`` and once as its absolute path is the same."""
+    if name == "data" and isinstance(saved, str) and isinstance(value, str):
+        return Path(saved).resolve() == Path(value).resolve()
+    return bool(saved == value)
+
+
 def flag(name: str) -> str:
     """A TrainConfig field's command-line flag: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
@@ -144,7 +151,7 @@ class TrainConfig:
         return [
             f"{flag(name)} {saved[name]!r} -> {value!r}"
             for name, value in self.to_dict().items()
-            if name not in MAY_CHANGE_ON_RESUME and name in saved and saved[name] != value
+            if name not in MAY_CHANGE_ON_RESUME and name in saved and not _same(name, saved[name], value)
         ]
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from models.checkpoint import load, read_metadata, save
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
+from training.data import DEFAULT_DATA_ROOT
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
 
@@ -98,6 +99,10 @@ def test_resume_refuses_other_training_settings_before_the_data_loads(
 def test_changes_from_compares_what_the_saved_run_recorded_and_may_not_change() -> None:
     saved = {"lr": 0.1, "epochs": 5, "device": "cuda", "out": "elsewhere", "a_setting_of_the_future": 1}
     assert TrainConfig().changes_from(saved) == ["--lr 0.1 -> 0.002"]  # the rest may change, or is not recorded
+    here = Path.cwd()
+    same_folder = {"data": os.path.relpath(DEFAULT_DATA_ROOT, here)}  # relative, where the default is absolute
+    assert TrainConfig().changes_from(same_folder) == []
+    assert TrainConfig().changes_from({"data": str(here)}) == [f"--data {str(here)!r} -> {str(DEFAULT_DATA_ROOT)!r}"]
     assert {field.name for field in dataclasses.fields(TrainConfig)} >= MAY_CHANGE_ON_RESUME  # no misspelt name
 
 
