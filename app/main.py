@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
+from app.hang_up import HangUpMiddleware
 from app.inference import InferenceService, StartupError
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import (
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ContentEncodingMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(HangUpMiddleware)  # inside the metrics, which count its 499s
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)
     return app

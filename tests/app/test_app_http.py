@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -300,6 +302,44 @@ def test_a_body_may_take_longer_than_the_header_deadline(
     assert time.monotonic() - started > HEADER_TIMEOUT_S
     assert answer.status_code == 200, answer.text
     assert answer.json()["image_size"] == [16, 16]
+
+
+def batches_run(client: httpx.Client, operation: str) -> float:
+    """How many forward passes of ``operation`` the server has run (its batch-duration histogram's count)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "vqvae_inference_batch_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.labels["operation"] == operation
+    )
+
+
+def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path, image_file: Any, noise: Any) -> None:
+    """Before: the request kept its place in the queue and its pass ran, for an answer no one would read."""
+    env = {"VQVAE_CHECKPOINT": str(REPO_ROOT / "models" / "weights" / "vqvae.safetensors")}
+    side = 1024  # the shipped model reconstructs it in about a second here: the queue holds the next caller
+    ramp = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))
+    small = image_file(noise(32, 32))
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + small + b"\r\n--b--\r\n"
+    with (
+        running_server(env, tmp_path, log_level="info", startup_timeout_s=60) as process,
+        httpx.Client(base_url=process.base_url, timeout=ANSWER_BOUND_S) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        before = batches_run(client, "encode")
+        busy = pool.submit(client.post, "/reconstruct", files={"file": ("big.png", image_file(ramp), "image/png")})
+        time.sleep(0.3)  # its image decoded, its pass under way
+        with raw_connection(process) as sock:
+            sock.sendall(upload_head(len(body)) + body)
+            time.sleep(0.2)  # queued behind the big pass
+        assert busy.result().status_code == 200
+        time.sleep(0.5)
+        assert batches_run(client, "reconstruct") == 1  # the metric counts passes (the big one's)
+        assert batches_run(client, "encode") == before
+        assert request_count(client, "/encode", "499") == 1
+    log = process.log.read_text(errors="replace")
+    assert "Traceback" not in log and " 500" not in log
 
 
 def test_model_docs_and_openapi(server: httpx.Client) -> None:

@@ -1,0 +1,70 @@
+"""Stop working for a caller who hung up before their answer started.
+
+A request whose client disconnected went on to the end: it kept its place in the model's queue and its forward pass
+ran, for an answer no one would read (the server drops what is sent to a closed connection). Under overload,
+callers that give up and retry then fill the queue with work for no one, and every live caller waits behind it. So
+once a request's body is in, its connection is watched; when the caller goes away before the answer has started,
+the request's task is cancelled. The micro-batcher skips a cancelled request that no batch has taken yet
+(``MicroBatcher.submit``); one already in a forward pass finishes with its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# What the metrics count for a request whose caller hung up first (nginx's "client closed request"). Sent to a closed
+# connection, it reaches no one: uvicorn drops what is sent after a disconnect.
+CLIENT_CLOSED_REQUEST = 499
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})  # cheap answers with no body to wait for: not watched
+
+
+class HangUpMiddleware:
+    """Pure ASGI: cancel a request whose caller disconnects after sending its body and before the answer starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in _BODYLESS:
+            await self.app(scope, receive, send)
+            return
+        body_in = asyncio.Event()
+        answering = False
+
+        async def tracked_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body_in.set()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal answering
+            if message["type"] == "http.response.start":
+                answering = True
+            await send(message)
+
+        handling = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        watching = asyncio.ensure_future(_hung_up(receive, body_in))
+        try:
+            await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if handling.done() or answering:  # answered, or answering: let the answer finish
+                await handling
+                return
+            handling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handling
+            await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            for task in (handling, watching):
+                task.cancel()
+
+
+async def _hung_up(receive: Receive, body_in: asyncio.Event) -> None:
+    """Return once the caller has disconnected, after the request's body is in (before, the app's own reads see it)."""
+    await body_in.wait()
+    while (await receive())["type"] != "http.disconnect":
+        pass  # nothing else comes once the body is in; were it to, it is not this request's to read
