@@ -11,7 +11,6 @@ the request's task is cancelled. The micro-batcher skips a cancelled request tha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,8 +53,9 @@ class HangUpMiddleware:
                 await handling
                 return
             handling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await handling
+            await asyncio.wait({handling})  # not ``await handling``: that would swallow our own cancellation too
+            if not handling.cancelled():
+                handling.exception()  # retrieved: whatever it raised while stopping has no caller left to tell
             await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
             await send({"type": "http.response.body", "body": b""})
         finally:

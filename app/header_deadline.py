@@ -57,8 +57,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.pipeline and not self.transport.is_closing():  # a pipelined request's headers are all in
+        super().on_response_complete()  # starts a pipelined request, if one is queued: its headers are all in
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -38,20 +38,25 @@ def write_together(writers: Mapping[Path, Writer]) -> None:
     A failed write removes the partial files, so a full disk does not stay full of them. A leftover partial file
     (a save cut off by a kill) is removed first: the new one gets the mode that any new file gets, not the
     leftover's."""
-    partials = {path: partial_path(path) for path in writers}
+    partials = {path: partial_path(_through_links(path)) for path in writers}
     try:
         for path, write in writers.items():
             with writing(path):
-                path.parent.mkdir(parents=True, exist_ok=True)
+                partials[path].parent.mkdir(parents=True, exist_ok=True)
                 partials[path].unlink(missing_ok=True)
                 write(partials[path])
         for path, partial in partials.items():
             with writing(path):
-                partial.replace(path)
+                partial.replace(_through_links(path))
     except BaseException:
         for partial in partials.values():
             partial.unlink(missing_ok=True)
         raise
+
+
+def _through_links(path: Path) -> Path:
+    """The file a symbolic link names (``latest.json -> run42.json``): that file is replaced, the link kept."""
+    return path.resolve() if path.is_symlink() else path
 
 
 def write_atomically(path: Path, write: Writer) -> Path:

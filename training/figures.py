@@ -12,8 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 
 from models.files import write_atomically
+
+FIGURE_FORMATS = tuple(sorted(FigureCanvasBase.get_supported_filetypes()))  # what a figure's file name may end in
 
 
 def loss_curves_figure(history: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -95,8 +98,9 @@ def rate_distortion_figure(
 def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    try:  # the format named, since the partial file's name does not end in it
-        write_atomically(path, lambda partial: fig.savefig(partial, dpi=110, format=path.suffix.lstrip(".") or None))
+    kind = path.suffix.lstrip(".") or plt.rcParams["savefig.format"]  # named: the partial file's name ends otherwise
+    try:
+        write_atomically(path, lambda partial: fig.savefig(partial, dpi=110, format=kind))
     finally:
         plt.close(fig)
     return path

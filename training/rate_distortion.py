@@ -11,7 +11,7 @@ from pathlib import Path
 from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
-from training.figures import rate_distortion_figure
+from training.figures import FIGURE_FORMATS, rate_distortion_figure
 from training.outputs import check_file, quiet_on_closed_stdout
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--labels gives {len(labels)} labels for {len(args.reports)} reports: one each")
     if args.every < 1 or not args.budgets or min(args.budgets) < 1:
         parser.error("--every and each of --budgets must be at least 1")
+    kind = args.figure.suffix.lstrip(".").lower()
+    if kind and kind not in FIGURE_FORMATS:  # matplotlib's ValueError would come after the codecs' minutes of work
+        parser.error(
+            f"--figure {args.figure}: matplotlib writes no .{kind} files; use one of {', '.join(FIGURE_FORMATS)}"
+        )
     try:
         points = [{"label": label, **operating_point(path)} for label, path in zip(labels, args.reports, strict=True)]
         check_file(args.json, "--json")  # before the codecs' minutes of work, not after them

@@ -155,6 +155,7 @@ class Trainer:
         self.state = RunState()
         self.saved_step: int | None = None  # the step that last.safetensors and last.pt were last written at
         self.step_cut_short = False  # a stop came in the middle of a step (see epoch_step)
+        self.started = False  # run() has resumed, or found nothing to resume: only then is there a state to save
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +232,12 @@ class Trainer:
         except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
             raise CheckpointError(f"{state_path}: unreadable resume state ({reason}); use another --out") from exc
+        weights_step = metadata.get("training", {}).get("steps")
+        if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
+            raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another
+                f"{weights} is of step {weights_step} but {state_path} of step {self.state.step}: not one saved "
+                "state (a save cut off by a kill?); use another --out"
+            )
         return True
 
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
@@ -309,7 +316,9 @@ class Trainer:
     def run(self) -> RunState:
         cfg = self.config
         if self.try_resume():
+            self.saved_step = self.state.step  # the files it resumed from are this step's
             print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}{self.partial_epoch()}")
+        self.started = True
         self.model.train()
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):
             self.train_epoch(epoch)
@@ -408,6 +417,9 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
     after them): the same files again would only cost time. Not done where a second signal cut a step short: that
     state is no step's, and resuming from it would go unnoticed."""
     stopped_by = "SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+    if not trainer.started:  # while --resume loaded the run: saving now would write a fresh model over it
+        print(f"\n{stopped_by} before training started: nothing was saved; {trainer.saved_state()}", file=sys.stderr)
+        return exit_code(stop)
     if trainer.step_cut_short:  # a second signal, in the middle of a step
         print(f"\n{stopped_by} in the middle of a step, which was not saved; {trainer.saved_state()}", file=sys.stderr)
         return exit_code(stop)

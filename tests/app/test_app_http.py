@@ -219,7 +219,11 @@ HEADER_TIMEOUT_S = 1.5
 @pytest.fixture(scope="module")
 def header_deadline_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``vqvae-serve`` (which sets the header deadline; plain uvicorn does not) with a short VQVAE_HEADER_TIMEOUT_S."""
-    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S)}
+    env = {
+        "VQVAE_CHECKPOINT": str(checkpoint),
+        "VQVAE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "VQVAE_MAX_PIXELS": str(4096 * 4096),  # for an answer that takes longer than the header deadline
+    }
     logs = tmp_path_factory.mktemp("headers")
     with running_server(env, logs, log_level="info", startup_timeout_s=60, cli=True) as process:
         yield process
@@ -284,6 +288,29 @@ def test_the_deadline_restarts_after_each_answer_on_a_kept_connection(header_dea
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         answer = read_answer(sock)
     assert_header_timeout(answer, time.monotonic() - started)
+
+
+def test_a_pipelined_request_may_take_longer_than_the_header_deadline(
+    header_deadline_server: Server, image_file: Any
+) -> None:
+    """Two requests in one write: the second's headers are in when the first's answer is done. Before: the deadline
+    was armed again then, and closed the connection in the middle of the second's long pass, unanswered."""
+    side = 4096
+    ramp = image_file(np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1)))
+    form = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + ramp + b"\r\n--b--\r\n"
+    second = (
+        "POST /reconstruct HTTP/1.1\r\nHost: t\r\nAccept: image/png\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(form)}\r\n\r\n"
+    ).encode()
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + second + form)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert time.monotonic() - started > HEADER_TIMEOUT_S  # the pass outlasted the deadline
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"200"]
+    assert b"content-type: image/png" in data
 
 
 def test_a_body_may_take_longer_than_the_header_deadline(

@@ -14,6 +14,7 @@ from PIL import Image
 from models.quality import ssim
 from training import rate_distortion
 from training.codecs import CODECS, best_fit, codec_ssim
+from training.figures import codebook_usage_figure
 from training.synthetic import synthetic_slice
 
 
@@ -84,6 +85,23 @@ def test_a_report_it_cannot_use_is_a_one_line_error(
     assert rate_distortion.main(["--reports", str(report), "--data", str(fixture_oasis)]) == 2
     err = capsys.readouterr().err
     assert said in err and str(report) in err and "Traceback" not in err
+
+
+def test_a_figure_path_without_a_suffix_is_written_as_png(tmp_path: Path) -> None:
+    """Before this session's atomic writes, matplotlib added ".png"; with them it read the format from ".partial"."""
+    path = codebook_usage_figure(np.arange(8), tmp_path / "usage")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage"]
+
+
+def test_a_figure_format_matplotlib_cannot_write_is_refused_before_the_codecs_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    with pytest.raises(SystemExit) as exited:
+        rate_distortion.main(["--reports", str(report), "--figure", str(tmp_path / "rd.pngx")])
+    assert exited.value.code == 2 and "matplotlib writes no .pngx files" in capsys.readouterr().err
 
 
 def test_labels_must_match_the_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -328,3 +328,37 @@ def test_ctrl_c_while_the_data_loads_exits_130_in_one_line(
     assert train.main([]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_ctrl_c_while_resume_loads_the_run_keeps_the_runs_state(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: the stop's save wrote the fresh, untrained model and an empty state over last.safetensors and
+    last.pt, since nothing had been saved at step 0 in this process."""
+    Trainer(tiny_config(epochs=1, max_val_images=4)).run()
+    saved = {name: (tmp_path / name).read_bytes() for name in ("last.safetensors", "last.pt")}
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=2, max_val_images=4, resume=True))
+    monkeypatch.setattr(train, "load", interrupted)
+    assert train.main([]) == 130
+    assert "interrupted before training started: nothing was saved" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in saved} == saved
+
+
+def test_resume_refuses_weights_and_optimizer_state_of_different_steps(
+    tiny_config: Callable[..., TrainConfig], tmp_path: Path
+) -> None:
+    """A kill between the two renames of a save leaves a new last.safetensors beside an old last.pt."""
+    Trainer(tiny_config(epochs=1, max_val_images=4)).run()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    run = json.loads(state["run"])
+    state["run"] = json.dumps({**run, "step": run["step"] - 1})
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(train.CheckpointError, match=r"last\.safetensors is of step \d+ but .*last\.pt of step"):
+        Trainer(tiny_config(epochs=2, max_val_images=4, resume=True)).run()

@@ -62,6 +62,15 @@ def test_files_written_together_are_replaced_together(tmp_path: Path) -> None:
     assert (weights.read_text(), state.read_text()) == ("weights 2", "state 2")
 
 
+def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path: Path) -> None:
+    """Replacing a file by renaming would otherwise replace the link itself with a plain file."""
+    (tmp_path / "run42.json").write_text("old")
+    (tmp_path / "latest.json").symlink_to("run42.json")
+    write_atomically(tmp_path / "latest.json", lambda partial: partial.write_text("new"))
+    assert (tmp_path / "latest.json").is_symlink() and (tmp_path / "run42.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "run42.json"]
+
+
 def test_training_on_a_full_disk_stops_with_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
     """The tiny model's checkpoint (about 64 KB) fits under the limit; its optimizer state (about twice that) not."""
     out = tmp_path / "run"
