@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)  # "app.*": vqvae-serve logs it beside uvicorn's access log
 
 
 @functools.cache
@@ -80,4 +83,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:  # no answer of ours is under way on this connection
             self.transport.write(_late_headers_answer(header_timeout_s()))
+        # The access log has no line for it: no request was ever complete enough to reach the app.
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        logger.info("%s - headers not in full within %g s: 408, connection closed", client, header_timeout_s())
         self.transport.close()

@@ -265,6 +265,9 @@ def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_s
         sock.sendall(sent)
         answer = read_answer(sock)
     assert_header_timeout(answer, time.monotonic() - started)
+    assert f"headers not in full within {HEADER_TIMEOUT_S:g} s: 408, connection closed" in (
+        header_deadline_server.log.read_text(errors="replace")
+    )
 
 
 def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
