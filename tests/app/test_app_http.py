@@ -117,6 +117,19 @@ def raw_connection(server: Server) -> socket.socket:
     return socket.create_connection((url.host, url.port or 80), timeout=ANSWER_BOUND_S)
 
 
+FILE_PART_HEAD = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+
+
+def upload_form(png: bytes) -> bytes:
+    """A whole multipart body (boundary ``b``) with ``png`` as its file part, as ``upload_head`` declares it."""
+    return FILE_PART_HEAD + png + b"\r\n--b--\r\n"
+
+
+def ramp(side: int) -> np.ndarray:
+    """A large image whose PNG is small: a grey ramp, uint8 (side, side)."""
+    return np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))
+
+
 def upload_head(declared_bytes: int) -> bytes:
     """A POST /encode request's head declaring a multipart body of that many bytes."""
     return (
@@ -160,8 +173,7 @@ def test_a_stalled_body_gets_408_counted_and_logged_without_a_traceback(slow_cli
 
 def test_a_trickled_body_gets_408(slow_client_server: Server) -> None:
     """A byte every 0.1 s keeps each read short but the whole body late: the deadline is for the body, not a read."""
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-    body = itertools.chain(part, itertools.repeat(ord("x")))  # a well-formed form, as slowly as one likes
+    body = itertools.chain(FILE_PART_HEAD, itertools.repeat(ord("x")))  # a well-formed form, as slowly as one likes
     with raw_connection(slow_client_server) as sock:
         sock.sendall(upload_head(100_000))
         for _ in range(int(ANSWER_BOUND_S / 0.1)):
@@ -298,9 +310,7 @@ def test_a_pipelined_request_may_take_longer_than_the_header_deadline(
 ) -> None:
     """Two requests in one write: the second's headers are in when the first's answer is done. Before: the deadline
     was armed again then, and closed the connection in the middle of the second's long pass, unanswered."""
-    side = 4096
-    ramp = image_file(np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1)))
-    form = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + ramp + b"\r\n--b--\r\n"
+    form = upload_form(image_file(ramp(4096)))
     second = (
         "POST /reconstruct HTTP/1.1\r\nHost: t\r\nAccept: image/png\r\nConnection: close\r\n"
         f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(form)}\r\n\r\n"
@@ -321,7 +331,7 @@ def test_a_body_may_take_longer_than_the_header_deadline(
 ) -> None:
     """Once the headers are in, the body has VQVAE_BODY_TIMEOUT_S (30 s by default), not the header deadline."""
     png = image_file(noise(16, 16))
-    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png + b"\r\n--b--\r\n"
+    body = upload_form(png)
     with raw_connection(header_deadline_server) as sock:
         sock.sendall(upload_head(len(body)).replace(b"Host: test", b"Host: test\r\nConnection: close"))
         started = time.monotonic()
@@ -348,17 +358,16 @@ def batches_run(client: httpx.Client, operation: str) -> float:
 def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path, image_file: Any, noise: Any) -> None:
     """Before: the request kept its place in the queue and its pass ran, for an answer no one would read."""
     env = {"VQVAE_CHECKPOINT": str(REPO_ROOT / "models" / "weights" / "vqvae.safetensors")}
-    side = 1024  # the shipped model reconstructs it in about a second here: the queue holds the next caller
-    ramp = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))
+    big = image_file(ramp(1024))  # the shipped model reconstructs it in about a second here: the next caller queues
     small = image_file(noise(32, 32))
-    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + small + b"\r\n--b--\r\n"
+    body = upload_form(small)
     with (
         running_server(env, tmp_path, log_level="info", startup_timeout_s=60) as process,
         httpx.Client(base_url=process.base_url, timeout=ANSWER_BOUND_S) as client,
         ThreadPoolExecutor(1) as pool,
     ):
         before = batches_run(client, "encode")
-        busy = pool.submit(client.post, "/reconstruct", files={"file": ("big.png", image_file(ramp), "image/png")})
+        busy = pool.submit(client.post, "/reconstruct", files={"file": ("big.png", big, "image/png")})
         time.sleep(0.3)  # its image decoded, its pass under way
         with raw_connection(process) as sock:
             sock.sendall(upload_head(len(body)) + body)
