@@ -51,7 +51,7 @@ from benchmarks.common import (
 )
 from benchmarks.crafted_png import EMPTY_CHUNK, TEXT_BOMB_CHUNK, padded_png
 from models.config import PRESETS, VQVAEConfig
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 VARIANTS = {
     "inline": "images on the event loop (default)",
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = print_header("the app's own work per request (ASGI, stand-in model, no HTTP)")

@@ -33,7 +33,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.server import Server, running_server
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 NO_BATCHING = {"VQVAE_MAX_BATCH_SIZE": "1", "VQVAE_MAX_WAIT_MS": "0", "VQVAE_PARALLEL_BATCHES": "1"}
 VARIANTS = ("batching", "none")
@@ -68,7 +68,7 @@ def abba(round_index: int) -> tuple[str, str]:
     return VARIANTS if round_index % 4 in (0, 3) else (VARIANTS[1], VARIANTS[0])
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     endpoints: list[str] = args.endpoints

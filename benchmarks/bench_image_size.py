@@ -24,7 +24,7 @@ import torch
 from app.arguments import positive_int
 from benchmarks.common import benchmark_parser, int_list, print_header, resolved_checkpoint, set_threads, write_json
 from models.checkpoint import load
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 OPERATIONS = ("encode", "reconstruct")
 
@@ -46,7 +46,7 @@ def measure(checkpoint: Path, side: int, operation: str, repeats: int) -> dict[s
     return {"seconds": statistics.median(seconds), "peak_rss_mb": peak, "rss_before_mb": before}
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, images=None)
     parser.add_argument(

@@ -47,7 +47,7 @@ from benchmarks.common import (
 from models.allocator import DEFAULT_RETAIN_MB
 from models.checkpoint import load
 from training.config import TrainConfig
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 MODES = ("glibc defaults", "retained")
 RETAIN_MB = DEFAULT_RETAIN_MB
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = print_header("malloc: glibc defaults vs memory kept mapped (models.allocator)")

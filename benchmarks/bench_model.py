@@ -38,7 +38,7 @@ from benchmarks.common import (
 from models.checkpoint import load
 from models.device import pick_device
 from models.vqvae import VQVAE
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 OPERATIONS = ("encode", "reconstruct")
 DEFAULT_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

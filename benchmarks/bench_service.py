@@ -77,7 +77,7 @@ from models.checkpoint import load
 from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 # endpoint -> (path, extra headers, a key its JSON answer must have)
 ENDPOINTS: dict[str, tuple[str, dict[str, str], str]] = {
@@ -749,7 +749,7 @@ def measure_overload(
     return overload
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     endpoints: list[str] = args.endpoints

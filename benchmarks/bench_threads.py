@@ -39,7 +39,7 @@ from benchmarks.common import (
 )
 from models.checkpoint import load
 from models.vqvae import VQVAE
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 VARIANTS = {
     "one-thread": "one thread (the service)",
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.child:

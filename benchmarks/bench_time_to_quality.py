@@ -38,7 +38,7 @@ from models.quality_torch import MIN_SIZE
 from training.config import TrainConfig
 from training.data import DataError, SliceSet, load_split
 from training.evaluate import headline, score
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 from training.train import DivergedError, Trainer
 
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)

@@ -53,7 +53,7 @@ from benchmarks.common import (
 from benchmarks.flops import matmul_gflop_per_s, training_step_gflop
 from models.config import PRESETS
 from training.config import TrainConfig
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 from training.train import Trainer, autocast_dtype, dtype_name
 
 BENCH_SPLIT = "bench"  # the folder of copied slices, under a temporary data root
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_threads(args.threads)

@@ -29,12 +29,12 @@ from models.checkpoint import load
 from models.device import bulk_batch_size, pick_device
 from training.data import DataError, load_split
 from training.evaluate import score
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 VARIANTS = {"scikit-image": False, "torch": True}  # name -> score_in_torch
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, images=256)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")

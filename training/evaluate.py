@@ -22,7 +22,7 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
-from training.outputs import check_file, check_folder, quiet_on_closed_stdout
+from training.outputs import check_file, check_folder, clean_exits
 
 
 @dataclass
@@ -149,7 +149,7 @@ def default_report(checkpoint: Path, split: str) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.{tag}.json")
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a VQ-VAE checkpoint on a split (SSIM per DESIGN.md).")
     parser.add_argument("--checkpoint", type=Path, required=True)

@@ -56,10 +56,11 @@ def check_file(path: Path, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: {problem}")
 
 
-def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
-    """A command whose reader went away (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in
-    the shell, instead of a ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not
-    done, as with any tool in a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback.
+def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
+    """A command's ends without a traceback, for what is no bug of its own. One whose reader went away
+    (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in the shell, instead of a
+    ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not done, as with any tool in
+    a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback.
     Ctrl-C that the command does not handle itself exits 130 with one line, not a ``KeyboardInterrupt`` traceback.
 
     Standard output that cannot be written (``> /dev/full``, a log file on a full disk) ends the command with a

@@ -12,12 +12,12 @@ from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
 from training.figures import FIGURE_FORMATS, rate_distortion_figure
-from training.outputs import check_file, quiet_on_closed_stdout
+from training.outputs import check_file, clean_exits
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=Path, nargs="+", required=True, help="vqvae-eval JSON reports")

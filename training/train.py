@@ -31,7 +31,7 @@ from training.data import CropSampler, DataError, load_split, to_float
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
-from training.outputs import check_folder, quiet_on_closed_stdout
+from training.outputs import check_folder, clean_exits
 from training.stop_signals import StopSignals, Terminated, exit_code
 
 
@@ -437,7 +437,7 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
     return exit_code(stop)
 
 
-@quiet_on_closed_stdout
+@clean_exits
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""``quiet_on_closed_stdout``: only a standard output whose reader went away ends a command quietly (exit 141)."""
+"""``clean_exits``: only a standard output whose reader went away ends a command quietly (exit 141)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.outputs import quiet_on_closed_stdout
+from training.outputs import clean_exits
 
 
 def _writes(text: str) -> int:
@@ -20,7 +20,7 @@ def test_a_command_started_with_stdout_closed_finishes(monkeypatch: pytest.Monke
     """``vqvae-eval ... >&-``: Python's sys.stdout is None and print() writes nothing. Before: AttributeError on
     the flush, exit 1, after the whole run."""
     monkeypatch.setattr(sys, "stdout", None)
-    assert quiet_on_closed_stdout(_writes)("report") == 0
+    assert clean_exits(_writes)("report") == 0
 
 
 def test_a_broken_pipe_elsewhere_keeps_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +32,7 @@ def test_a_broken_pipe_elsewhere_keeps_its_error(tmp_path: Path, monkeypatch: py
     with (tmp_path / "stdout.txt").open("w") as stdout:
         monkeypatch.setattr(sys, "stdout", stdout)
         with pytest.raises(BrokenPipeError):
-            quiet_on_closed_stdout(sends_to_a_dead_child)()
+            clean_exits(sends_to_a_dead_child)()
 
 
 def test_stdout_whose_reader_went_away_exits_141(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,4 +40,4 @@ def test_stdout_whose_reader_went_away_exits_141(monkeypatch: pytest.MonkeyPatch
     os.close(read_end)
     with os.fdopen(write_end, "w") as stdout:  # the wrapper points it at /dev/null, so closing it flushes quietly
         monkeypatch.setattr(sys, "stdout", stdout)
-        assert quiet_on_closed_stdout(_writes)("x" * 100_000) == 141
+        assert clean_exits(_writes)("x" * 100_000) == 141
