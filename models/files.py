@@ -3,6 +3,7 @@ no half-written file behind and ends in a one-line error that names the file, no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +27,44 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def partial_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place."""
-    return path.with_name(path.name + ".partial")
+    """Where this process writes ``path`` before renaming it into place. The name is the process's own, so that two
+    processes writing one file (``vqvae-eval --record`` on the ``best.safetensors`` of a run still training) never
+    rename each other's half-written file into place, as they could when both wrote ``NAME.partial``."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
+def leftover_partials(path: Path) -> list[Path]:
+    """The partial files of ``path`` that no running process will rename: those of processes that have ended (a save
+    cut off by a kill), and ``NAME.partial``, which earlier versions wrote. A partial file of a running process,
+    this one included, is not a leftover: that process may still be writing it."""
+    if not path.parent.is_dir():
+        return []
+    legacy, prefix, suffix = f"{path.name}.partial", f"{path.name}.", ".partial"
+    found = []
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        if name == legacy:
+            ended = True
+        else:
+            pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+            ended = pid.isdigit() and not _running(int(pid))
+        if ended and candidate.is_file():
+            found.append(candidate)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of that id runs on this machine (signal 0 checks, sends nothing). In doubt (another user's
+    process, a number no process can have), yes: a stray file is kept rather than a live writer's file removed."""
+    if pid <= 0 or os.name != "posix":  # on Windows, os.kill with signal 0 would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
 
 
 def write_together(writers: Mapping[Path, Writer]) -> None:
@@ -35,15 +72,16 @@ def write_together(writers: Mapping[Path, Writer]) -> None:
     crash, sees the old files or the new ones, never half of one, and files that belong together (weights and
     optimizer state) are replaced together unless the process dies between two renames.
 
-    A failed write removes the partial files, so a full disk does not stay full of them. A leftover partial file
-    (a save cut off by a kill) is removed first: the new one gets the mode that any new file gets, not the
-    leftover's."""
+    A failed write removes the partial files, so a full disk does not stay full of them. Leftover partial files
+    (a save cut off by a kill) are removed first, so that they do not pile up; and this process's own is, so that
+    the new one gets the mode that any new file gets, not the leftover's."""
     partials = {path: partial_path(_through_links(path)) for path in writers}
     try:
         for path, write in writers.items():
             with writing(path):
                 partials[path].parent.mkdir(parents=True, exist_ok=True)
-                partials[path].unlink(missing_ok=True)
+                for leftover in [*leftover_partials(_through_links(path)), partials[path]]:
+                    leftover.unlink(missing_ok=True)
                 write(partials[path])
         for path, partial in partials.items():
             with writing(path):

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import CheckpointError, read_metadata
-from models.files import partial_path
+from models.files import leftover_partials
 from training.config import TrainConfig
 from training.outputs import OutputError
 
 RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
 CHECKPOINTS = ("best.safetensors", *RESUME_STATE)
 RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
-# What a save stopped mid-write (killed) leaves: every run file is written as NAME.partial, then renamed
-# (models.files); last.partial is where last.pt went before.
-PARTIAL_FILES = (*(partial_path(Path(name)).name for name in RUN_FILES), "last.partial")
+# What a save stopped mid-write (killed) by earlier versions left: NAME.partial, and last.partial for last.pt before
+# that. Today's partial files have the writer's pid in their names (models.files.partial_path).
+LEGACY_PARTIALS = (*(f"{name}.partial" for name in RUN_FILES), "last.partial")
 
 
 def held_checkpoints(out: Path) -> list[str]:
@@ -31,7 +31,7 @@ def held_checkpoints(out: Path) -> list[str]:
 def check(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to start over an earlier run unless told to continue it (``--resume``) or replace it
     (``--overwrite``); say so when ``--resume`` finds nothing to continue."""
-    blocked = [name for name in (*RUN_FILES, *PARTIAL_FILES) if (out / name).exists() and not (out / name).is_file()]
+    blocked = [name for name in (*RUN_FILES, *LEGACY_PARTIALS) if (out / name).exists() and not (out / name).is_file()]
     if blocked:  # a folder where a run file goes: the run would fail at its first save, after a whole epoch
         raise OutputError(f"{out / blocked[0]} is not a file, where the run writes one; move it or use another --out")
     held = held_checkpoints(out)
@@ -57,9 +57,13 @@ def check(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def clear(out: Path) -> None:
-    """Remove an earlier run's files (``--overwrite``), once the new run has everything it needs to start."""
-    for name in (*RUN_FILES, *PARTIAL_FILES):
+    """Remove an earlier run's files (``--overwrite``), once the new run has everything it needs to start, with
+    what its saves cut off by a kill left."""
+    for name in (*RUN_FILES, *LEGACY_PARTIALS):
         (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        for leftover in leftover_partials(out / name):
+            leftover.unlink(missing_ok=True)
 
 
 def saved_settings(out: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from models import checkpoint
 from models.checkpoint import CheckpointError, load, read_metadata, save
 from models.config import PRESETS, VQVAEConfig
+from models.files import partial_path
 from models.vqvae import VQVAE
 
 
@@ -166,8 +167,8 @@ def test_a_saved_checkpoint_gets_the_umasks_mode(tmp_path: Path, umask: int, mod
 
 
 def test_a_save_over_a_leftover_partial_file_gets_the_umasks_mode(tmp_path: Path) -> None:
-    """A save cut off before its rename leaves ``NAME.partial``; the next save must not inherit that file's mode."""
-    leftover = tmp_path / "model.safetensors.partial"
+    """A save cut off before its rename leaves its partial file; the next save must not inherit that file's mode."""
+    leftover = partial_path(tmp_path / "model.safetensors")
     leftover.write_bytes(b"cut off")
     leftover.chmod(0o600)
     previous = os.umask(0o022)

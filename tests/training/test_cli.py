@@ -399,11 +399,14 @@ def test_train_refuses_a_folder_where_a_run_file_goes(
 def test_overwrite_replaces_an_earlier_run(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     _copy_run(trained, run, ("best.safetensors", "last.safetensors", "last.pt", "history.json"))
-    (run / "last.partial").write_bytes(b"half of a state file")  # what a save stopped mid-write leaves
+    (run / "last.partial").write_bytes(b"half of a state file")  # what a save stopped mid-write left before
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    cut_off = run / f"best.safetensors.{int(ended.stdout)}.partial"  # and what it leaves now
+    cut_off.write_bytes(b"half of a checkpoint")
     assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--overwrite", *TINY]) == 0
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]
     assert read_metadata(run / "best.safetensors")["training"]["epochs"] == 1
-    assert not (run / "last.partial").exists()
+    assert not (run / "last.partial").exists() and not cut_off.exists()
 
 
 def test_overwrite_with_resume_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

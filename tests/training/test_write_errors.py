@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from models.files import WriteError, write_atomically, write_together
+from models.files import WriteError, partial_path, write_atomically, write_together
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
@@ -69,6 +69,52 @@ def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path: Path) -
     write_atomically(tmp_path / "latest.json", lambda partial: partial.write_text("new"))
     assert (tmp_path / "latest.json").is_symlink() and (tmp_path / "run42.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "run42.json"]
+
+
+def test_two_processes_writing_one_file_do_not_take_each_others_partial_file(tmp_path: Path) -> None:
+    """``vqvae-eval --record`` on the ``best.safetensors`` of a run still training. Before, both wrote
+    ``NAME.partial``: the second removed the first's half-written file and renamed its own into place, and the
+    first's rename then failed (or, a moment later, renamed the second's half-written file into place)."""
+    target = tmp_path / "best.safetensors"
+    other = (
+        "from pathlib import Path\nfrom models.files import write_atomically\n"
+        f"write_atomically(Path({str(target)!r}), lambda partial: partial.write_text('other'))\n"
+    )
+
+    def write_with_another_writer_in_between(partial: Path) -> None:
+        with partial.open("w") as file:
+            file.write("ours, first half; ")
+            file.flush()
+            subprocess.run([sys.executable, "-c", other], cwd=REPO_ROOT, check=True, timeout=120)
+            assert target.read_text() == "other"
+            file.write("second half")
+
+    write_atomically(target, write_with_another_writer_in_between)
+    assert target.read_text() == "ours, first half; second half"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+
+
+def test_partial_files_that_no_running_process_will_finish_are_removed(tmp_path: Path) -> None:
+    """What a save cut off by a kill leaves is removed by the next write of the same file, so that such files do not
+    pile up; a partial file of a process that still runs is kept, since it may still be renamed into place."""
+    target = tmp_path / "report.json"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as running:
+        try:
+            names = {
+                "ended": f"report.json.{int(ended.stdout)}.partial",
+                "running": f"report.json.{running.pid}.partial",
+                "earlier versions'": "report.json.partial",
+                "another file's": f"other.json.{int(ended.stdout)}.partial",
+            }
+            for name in names.values():
+                (tmp_path / name).write_text("cut off")
+            write_atomically(target, lambda partial: partial.write_text("new"))
+        finally:
+            running.kill()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["report.json", names["running"], names["another file's"]])
+    assert target.read_text() == "new" and partial_path(target).name not in left
 
 
 def test_training_on_a_full_disk_stops_with_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
