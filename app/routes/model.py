@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath, PurePosixPath, PureWindowsPath
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.routes.deps import Service, error_responses
@@ -10,6 +13,9 @@ from app.schemas import ModelInfo, SliceBudget
 router = APIRouter(tags=["model"])
 
 _SHOWN_APART = {"config", "format_version", "metrics"}  # in their own fields of the answer
+# Metadata fields that hold a file or folder of the machine that trained or evaluated the checkpoint (training's
+# --data and --out, the data root, vqvae-eval's --checkpoint and split folder).
+_PATH_KEYS = {"checkpoint", "data", "out", "root"}
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503), summary="The served checkpoint")
@@ -30,7 +36,27 @@ async def model_info(service: Service) -> ModelInfo:
         slice_256=SliceBudget(
             image_size=(256, 256), grid=config.grid_for(256, 256), bits=bits, compression_ratio=256 * 256 * 8 / bits
         ),
-        test_metrics=test if isinstance(test, dict) else None,
-        metrics=metrics,
-        provenance={key: value for key, value in metadata.items() if key not in _SHOWN_APART},
+        test_metrics=_names_only(test) if isinstance(test, dict) else None,
+        metrics=_names_only(metrics),
+        provenance=_names_only({key: value for key, value in metadata.items() if key not in _SHOWN_APART}),
     )
+
+
+def _names_only(value: Any) -> Any:
+    """``value`` with every recorded path cut to its last name (``/data/site-a/patients/oasis`` -> ``oasis``), as the
+    answer's ``checkpoint`` is: a path of the machine the checkpoint was made on means nothing to a caller, and
+    would show anyone who can reach the service that machine's folders."""
+    if isinstance(value, dict):
+        return {
+            key: _name(item) if key in _PATH_KEYS and isinstance(item, str) else _names_only(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_names_only(item) for item in value]
+    return value
+
+
+def _name(path: str) -> str:
+    """The last name of a POSIX or a Windows path (a checkpoint may have been trained on either)."""
+    flavour: type[PurePath] = PureWindowsPath if "\\" in path else PurePosixPath
+    return flavour(path).name or path

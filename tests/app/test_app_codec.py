@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from app.negotiation import MAX_ACCEPT_CHARS, choose
 from app.settings import DEFAULT_CHECKPOINT
-from models.checkpoint import load, read_metadata
+from models.checkpoint import load, read_metadata, save
 from models.grayscale import to_uint8, to_unit_float
 from models.quality import psnr, ssim
 from models.vqvae import VQVAE
@@ -142,6 +142,26 @@ async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoin
     assert body["metrics"] == stored["metrics"]
     assert body["provenance"] == {"data": stored["data"], "git_commit": "0123abc"}
     assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_checkpoint(
+    serve: Serve, model: VQVAE, tmp_path: Path
+) -> None:
+    """A checkpoint records the paths it was trained and evaluated with (the shipped one: ``/work/shared/...``).
+    Before, /model served them whole, showing any caller the training machine's folders; now only their names."""
+    metadata = {
+        "data": {"root": "/srv/site-a/patients/oasis", "train": {"split": "train", "images": 3}},
+        "training": {"config": {"data": "/srv/site-a/patients/oasis", "out": "/home/jdoe/runs/r32", "epochs": 2}},
+        "metrics": {"test": {"checkpoint": "/home/jdoe/runs/r32/best.safetensors", "data": "D:\\scans\\test"}},
+    }
+    path = save(model, tmp_path / "paths.safetensors", metadata)
+    async with serve(checkpoint=path) as client:
+        answer = await client.get("/model")
+    body = answer.json()
+    assert "/srv" not in answer.text and "/home" not in answer.text and "scans" not in answer.text
+    assert body["provenance"]["data"] == {"root": "oasis", "train": {"split": "train", "images": 3}}
+    assert body["provenance"]["training"]["config"] == {"data": "oasis", "out": "r32", "epochs": 2}
+    assert body["metrics"]["test"] == body["test_metrics"] == {"checkpoint": "best.safetensors", "data": "test"}
 
 
 @pytest.mark.parametrize(
