@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
 from app.hang_up import HangUpMiddleware
+from app.head import HeadAsGetMiddleware
 from app.inference import InferenceService, StartupError
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import (
@@ -46,7 +47,8 @@ Compress brain-MRI slices into a small grid of VQ-VAE codebook indices and decod
 * `POST /reconstruct` an image to see the round trip and its SSIM / PSNR.
 
 Images keep their size (padded to the model's stride inside, cropped back); colour is converted to grayscale.
-Errors are JSON `{"detail": "..."}`.
+Errors are JSON `{"detail": "..."}`. Every `GET` answers `HEAD` too (headers only), as uptime checkers and load
+balancers probe with either.
 """
 
 
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     known_paths = frozenset(path for route in routes if isinstance(path := getattr(route, "path", None), str))
     install_error_handlers(app)
     # Last added runs first: metrics see every answer, including the 500s, 413s and 408s given below them.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MultipartEndMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes

@@ -399,12 +399,12 @@ def test_model_docs_and_openapi(server: httpx.Client) -> None:
 
 
 def test_openapi_operation_ids_are_unique(server: httpx.Client) -> None:
-    """Before: the probes' GET and HEAD shared one route, so the schema had healthz_healthz_get and readyz_readyz_get
+    """Once the probes' GET and HEAD shared one route, so the schema had healthz_healthz_get and readyz_readyz_get
     twice (and the log a "Duplicate Operation ID" warning); client generators need them unique."""
     schema = server.get("/openapi.json").json()
     ids = [operation["operationId"] for item in schema["paths"].values() for operation in item.values()]
     assert len(ids) == len(set(ids)), sorted(ids)
-    assert {"healthz_healthz_get", "healthz_healthz_head", "readyz_readyz_get", "readyz_readyz_head"} <= set(ids)
+    assert {"healthz_healthz_get", "readyz_readyz_get", "model_info_model_get", "metrics_metrics_get"} <= set(ids)
 
 
 @pytest.mark.parametrize(("page", "scripts"), [("/docs", 1), ("/redoc", 1)])
@@ -419,11 +419,29 @@ def test_docs_pages_load_nothing_from_the_internet(server: httpx.Client, page: s
         assert answer.status_code == 200 and len(answer.content) > 1000, asset
 
 
-@pytest.mark.parametrize("probe", ["/healthz", "/readyz"])
-def test_probes_answer_head_too(server: httpx.Client, probe: str) -> None:
-    """Load balancers often probe with HEAD; it got 405."""
-    answer = server.head(probe)
-    assert answer.status_code == 200 and answer.content == b""
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/model", "/metrics", "/docs", "/redoc", "/openapi.json"])
+def test_every_get_answers_head_with_the_same_headers_and_no_body(server: httpx.Client, path: str) -> None:
+    """Uptime checkers and load balancers probe with HEAD. Before, only the probes answered it; /model, /metrics and
+    the docs pages gave 405."""
+    before = request_count(server, path, "200")
+    head, get = server.head(path), server.get(path)
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if path != "/metrics":  # the counts in its text change between the two calls
+        assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    counted = [
+        sample.labels["method"]
+        for family in text_string_to_metric_families(server.get("/metrics").text)
+        if family.name == "vqvae_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["route"] == path and sample.value > 0
+    ]
+    assert "HEAD" in counted and request_count(server, path, "200") >= before + 2
+
+
+def test_head_where_only_post_is_served_is_405(server: httpx.Client) -> None:
+    answer = server.head("/encode")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST" and answer.content == b""
 
 
 def test_metrics_exposition(server: httpx.Client) -> None:
