@@ -23,7 +23,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from app.arguments import port_number, positive_int
 from app.errors import format_validation_errors
-from app.header_deadline import HeaderDeadlineProtocol
+from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
 from app.settings import Settings
 from models.cpus import usable_cpus
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             log_level=settings.log_level,
             log_config=_log_config(settings.log_level),
-            http=HeaderDeadlineProtocol,
+            http=ServiceProtocol,
         )
     return 0
 

@@ -96,7 +96,7 @@ def running_server(
 
     One worker: plain ``uvicorn --factory``, unless ``cli``. Several, or ``cli``: ``vqvae-serve --workers N``, which
     is what sums their metrics (``app.metrics.shared_by_workers``) and sets the header deadline
-    (``app.header_deadline``).
+    (``app.http_protocol``).
     """
     port = free_port()
     log = log_dir / f"server-{port}.log"

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
-from app.header_deadline import HeaderDeadlineProtocol
+from app.http_protocol import ServiceProtocol
 from benchmarks.server import Server, model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -282,6 +282,21 @@ def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_s
     )
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [b"HELLO\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"],
+)
+def test_a_request_that_is_not_http_gets_a_json_400(header_deadline_server: Server, sent: bytes) -> None:
+    """uvicorn answers what it cannot parse itself. Before: "Invalid HTTP request received." as text/plain, where
+    every other error of the service is JSON."""
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(sent)
+        answer = read_answer(sock)
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
+    assert answer.headers["connection"] == "close"
+    assert answer.json() == {"detail": "not a valid HTTP/1.1 request: its request line or headers could not be parsed"}
+
+
 def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
     """Every byte used to cancel uvicorn's only timer: the deadline is for the headers, not for a read."""
     head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Padding: " + b"x" * 1000 + b"\r\n\r\n"
@@ -532,7 +547,7 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
     assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
     assert args == ("app.main:create_app",)
-    assert kwargs["factory"] is True and kwargs["http"] is HeaderDeadlineProtocol
+    assert kwargs["factory"] is True and kwargs["http"] is ServiceProtocol
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
     assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())
     # Two workers share a fresh metrics folder for the run, removed afterwards; one worker needs none.

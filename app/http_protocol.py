@@ -1,10 +1,14 @@
-"""A deadline for each request's headers, which uvicorn does not have.
+"""uvicorn's HTTP protocol with two things the service needs that uvicorn lacks: a deadline for each request's
+headers, and JSON for the errors that uvicorn gives itself.
 
 uvicorn closes an idle keep-alive connection after a response (``timeout_keep_alive``), and any byte received
 cancels that timer. A client that connects and sends nothing, or trickles its headers, held its connection, and so a
 file descriptor, for as long as it liked: a reviewer's 21,000 such connections exhausted the server's 20,000
 descriptors, and every other caller got nothing. ``VQVAE_BODY_TIMEOUT_S`` (``app.middleware``) starts only once the
 headers are in, since the app sees nothing before that.
+
+A request that is not valid HTTP never reaches the app either: uvicorn answered it with a ``text/plain`` 400, where
+every other error of the service is JSON ``{"detail": ...}``.
 """
 
 from __future__ import annotations
@@ -28,24 +32,33 @@ def header_timeout_s() -> float:
     return Settings().header_timeout_s
 
 
-def _late_headers_answer(timeout_s: float) -> bytes:
-    body = json.dumps(
-        {
-            "detail": f"the request's headers did not arrive in full within {timeout_s:g} s of the connection or of "
-            "the previous answer (limit set by VQVAE_HEADER_TIMEOUT_S)"
-        }
-    ).encode()
+def _closing_answer(status_line: str, detail: str) -> bytes:
+    """A whole JSON error answer, written straight to the connection, which is closed after it."""
+    body = json.dumps({"detail": detail}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
+def _late_headers_answer(timeout_s: float) -> bytes:
+    return _closing_answer(
+        "408 Request Timeout",
+        f"the request's headers did not arrive in full within {timeout_s:g} s of the connection or of "
+        "the previous answer (limit set by VQVAE_HEADER_TIMEOUT_S)",
+    )
+
+
+INVALID_REQUEST_ANSWER = _closing_answer(
+    "400 Bad Request", "not a valid HTTP/1.1 request: its request line or headers could not be parsed"
+)
+
+
+class ServiceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
     ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or of the previous answer, or it gets a 408 and is
-    closed."""
+    closed; and a request that cannot be parsed gets a JSON 400 (uvicorn logs it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +76,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_response_complete()  # starts a pipelined request, if one is queued: its headers are all in
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
+        self._disarm()
+        self.transport.write(INVALID_REQUEST_ANSWER)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
