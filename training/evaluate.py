@@ -98,6 +98,7 @@ def score(
     usage, perplexity = VectorQuantizer.usage(torch.cat([g.reshape(-1) for g in result.indices]), config.codebook_size)
     bits = [config.bits_for(*im.shape) for im in slices.images]
     raw_bits = [8 * im.size for im in slices.images]
+    grids = {tuple(g.shape) for g in result.indices}
     ssim_summary, psnr_summary = Summary.of(ssims), Summary.of(psnrs)
     report = {
         "images": len(slices),
@@ -108,7 +109,7 @@ def score(
         "codebook_size": config.codebook_size,
         "bits_per_slice": float(np.mean(bits)),
         "compression_ratio": float(np.sum(raw_bits) / np.sum(bits)),
-        "grid": list(result.indices[0].shape),
+        "grid": list(next(iter(grids))) if len(grids) == 1 else None,  # None: images of different sizes
         "per_image": [{"name": n, "ssim": s, "psnr": p} for n, s, p in zip(result.names, ssims, psnrs, strict=True)],
     }
     return report, result
@@ -128,10 +129,14 @@ def format_table(report: dict[str, Any], title: str) -> str:
         f"  PSNR mean/med/p5  {p['mean']:.2f} / {p['median']:.2f} / {p['p5']:.2f} dB",
         f"  codebook usage    {report['codebook_usage'] * 100:.1f}% of {report['codebook_size']}"
         f" (perplexity {report['perplexity']:.1f})",
-        f"  bits per slice    {report['bits_per_slice']:.0f} (grid {report['grid'][0]}x{report['grid'][1]},"
+        f"  bits per slice    {report['bits_per_slice']:.0f} ({_grid_text(report['grid'])},"
         f" {report['compression_ratio']:.1f}x smaller than 8-bit)",
     ]
     return "\n".join(rows)
+
+
+def _grid_text(grid: list[int] | None) -> str:
+    return "grids of several sizes, a mean" if grid is None else f"grid {grid[0]}x{grid[1]}"
 
 
 def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) -> None:

@@ -94,3 +94,14 @@ def test_the_default_batch_follows_the_device(mixed_sizes: SliceSet, monkeypatch
     assert [r["ssim"] for r in by_default["per_image"]] == pytest.approx([r["ssim"] for r in one_by_one["per_image"]])
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
         score(model, mixed_sizes, batch_size=0)
+
+
+def test_a_report_names_a_grid_only_when_every_image_has_it(mixed_sizes: SliceSet) -> None:
+    """Before: a set of several sizes reported the first image's grid beside a mean bits per slice."""
+    model = VQVAE(PRESETS["tiny"])
+    mixed, _ = score(model, mixed_sizes, batch_size=2)
+    assert mixed["grid"] is None and "grids of several sizes, a mean" in evaluate.format_table(mixed, "mixed")
+    same = SliceSet([mixed_sizes.images[0], mixed_sizes.images[3]], ["a.png", "b.png"], Path("same"))
+    uniform, _ = score(model, same, batch_size=2)
+    assert uniform["grid"] == list(model.config.grid_for(64, 64))
+    assert f"grid {uniform['grid'][0]}x{uniform['grid'][1]}" in evaluate.format_table(uniform, "same")
