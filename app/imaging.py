@@ -15,9 +15,8 @@ import zlib
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from models.grayscale import UnmappablePixelsError, to_uint8, to_unit_float
+from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, UnmappablePixelsError, to_grey_levels, to_uint8
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # zlib settings of the PNGs we send. On 32 reconstructed OASIS test slices (256x256): Pillow's default (level 6)
 # took 2.8-3.2 ms for 17.7 KiB, level 1 1.2-1.6 ms for 19.6 KiB, level 1 with the run-length strategy 1.0-1.3 ms
 # for 17.7 KiB (the filtered rows of a slice are mostly runs). The pixels are the same: PNG is lossless.
@@ -34,8 +33,6 @@ _BMP_LOWEST_HEIGHT = -(1 << 24)  # a top-down BMP's height, as Pillow reads it: 
 _SIGNATURES = {"PNG": PNG_SIGNATURE, "JPEG": b"\xff\xd8\xff", "TIFF": b"II*\x00", "big-endian TIFF": b"MM\x00*"}
 MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES  # over it Pillow raises ValueError: a 400 below
-# What Pillow raises on damaged data, depending on the plugin; MemoryError and friends are left alone.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 
 
 class ImageError(Exception):
@@ -96,7 +93,7 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
                 f"the file starts as a {claimed} but its header cannot be read (truncated or corrupt file?)"
             ) from exc
         raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
-    except _DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
+    except DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
         raise UnsupportedImageError(f"could not read the image header (truncated or corrupt file?): {exc}") from exc
     try:
         _check_size(image.width, image.height, max_pixels=max_pixels, min_size=min_size)
@@ -107,20 +104,20 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
 
 
 def load_pixels(image: Image.Image) -> np.ndarray:
-    """An image from ``open_image`` -> float32 (H, W) in [0, 1]: the decoding itself."""
+    """An image from ``open_image`` -> float32 (H, W) in [0, 1], on the 256 grey levels: the decoding itself."""
     try:
         image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UnsupportedImageError(
             f"could not decode the {image.format} image (truncated or corrupt file?): {exc}"
         ) from exc
     try:
-        return to_unit_float(image)
+        return to_grey_levels(image).astype(np.float32) / 255.0  # the levels training reads: see to_grey_levels
     except UnmappablePixelsError as exc:
         raise UnsupportedImageError(str(exc)) from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
 
 

@@ -1,12 +1,24 @@
-"""Decoded image -> grayscale float in [0, 1]: one rule for training data and the service alike."""
+"""Decoded image -> the model's 256 grey levels: one rule for training data and the service alike."""
 
 from __future__ import annotations
+
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
 
+# The image formats read, in training as in the service.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# What Pillow raises on damaged data, depending on the plugin (a TIFF tag of the wrong type: TypeError); MemoryError
+# and the like are left alone.
+DECODE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
+
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _SIXTEEN_BIT_TOP = 65535
+_TIFF_BITS_PER_SAMPLE = 258
+_TIFF_PHOTOMETRIC = 262  # TIFF tag: how a sample's value reads as a colour
+_MIN_IS_WHITE = 0  # its value for grey levels where 0 is white
 _TIFF_SAMPLE_FORMAT = 339  # TIFF tag: how samples are stored
 _SIGNED_INTEGER = 2  # its value for two's complement signed integers
 _SEND_INSTEAD = "send unsigned 8- or 16-bit integers, or floats in [0, 1]"
@@ -18,37 +30,66 @@ class UnmappablePixelsError(ValueError):
     came back all black with SSIM 0.99999)."""
 
 
+def _tiff_tag(image: Image.Image, tag: int) -> tuple[object, ...]:
+    """A TIFF tag's values (a tuple, empty where absent or not a TIFF)."""
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(tag) if tags is not None else None
+    return () if value is None else value if isinstance(value, tuple) else (value,)
+
+
 def has_signed_samples(image: Image.Image) -> bool:
     """A TIFF whose samples are signed integers. Pillow reads 8-bit ones as unsigned ("L"): -1 as 255."""
-    tags = getattr(image, "tag_v2", None)
-    kind = tags.get(_TIFF_SAMPLE_FORMAT) if tags is not None else None
-    return _SIGNED_INTEGER in (kind if isinstance(kind, tuple) else (kind,))
+    return _SIGNED_INTEGER in _tiff_tag(image, _TIFF_SAMPLE_FORMAT)
+
+
+def to_grey_levels(image: Image.Image) -> np.ndarray:
+    """PIL image of any mode -> uint8 (H, W): the 256 grey levels the model is trained on (by ``to_unit_float``'s
+    rule, rounded). The service reads uploads this way too, so that its SSIM of a 16-bit or float image equals
+    ``vqvae-eval``'s of the same file; the model's own output is 8-bit."""
+    if image.mode == "L" and not has_signed_samples(image):
+        return np.asarray(image, dtype=np.uint8)
+    return to_uint8(to_unit_float(image))
 
 
 def to_unit_float(image: Image.Image) -> np.ndarray:
     """PIL image of any mode -> float32 (H, W) in [0, 1].
 
     Colour is converted to luminance (ITU-R 601, Pillow's "L"); 16-bit images are divided by 65535 rather than
-    clipped to 8 bits; 32-bit integer images are read as 16-bit when any value exceeds 255; float images are
-    taken as [0, 1] and clipped (infinities included). NaN pixels, negative integers (signed samples, of any
-    width) and integers above 16 bits are refused (``UnmappablePixelsError``).
+    clipped to 8 bits, signed 16-bit TIFFs too; 32-bit integer images are read as 16-bit when any value exceeds
+    255; float images are taken as [0, 1] and clipped (infinities included). A TIFF whose grey levels have 0 for
+    white (MinIsWhite) is inverted, as Pillow does for 1- and 8-bit ones only. NaN pixels, negative integers
+    (signed samples, of any width) and integers above 16 bits are refused (``UnmappablePixelsError``).
     """
+    inverted = _MIN_IS_WHITE in _tiff_tag(image, _TIFF_PHOTOMETRIC)  # Pillow has inverted modes "1" and "L"
     if image.mode in _SIXTEEN_BIT:
-        return np.asarray(image, dtype=np.float32) / _SIXTEEN_BIT_TOP
-    if image.mode == "I":  # 32-bit signed: Pillow's mode for signed 16-bit and for 32-bit samples
+        unit = np.asarray(image, dtype=np.float32) / _SIXTEEN_BIT_TOP
+    elif image.mode == "I":  # 32-bit signed: Pillow's mode for signed 16-bit and for 32-bit samples
         array = np.asarray(image, dtype=np.int64)
+        if _tiff_tag(image, _TIFF_BITS_PER_SAMPLE) == (32,) and not has_signed_samples(image):
+            array &= 0xFFFFFFFF  # unsigned 32-bit samples, which Pillow reads as signed: 2**31 and up as negative
         _check_integer_range(array)
-        top = _SIXTEEN_BIT_TOP if array.max(initial=0) > 255 else 255
-        return (array / top).astype(np.float32)
-    if image.mode == "F":
+        unit = (array / _integer_top(image, array)).astype(np.float32)
+    elif image.mode == "F":
         array = np.asarray(image, dtype=np.float32)
         missing = int(np.isnan(array).sum())
         if missing:  # clipping keeps NaN, which would reach the model and come back as a NaN SSIM
             raise UnmappablePixelsError(f"the float image has {missing} NaN pixel(s); they have no grey level to map")
-        return np.clip(array, 0.0, 1.0)
-    if image.mode == "L" and has_signed_samples(image):
-        _check_integer_range(np.asarray(image).view(np.int8))
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        unit = np.clip(array, 0.0, 1.0)
+    else:
+        if image.mode == "L" and has_signed_samples(image):
+            _check_integer_range(np.asarray(image).view(np.int8))
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return 1.0 - unit if inverted else unit
+
+
+def _integer_top(image: Image.Image, array: np.ndarray) -> int:
+    """The value that stands for white in a mode "I" image: a 16-bit TIFF's (signed ones read as "I") whatever its
+    values; for 32-bit samples, which no grey scale fits, 255 unless a value exceeds it. Before, a signed 16-bit
+    TIFF was scaled by its largest value: one level more made the whole image 257 times darker."""
+    bits = [b for b in _tiff_tag(image, _TIFF_BITS_PER_SAMPLE) if isinstance(b, int)]
+    if bits and max(bits) <= 16:
+        return 255 if max(bits) <= 8 else _SIXTEEN_BIT_TOP
+    return _SIXTEEN_BIT_TOP if array.max(initial=0) > 255 else 255
 
 
 def _check_integer_range(array: np.ndarray) -> None:

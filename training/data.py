@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.grayscale import has_signed_samples, to_uint8, to_unit_float
+from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, to_grey_levels
 from models.limits import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -63,11 +63,14 @@ def read_grayscale(path: Path) -> np.ndarray:
     """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale), and no
     smaller than the service accepts (``models.limits.MIN_SIDE``)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=ACCEPTED_FORMATS) as image:
             image.load()
-            gray = image.mode == "L" and not has_signed_samples(image)
-            pixels = np.asarray(image, dtype=np.uint8).copy() if gray else to_uint8(to_unit_float(image))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+            pixels = to_grey_levels(image).copy()  # writable
+    except UnidentifiedImageError as exc:  # what the service refuses too (GIF, WebP...), or a damaged header
+        raise DataError(
+            f"{path}: cannot read image: not a {'/'.join(ACCEPTED_FORMATS)} file, or a damaged one"
+        ) from exc
+    except (Image.DecompressionBombError, *DECODE_ERRORS) as exc:  # Pillow's errors for damaged data, all of them
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape

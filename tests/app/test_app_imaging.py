@@ -6,6 +6,7 @@ import io
 import re
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from app.imaging import (
 )
 from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
+from training.data import DataError, read_grayscale
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
 ImageFile = Callable[..., bytes]
@@ -41,14 +43,15 @@ def test_eight_bit_png_is_divided_by_255(image_file: ImageFile, noise: Noise) ->
     np.testing.assert_array_equal(image, pixels.astype(np.float32) / 255.0)
 
 
-def test_sixteen_bit_png_is_scaled_not_clipped(image_file: ImageFile, noise: Noise) -> None:
+def test_sixteen_bit_png_is_scaled_to_the_grey_levels_training_reads(image_file: ImageFile, noise: Noise) -> None:
+    """Scaled, not clipped to the low byte; and rounded to the 256 levels, as ``read_grayscale`` rounds them. Before,
+    the service kept all 16 bits, so its SSIM of a 16-bit slice was not vqvae-eval's (0.947254 against 0.948593)."""
     eight = noise(16, 16)
     sixteen = eight.astype(np.uint16) * 257  # the same grey levels on the 16-bit scale
-    sixteen[0, :3] = [0, 32768, 65535]
-    eight[0, :3] = [0, 0, 255]
+    sixteen[0, :4] = [0, 32768, 65535, 300]
+    eight[0, :4] = [0, 128, 255, 1]
     image = decode(image_file(sixteen))
-    assert image[0, :3] == pytest.approx([0.0, 32768 / 65535, 1.0])
-    np.testing.assert_array_equal(image[1:], decode(image_file(eight))[1:])
+    np.testing.assert_array_equal(image, decode(image_file(eight)))
 
 
 def test_rgb_is_converted_to_luminance(image_file: ImageFile, noise: Noise) -> None:
@@ -87,14 +90,34 @@ def test_not_an_accepted_image(content: bytes, message: str) -> None:
     assert caught.value.status_code == 400
 
 
-def _float64_tiff(side: int) -> bytes:
-    """A valid little-endian TIFF of 64-bit float samples (SampleFormat 3), which Pillow does not read."""
-    tags = {256: side, 257: side, 258: 64, 259: 1, 262: 1, 273: 0, 277: 1, 278: side, 279: side * side * 8, 339: 3}
+_SAMPLE_FORMATS = {"u": 1, "i": 2, "f": 3}  # TIFF SampleFormat by numpy kind
+_LONG, _FLOAT = 4, 11  # TIFF field types
+
+
+def _raw_tiff(pixels: np.ndarray, *, photometric: int = 1, offsets_type: int = _LONG) -> bytes:
+    """A little-endian, uncompressed, one-strip grey TIFF of ``pixels`` as they are (any width, signed or not, float),
+    written by hand: Pillow writes neither 64-bit floats nor MinIsWhite 16-bit files."""
+    height, width = pixels.shape
+    tags = {
+        256: width, 257: height, 258: pixels.dtype.itemsize * 8, 259: 1, 262: photometric, 273: 0, 277: 1,
+        278: height, 279: pixels.nbytes, 339: _SAMPLE_FORMATS[pixels.dtype.kind],
+    }  # fmt: skip
     ifd_size = 2 + 12 * len(tags) + 4
     tags[273] = 8 + ifd_size  # the pixels follow the directory
-    entries = b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in sorted(tags.items()))  # LONG each
-    pixels = np.linspace(0.0, 1.0, side * side).astype("<f8").tobytes()
-    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + bytes(4) + pixels
+
+    def entry(tag: int, value: int) -> bytes:
+        if tag == 273 and offsets_type == _FLOAT:
+            return struct.pack("<HHIf", tag, _FLOAT, 1, float(value))
+        return struct.pack("<HHII", tag, _LONG, 1, value)
+
+    entries = b"".join(entry(tag, value) for tag, value in sorted(tags.items()))
+    data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + bytes(4) + data
+
+
+def _float64_tiff(side: int) -> bytes:
+    """A valid TIFF of 64-bit float samples, which Pillow does not read."""
+    return _raw_tiff(np.linspace(0.0, 1.0, side * side).reshape(side, side))
 
 
 def test_a_tiff_of_a_sample_format_pillow_cannot_read_is_not_called_corrupt() -> None:
@@ -196,7 +219,7 @@ def test_float_images_are_clipped_but_nan_pixels_are_refused(image_file: ImageFi
     """Before: NaN passed the clip into the model, and /reconstruct answered 200 with an SSIM of null."""
     pixels = np.linspace(-0.5, 1.5, 16 * 16, dtype=np.float32).reshape(16, 16)
     pixels[0, :2] = [np.inf, -np.inf]
-    np.testing.assert_array_equal(decode(image_file(pixels, "TIFF")), np.clip(pixels, 0.0, 1.0))
+    np.testing.assert_array_equal(decode(image_file(pixels, "TIFF")), to_uint8(pixels) / np.float32(255.0))
     pixels[3, 4:6] = np.nan
     with pytest.raises(UnsupportedImageError, match="has 2 NaN pixel") as caught:
         decode(image_file(pixels, "TIFF"))
@@ -234,6 +257,70 @@ def test_integers_with_no_grey_level_are_refused(dtype: type, offset: int, messa
 def test_signed_samples_without_negative_values_read_as_their_values(dtype: type) -> None:
     pixels = (np.arange(16 * 16).reshape(16, 16) % 120).astype(dtype)
     np.testing.assert_array_equal(decode(_signed_tiff(pixels)), pixels.astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize(("dtype", "white"), [(np.uint8, 255), (np.uint16, 65535), (np.float32, 1.0)])
+def test_a_min_is_white_tiff_is_inverted_at_every_depth(dtype: type, white: float) -> None:
+    """Before: Pillow inverts 1- and 8-bit MinIsWhite TIFFs only, so a 16-bit or float one came out as its
+    negative, silently."""
+    levels = np.arange(16 * 16).reshape(16, 16) % 250
+    stored = (levels * 131 if white == 65535 else levels / 255 if white == 1.0 else levels).astype(dtype)
+    inverted = (white - stored).astype(dtype)
+    np.testing.assert_array_equal(decode(_raw_tiff(inverted, photometric=0)), decode(_raw_tiff(stored)))
+
+
+def test_a_signed_sixteen_bit_tiff_is_scaled_by_its_depth_not_by_its_largest_value() -> None:
+    """Before: /255 while no value exceeded 255 and /65535 after, so one level more made a slice 257x darker."""
+    pixels = (np.arange(16 * 16).reshape(16, 16) % 256).astype(np.int16)
+    for top in (255, 256):
+        pixels[0, 0] = top
+        np.testing.assert_array_equal(decode(_raw_tiff(pixels)), decode(_raw_tiff(pixels.astype(np.uint16))))
+
+
+def test_unsigned_32_bit_samples_over_2_to_the_31_are_called_too_large_not_negative() -> None:
+    """Pillow reads 32-bit samples as signed, so 3,000,000,000 was refused as "negative pixel values"."""
+    pixels = np.full((16, 16), 3_000_000_000, dtype=np.uint32)
+    with pytest.raises(UnsupportedImageError, match=r"pixel values up to 3000000000, beyond 16 bits"):
+        decode(_raw_tiff(pixels))
+
+
+def test_a_tiff_tag_of_the_wrong_type_is_a_400_and_a_data_error(tmp_path: Path) -> None:
+    """StripOffsets as a FLOAT: Pillow's load raised a TypeError, which /encode answered with a 500 and training let
+    through as a traceback."""
+    tiff = _raw_tiff(np.zeros((16, 16), np.uint8), offsets_type=_FLOAT)
+    with pytest.raises(UnsupportedImageError, match="truncated or corrupt") as caught:
+        decode(tiff)
+    assert caught.value.status_code == 400
+    (tmp_path / "a.tif").write_bytes(tiff)
+    with pytest.raises(DataError, match=r"a\.tif: cannot read image \(.*float"):
+        read_grayscale(tmp_path / "a.tif")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_training_refuses_the_formats_the_service_refuses(
+    image_file: ImageFile, noise: Noise, tmp_path: Path, fmt: str
+) -> None:
+    """Before: vqvae-eval scored a GIF or a WebP (named .png) that /reconstruct refused."""
+    (tmp_path / "a.png").write_bytes(image_file(noise(16, 16), fmt))
+    with pytest.raises(DataError, match=r"a\.png: cannot read image: not a PNG/JPEG/TIFF/BMP file"):
+        read_grayscale(tmp_path / "a.png")
+
+
+def test_the_service_reads_every_depth_to_the_levels_training_reads(
+    image_file: ImageFile, noise: Noise, tmp_path: Path
+) -> None:
+    """So that /reconstruct's SSIM of a file is vqvae-eval's of the same file."""
+    sixteen = noise(16, 16).astype(np.uint16) * 257 + noise(16, 16, 5).astype(np.uint16) % 200
+    files = {
+        "sixteen.png": image_file(sixteen),
+        "float.tif": image_file(sixteen.astype(np.float32) / 65535, "TIFF"),
+        "signed.tif": _raw_tiff((sixteen // 2).astype(np.int16)),
+        "white.tif": _raw_tiff(sixteen, photometric=0),
+        "rgb.png": image_file(np.stack([noise(16, 16, seed) for seed in (1, 2, 3)], axis=-1)),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(decode(data), read_grayscale(tmp_path / name) / np.float32(255.0), name)
 
 
 def test_too_small_for_ssim(image_file: ImageFile) -> None:

@@ -34,6 +34,19 @@ def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
         load_folder(tmp_path)
 
 
+def test_a_damaged_png_chunk_is_a_data_error(tmp_path: Path) -> None:
+    """An IDAT chunk whose length field is wrong: Pillow raises a SyntaxError, which ended vqvae-eval in a traceback
+    (the service answered 400)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    length_at = data.find(b"IDAT") - 4
+    data[length_at : length_at + 4] = (int.from_bytes(data[length_at : length_at + 4], "big") // 2).to_bytes(4, "big")
+    (tmp_path / "a.png").write_bytes(data)
+    with pytest.raises(DataError, match=r"a\.png: cannot read image \(broken PNG file"):
+        load_folder(tmp_path)
+
+
 @pytest.mark.parametrize(("width", "height"), [(7, 64), (64, 5), (1, 1)])
 def test_images_smaller_than_the_service_accepts_are_refused(tmp_path: Path, width: int, height: int) -> None:
     """Before: scored with a shrunken SSIM window, a figure the service (422 under 8x8) could not have given."""
