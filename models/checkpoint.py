@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,29 @@ def to_bytes(model: VQVAE, metadata: dict[str, Any] | None = None) -> bytes:
     return serialize(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
+def _check_readable(path: Path) -> None:
+    """Say what keeps the file from being read. safetensors calls a file it may not read "No such file or
+    directory", and a folder was "checkpoint file not found". A FIFO or a device is refused before it is opened
+    (opening a FIFO waits for a writer)."""
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise CheckpointError(f"{path}: a folder, not a checkpoint file")
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{path}: not a regular file, so not a checkpoint file")
+        path.open("rb").close()
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: checkpoint file not found") from exc
+    except PermissionError as exc:  # the file's mode, or a folder on the way
+        raise CheckpointError(f"{path}: cannot read the checkpoint file: permission denied") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint file: {exc.strerror or exc}") from exc
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, validated, without loading its tensors."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    _check_readable(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
@@ -99,10 +118,25 @@ def _read_tensors(path: Path, expected: dict[str, torch.Size]) -> dict[str, torc
             declared = {name: torch.Size(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
             mismatch = _first_mismatch(expected, declared)
             if mismatch is None:
-                return {name: handle.get_tensor(name) for name in declared}
+                tensors = {name: handle.get_tensor(name) for name in declared}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {_one_line(exc)}") from exc
-    raise CheckpointError(f"{path}: tensors do not match the config in the checkpoint: {mismatch}")
+    if mismatch is not None:
+        raise CheckpointError(f"{path}: tensors do not match the config in the checkpoint: {mismatch}")
+    _check_finite(path, tensors)
+    return tensors
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite weights: a file damaged in its tensor data (whose header still parses), or a run that
+    diverged. Before, such a model loaded, and the service answered 200s with all-zero codes, blank images and an
+    SSIM of null."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s): a corrupt file or a diverged run"
+            )
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, dict[str, Any]]:

@@ -1,6 +1,8 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,40 @@ def test_round_trip_gives_identical_outputs(saved: tuple[VQVAE, Path]) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nope\.safetensors: checkpoint file not found"):
         load(tmp_path / "nope.safetensors")
+
+
+def test_a_folder_or_an_unreadable_file_is_named_as_such(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
+    """Before: "checkpoint file not found" of a folder, and "not a readable safetensors checkpoint (corrupt or
+    truncated?): No such file or directory" of a file the process may not read."""
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder\.safetensors: a folder, not a checkpoint file$"):
+        load(tmp_path / "folder.safetensors")
+    _, path = saved
+    locked = tmp_path / "locked.safetensors"
+    locked.write_bytes(path.read_bytes())
+    locked.chmod(0)
+    script = (  # as a user who may not read it (root may read anything)
+        "import os, sys\n"
+        "from models.checkpoint import CheckpointError, read_metadata\n"
+        "if os.geteuid() == 0: os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+        "try: read_metadata(sys.argv[1])\n"
+        "except CheckpointError as exc: print(exc)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script, str(locked)], capture_output=True, text=True, cwd=repo)
+    assert done.stdout.strip() == f"{locked}: cannot read the checkpoint file: permission denied", done.stderr
+
+
+def test_non_finite_weights_are_refused(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
+    """A file damaged in its tensor data (the header still parses): before, it loaded, and the service answered
+    200s with all-zero codes, blank images and an SSIM of null."""
+    _, path = saved
+    damaged = tmp_path / "damaged.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # float32 0xffffffff is a NaN
+    damaged.write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"damaged\.safetensors: tensor '.+' holds \d+ NaN or infinite value"):
+        load(damaged)
 
 
 def test_corrupt_file(tmp_path: Path) -> None:

@@ -177,7 +177,11 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--embedding-dim", "100000"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 100000"),  # OOM
         (["--preset", "bogus"], "preset (--preset) must be one of default, grid64, grid16, tiny, got 'bogus'"),
         (["--precision", "fp16"], "precision (--precision) must be one of auto, bf16, fp32, got 'fp16'"),
-        (["--malloc-retain-mb", "-1"], "malloc_retain_mb (--malloc-retain-mb) must be 0"),
+        (
+            ["--malloc-retain-mb", "-1"],
+            "malloc_retain_mb (--malloc-retain-mb) must be from 0 (glibc's defaults) to 2047",
+        ),
+        (["--malloc-retain-mb", "4096"], "must be from 0 (glibc's defaults) to 2047, got 4096"),  # was clamped silently
         (["--max-train-images", "0"], "max_train_images (--max-train-images) must be at least 1, got 0"),
         (["--max-val-images", "0"], "max_val_images (--max-val-images) must be at least 1, got 0"),
     ],
@@ -342,15 +346,16 @@ def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
 def test_evaluate_a_checkpoint_of_nan_weights_fails_without_a_report(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Before: exit 0 and a report with bare NaN in it, which is not JSON."""
+    """Before: exit 0 and a report with bare NaN in it, which is not JSON. Now the checkpoint itself is refused
+    (as by the service), naming a tensor."""
     model, metadata = load(trained / "best.safetensors")
     for parameter in model.decoder.parameters():
         parameter.data.fill_(float("nan"))
     broken = save(model, tmp_path / "broken.safetensors", metadata)
     code = evaluate.main(["--checkpoint", str(broken), "--data", str(fixture_oasis), "--split", "test"])
     err = capsys.readouterr().err
-    assert code == 1 and "NaN or infinite" in err and "Traceback" not in err
-    assert not broken.with_suffix(".test.json").exists()
+    assert code == 2 and "broken.safetensors: tensor 'decoder." in err and "NaN or infinite" in err, err
+    assert "Traceback" not in err and not broken.with_suffix(".test.json").exists()
 
 
 def _copy_run(trained: Path, run: Path, names: tuple[str, ...]) -> None:
