@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return _at_least(text, 1, "at least 1")
 
 
+def host_name(text: str) -> str:
+    """argparse type for an interface to listen on. An empty one (``--host "$HOST"`` with the variable unset)
+    made uvicorn listen on every interface, IPv4 and IPv6, beyond the default's 127.0.0.1."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name an interface or address (0.0.0.0 for all of them), got ''")
+    return text
+
+
 def port_number(text: str) -> int:
     """argparse type for a TCP port to listen on: 0 (any free port) to 65535, refused up front rather than by the
     socket layer after start-up has begun."""

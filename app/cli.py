@@ -10,23 +10,25 @@ import argparse
 import copy
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 from uvicorn.config import LOGGING_CONFIG
 
-from app.arguments import port_number, positive_int
+from app.arguments import host_name, port_number, positive_int
 from app.errors import format_validation_errors
 from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
 from app.settings import Settings
-from models.cpus import usable_cpus
+from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads, usable_cpus
 
 APP_FACTORY = "app.main:create_app"
 
@@ -42,19 +44,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vqvae-serve", description="Serve the VQ-VAE over HTTP (settings: VQVAE_* environment variables)."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    parser.add_argument("--host", type=host_name, default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (0: any free one)")
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=_worker_count,
         default=1,
         help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
-        "share of the usable CPUs for torch",
+        f"share of the usable CPUs for torch ({THREADS_PER_CPU_LIMIT} per usable CPU at most)",
     )
     parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
     )
     return parser.parse_args(argv)
+
+
+def _worker_count(text: str) -> int:
+    """Each worker holds a model (about 400 MB): 100000 of them is a typo, not a setting."""
+    value = positive_int(text)
+    if value > max_torch_threads():
+        raise argparse.ArgumentTypeError(
+            f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}"
+        )
+    return value
 
 
 def threads_per_worker(workers: int) -> int:
@@ -68,7 +80,7 @@ def share_cpus_among_workers(workers: int) -> None:
     torch's default is one thread per core in every process, so N workers would run N teams of that many
     OpenMP threads on the same cores, each waiting at barriers for partners that lost their core.
     """
-    if workers > 1 and not os.environ.get("VQVAE_TORCH_THREADS"):
+    if workers > 1 and "VQVAE_TORCH_THREADS" not in os.environ:  # set but empty: refused, as with one worker
         os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
 
 
@@ -84,18 +96,81 @@ def check_before_serving(settings: Settings, workers: int) -> str | None:
 
         return here(settings)
     context = multiprocessing.get_context("spawn")
+    answers, child_end = context.Pipe(duplex=False)
+    child = context.Process(target=_check_in_child, args=(child_end,), name="checkpoint-check", daemon=True)
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(_check_in_child).result()
-    except BrokenProcessPool as exc:
-        return f"the checkpoint check's process died before answering ({exc})"
+        with _STOP_SIGNALS.held():
+            child.start()
+        child_end.close()
+        answer = answers.recv_bytes()
+    except EOFError:  # the child died without answering (killed, out of memory)
+        child.join()
+        return f"the checkpoint check's process died before answering (exit code {child.exitcode})"
+    finally:  # also when this process is stopped while it waits: the child must not outlive it
+        if child.is_alive():
+            child.terminate()
+        if child.pid is not None:
+            child.join()
+        child_end.close()
+        answers.close()
+    return answer[1:].decode() if answer else None
 
 
-def _check_in_child() -> str | None:
-    """Runs in the child: the import of torch happens there."""
+def _check_in_child(answers: Connection) -> None:
+    """Runs in the child: the import of torch happens there. Sends b"" (no problem) or b"!" + the problem."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     from app.inference import checkpoint_problem as in_child
 
-    return in_child()
+    problem = in_child()
+    answers.send_bytes(b"" if problem is None else b"!" + problem.encode())
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT before uvicorn took the signals over."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT as ``_Stopped`` while the checkpoint is checked (seconds, longer on a slow disk). Before,
+    SIGINT printed a traceback, and SIGTERM ended this process at once, leaving the checking child of
+    ``--workers N`` (420 MB) running for ever."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._pending: int | None = None
+
+    def handle(self, signum: int, _: FrameType | None) -> None:
+        if self._held:
+            self._pending = self._pending or signum
+            return
+        raise _Stopped(signum)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A signal in this block is raised at its end: starting a child must not be cut off halfway (the child
+        would get half of its start-up data, and print a traceback)."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None:
+            raise _Stopped(self._pending)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+_STOP_SIGNALS = _StopSignals()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
         return 2
-    problem = check_before_serving(settings, args.workers)
+    try:
+        with _STOP_SIGNALS.installed():
+            problem = check_before_serving(settings, args.workers)
+    except _Stopped as stopped:
+        print(f"vqvae-serve: stopped ({stopped}) while checking the checkpoint; not serving", file=sys.stderr)
+        return 128 + stopped.signum
     if problem is not None:
         print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.allocator import DEFAULT_RETAIN_MB
+from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
 from models.limits import MIN_SIDE
 
@@ -84,13 +84,16 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="forward passes run at once under load, each on one torch thread (a lone request still gets "
-        "all of them); 0: the torch thread count on the CPU, 1 on CUDA",
+        "all of them); 0: the torch thread count on the CPU, 1 on CUDA; "
+        f"{THREADS_PER_CPU_LIMIT} per usable CPU at most",
     )
     malloc_retain_mb: int = Field(
         default=DEFAULT_RETAIN_MB,
         ge=0,
+        le=MAX_RETAIN_MB,
         description="freed memory each thread's malloc arena keeps mapped for the next forward pass, so that the pass "
-        "does not page-fault its buffers in again (glibc only; see models.allocator); 0: glibc's defaults",
+        f"does not page-fault its buffers in again (glibc only; see models.allocator); 0: glibc's defaults; at most "
+        f"{MAX_RETAIN_MB} (glibc takes a C int of bytes)",
     )
     max_batch_size: int = Field(default=4, ge=1, description="most requests grouped into one forward pass")
     max_wait_ms: float = Field(
@@ -99,9 +102,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("torch_threads")
+    @field_validator("torch_threads", "parallel_batches")
     @classmethod
     def _sane_threads(cls, value: int) -> int:
+        """Each parallel batch is a thread with its own buffers: 128 of them took 1.6 GB at start-up."""
         if value > max_torch_threads():
             raise ValueError(f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}")
         return value

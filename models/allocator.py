@@ -26,6 +26,7 @@ M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit (HEAP_MAX_SIZE / 2)
 DEFAULT_RETAIN_MB = 256  # the service's VQVAE_MALLOC_RETAIN_MB and vqvae-train's --malloc-retain-mb
+MAX_RETAIN_MB = (2**31 - 1) // (1024 * 1024)  # mallopt takes a C int of bytes: 2047 MB
 
 
 def retain_freed_memory(trim_bytes: int) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from models.allocator import DEFAULT_RETAIN_MB
+from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.config import PRESETS, VQVAEConfig
 from models.cpus import max_torch_threads
 from models.quality_torch import MIN_SIZE
@@ -110,7 +110,11 @@ class TrainConfig:
                     self.embedding_dim is None or 1 <= self.embedding_dim <= MAX_EMBEDDING_DIM,
                     f"from 1 to {MAX_EMBEDDING_DIM}",
                 ),
-                ("malloc_retain_mb", self.malloc_retain_mb >= 0, "0 (glibc's defaults) or more"),
+                (
+                    "malloc_retain_mb",
+                    0 <= self.malloc_retain_mb <= MAX_RETAIN_MB,
+                    f"from 0 (glibc's defaults) to {MAX_RETAIN_MB}",
+                ),
                 ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "at least 1"),
                 ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "at least 1"),
                 ("overwrite", not (self.overwrite and self.resume), "off with --resume (continue or replace)"),

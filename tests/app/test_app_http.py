@@ -7,13 +7,13 @@ import itertools
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -558,41 +558,90 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--workers", "0"), ("--workers", "two"), ("--port", "70000"), ("--port", "-1")]
+    ("option", "value", "said"),
+    [
+        ("--workers", "0", "must be at least 1, got 0"),
+        ("--workers", "two", "expected a whole number, got 'two'"),
+        ("--workers", "100000", "at most "),
+        ("--port", "70000", "must be a TCP port from 0 to 65535"),
+        ("--port", "-1", "must be a TCP port from 0 to 65535"),
+        ("--host", "", "must name an interface or address (0.0.0.0 for all of them)"),
+        ("--host", " ", "must name an interface or address"),
+    ],
 )
-def test_serve_refuses_a_bad_worker_count_or_port(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_bad_worker_count_port_or_host(
+    option: str, value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty --host (an unset variable in --host "$HOST") made uvicorn listen on every interface; 100000
+    workers, each with a model, were accepted."""
     with pytest.raises(SystemExit) as stopped:
         main([option, value])
     assert stopped.value.code == 2
-    assert f"argument {option}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and said in err, err
 
 
-def test_serve_reports_a_checkpoint_check_that_died_in_one_line(
-    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+SERVE_WITHOUT_UVICORN = (
+    "import sys, uvicorn\n"
+    "from app.cli import main\n"
+    "uvicorn.run = lambda *args, **kwargs: print('served', flush=True)\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # dead, not yet reaped
+
+
+def checking(checkpoint: Path, workers: str) -> subprocess.Popen[str]:
+    """``vqvae-serve`` (uvicorn left out), once it is checking the checkpoint: with several workers, once its
+    checking child has been started (the child then takes a second or more to import torch)."""
+    command = [sys.executable, "-c", SERVE_WITHOUT_UVICORN, "--workers", workers, "--checkpoint", str(checkpoint)]
+    serve = subprocess.Popen(command, cwd=REPO_ROOT, env=service_env(), text=True, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(children_of(serve.pid)) < 2 and time.monotonic() < deadline:  # the resource tracker, then the check
+        time.sleep(0.01)
+    assert len(children_of(serve.pid)) >= 2, "no checking child started"
+    return serve
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stopped_while_checking_the_checkpoint_leaves_no_process_behind(
+    checkpoint: Path, signum: signal.Signals
 ) -> None:
+    """Before: SIGTERM ended vqvae-serve --workers N at once, leaving its checking child (420 MB) and its resource
+    tracker running for ever; SIGINT printed a traceback."""
+    serve = checking(checkpoint, "2")
+    children = children_of(serve.pid)
+    serve.send_signal(signum)
+    _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 128 + signum, err
+    assert err.strip().splitlines() == [
+        f"vqvae-serve: stopped ({signum.name}) while checking the checkpoint; not serving"
+    ]
+    deadline = time.monotonic() + 10
+    while not all(gone(child) for child in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(child) for child in children)
+
+
+def test_serve_reports_a_checkpoint_check_that_died_in_one_line(checkpoint: Path) -> None:
     """The child that checks the checkpoint for --workers N killed (out of memory, a signal): one line, exit 2."""
-
-    class DyingPool:
-        def __init__(self, **_: Any) -> None:
-            pass
-
-        def __enter__(self) -> DyingPool:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            pass
-
-        def submit(self, *_: Any) -> Any:
-            raise BrokenProcessPool("A child process terminated abruptly")
-
-    monkeypatch.setattr("app.cli.ProcessPoolExecutor", DyingPool)
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served after a failed check"))
-    for name in ("VQVAE_CHECKPOINT", "VQVAE_TORCH_THREADS"):  # main() sets them
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    assert main(["--checkpoint", str(checkpoint), "--workers", "2"]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("vqvae-serve: the checkpoint check's process died before answering")
+    serve = checking(checkpoint, "2")
+    os.kill(children_of(serve.pid)[-1], signal.SIGKILL)
+    _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 2
+    assert err.strip().splitlines() == [
+        "vqvae-serve: the checkpoint check's process died before answering (exit code -9)"
+    ]
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("parallel_batches", -1),
         ("max_wait_ms", float("inf")),  # was accepted, then killed the model thread under load
         ("torch_threads", 100_000),  # was a segfault at start-up
+        ("parallel_batches", 128),  # a thread each: 1.6 GB at start-up
+        ("malloc_retain_mb", 4096),  # glibc takes an int of bytes: clamped, while the log said 4096 MB
         ("max_pixels", 10),  # under min_size squared: every image would be refused
         ("body_timeout_s", 0),
         ("body_timeout_s", -1),
@@ -52,6 +54,17 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
 def test_invalid_values_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
+
+
+def test_an_empty_thread_count_is_refused_with_any_number_of_workers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: refused with one worker, but with --workers 2 silently replaced by each worker's share of the CPUs."""
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served with an invalid setting"))
+    for workers in ("1", "2"):
+        monkeypatch.setenv("VQVAE_TORCH_THREADS", "")
+        assert main(["--workers", workers]) == 2
+        assert capsys.readouterr().err.startswith("vqvae-serve: invalid settings: torch_threads:")
 
 
 def test_serve_reports_invalid_settings_in_one_line(
