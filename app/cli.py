@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=settings.log_level,
             log_config=_log_config(settings.log_level),
             http=ServiceProtocol,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     return 0
 

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         "client that stalls or trickles its upload holds a connection until then. 30 s carries the 20 MiB body "
         "limit over about 6 Mbit/s; an MRI slice's few tens of KiB over far slower links (at most 600 s)",
     )
+    shutdown_timeout_s: int = Field(
+        default=8,
+        ge=1,
+        le=3600,
+        description="seconds requests under way may take to finish once the server is told to stop (SIGTERM, "
+        "Ctrl-C); then each gets a 503 and the server exits: 8 s is within `docker stop`'s 10 s before its SIGKILL. "
+        "Applied by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app` (at most 3600 s)",
+    )
     header_timeout_s: float = Field(
         default=20.0,
         gt=0,

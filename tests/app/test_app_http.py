@@ -396,6 +396,44 @@ def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path
     assert "Traceback" not in log and " 500" not in log
 
 
+def test_requests_still_running_at_the_shutdown_deadline_get_a_json_503(
+    checkpoint: Path, tmp_path: Path, image_file: Any
+) -> None:
+    """SIGTERM with requests under way: they may finish within VQVAE_SHUTDOWN_TIMEOUT_S, then each gets a JSON 503 and
+    the server exits. Before: the server waited for every queued request however long it took (docker stop's SIGKILL
+    comes after 10 s), and a forced stop answered text/plain 500s and logged a traceback per request."""
+    env = {
+        "VQVAE_CHECKPOINT": str(checkpoint),
+        "VQVAE_SHUTDOWN_TIMEOUT_S": "1",
+        "VQVAE_MAX_PIXELS": str(4096 * 4096),  # a pass of seconds
+        "VQVAE_MAX_BATCH_SIZE": "1",  # so that the requests queue, one pass each
+        "VQVAE_PARALLEL_BATCHES": "1",
+    }
+    upload = {"file": ("ramp.png", image_file(ramp(4096)), "image/png")}
+    with running_server(env, tmp_path, log_level="info", startup_timeout_s=60, cli=True) as process:
+
+        def post() -> httpx.Response:
+            with httpx.Client(base_url=process.base_url, timeout=ANSWER_BOUND_S) as client:
+                return client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = [pool.submit(post) for _ in range(3)]
+            time.sleep(1.5)  # the uploads are in, the first pass under way
+            stopped_at = time.monotonic()
+            process.process.send_signal(signal.SIGTERM)
+            statuses = [answer.result().status_code for answer in answers]
+            refused = [answer.result() for answer in answers if answer.result().status_code == 503]
+        process.process.wait(timeout=ANSWER_BOUND_S)
+        took_s = time.monotonic() - stopped_at
+    assert set(statuses) <= {200, 503} and refused, statuses
+    for answer in refused:
+        assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
+        assert "shutting down" in answer.json()["detail"]
+    assert took_s < 10, took_s  # the deadline, then the pass already under way (seconds), not every queued pass
+    log = process.log.read_text(errors="replace")
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+
+
 def test_model_docs_and_openapi(server: httpx.Client) -> None:
     model = server.get("/model").json()
     assert model["codebook_size"] == 32
