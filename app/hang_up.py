@@ -14,6 +14,8 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.middleware import AnswerWatch
+
 # What the metrics count for a request whose caller hung up first (nginx's "client closed request"). Sent to a closed
 # connection, it reaches no one: uvicorn drops what is sent after a disconnect.
 CLIENT_CLOSED_REQUEST = 499
@@ -31,7 +33,7 @@ class HangUpMiddleware:
             await self.app(scope, receive, send)
             return
         body_in = asyncio.Event()
-        answering = False
+        answer = AnswerWatch(send)
 
         async def tracked_receive() -> Message:
             message = await receive()
@@ -39,17 +41,11 @@ class HangUpMiddleware:
                 body_in.set()
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal answering
-            if message["type"] == "http.response.start":
-                answering = True
-            await send(message)
-
-        handling = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        handling = asyncio.ensure_future(self.app(scope, tracked_receive, answer))
         watching = asyncio.ensure_future(_hung_up(receive, body_in))
         try:
             await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
-            if handling.done() or answering:  # answered, or answering: let the answer finish
+            if handling.done() or answer.started:  # answered, or answering: let the answer finish
                 await handling
                 return
             handling.cancel()

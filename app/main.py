@@ -29,7 +29,6 @@ from app.middleware import (
 )
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
-from app.shutdown import ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
 # python-multipart logs each malformed form it is sent ("Expected boundary character 45, got ...") as a warning;
@@ -107,9 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ContentEncodingMiddleware)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
-    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(HangUpMiddleware)  # inside the metrics, which count its 499s
-    app.add_middleware(ShutdownMiddleware)  # outside the hang-up watch, whose own cancellations it must not see
+    # Outside the hang-up watch, whose own cancellations it must not see; inside the metrics, which count its answers.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)
     return app

@@ -1,5 +1,5 @@
 """Pure ASGI middleware: request body size and time limits, no compressed bodies, the multipart end check, the
-last-resort JSON 500, and a quiet start-up failure."""
+last-resort JSON 500 (and 503 at shutdown), the answer watch, and a quiet start-up failure."""
 
 from __future__ import annotations
 
@@ -255,8 +255,32 @@ class CloseDelimiterWatch:
         self._tail = chunk[-keep:] if len(chunk) >= keep else (self._tail + chunk)[-keep:]
 
 
+class AnswerWatch:
+    """The ``send`` to give the app, noting whether its answer has begun: after that, no other status can be sent."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+SHUTTING_DOWN = "the server is shutting down and stopped this request; send it again (another instance may answer)"
+
+
 class UnexpectedErrorMiddleware:
-    """Any exception that escaped the routes: log it with its traceback, answer a JSON 500 without one."""
+    """The last-resort answers. Any exception that escaped the routes: log it with its traceback, answer a JSON 500
+    without one.
+
+    A request that uvicorn cancels at shutdown, once ``VQVAE_SHUTDOWN_TIMEOUT_S`` has passed (or at a second Ctrl-C):
+    a JSON 503 with ``Retry-After``. Before, it got uvicorn's ``text/plain`` 500 "Internal Server Error", and the log
+    one traceback per request. Its task ends here, cancellation and all: the server that cancelled it is stopping.
+    A request cancelled from inside the app (``app.hang_up``) never gets here: that middleware, inside this one, ends
+    it itself.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -265,21 +289,17 @@ class UnexpectedErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        answer = AnswerWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, answer)
         except Exception:
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
+            if answer.started:
                 raise  # too late for a clean answer; the server closes the connection
             await send_json_error(send, 500, "internal server error; the incident was logged")
+        except asyncio.CancelledError:
+            if not answer.started:  # an answer under way is cut short: uvicorn closes its connection
+                await send_json_error(send, 503, SHUTTING_DOWN, close=True, headers=[(b"retry-after", b"1")])
 
 
 class QuietStartupFailureMiddleware:
