@@ -304,7 +304,10 @@ class UnexpectedErrorMiddleware:
 
 class QuietStartupFailureMiddleware:
     """A start-up failure the lifespan has already logged in one line (``state.startup_error``) is not repeated as
-    Starlette's traceback, which plain ``uvicorn`` would print whole; unexpected failures keep their traceback."""
+    Starlette's traceback, which plain ``uvicorn`` would print whole; unexpected failures keep their traceback.
+
+    Nor is a forced stop (a second Ctrl-C), where uvicorn skips the app's shutdown and cancels the lifespan: Starlette
+    reported that cancellation as a failed shutdown, with a traceback of the ``CancelledError``."""
 
     def __init__(self, app: ASGIApp, *, state: State) -> None:
         self.app = app
@@ -314,13 +317,23 @@ class QuietStartupFailureMiddleware:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
+        cancelled = False
+
+        async def watched_receive() -> Message:
+            nonlocal cancelled
+            try:
+                return await receive()
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
 
         async def quiet_send(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed" and getattr(self.state, "startup_error", None):
+            startup_logged = message["type"] == "lifespan.startup.failed" and getattr(self.state, "startup_error", None)
+            if startup_logged or (message["type"] == "lifespan.shutdown.failed" and cancelled):
                 message = {**message, "message": ""}
             await send(message)
 
-        await self.app(scope, receive, quiet_send)
+        await self.app(scope, watched_receive, quiet_send)
 
 
 def media_type(content_type: str) -> str:

@@ -396,15 +396,21 @@ def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path
     assert "Traceback" not in log and " 500" not in log
 
 
+@pytest.mark.parametrize(
+    ("signals", "timeout_s"),
+    [([signal.SIGTERM], "1"), ([signal.SIGINT, signal.SIGINT], "60")],
+    ids=["deadline", "forced"],
+)
 def test_requests_still_running_at_the_shutdown_deadline_get_a_json_503(
-    checkpoint: Path, tmp_path: Path, image_file: Any
+    checkpoint: Path, tmp_path: Path, image_file: Any, signals: list[signal.Signals], timeout_s: str
 ) -> None:
     """SIGTERM with requests under way: they may finish within VQVAE_SHUTDOWN_TIMEOUT_S, then each gets a JSON 503 and
-    the server exits. Before: the server waited for every queued request however long it took (docker stop's SIGKILL
-    comes after 10 s), and a forced stop answered text/plain 500s and logged a traceback per request."""
+    the server exits; so at once after a second Ctrl-C. Before: the server waited for every queued request however
+    long it took (docker stop's SIGKILL comes after 10 s), and a forced stop answered text/plain 500s and logged a
+    traceback per request, and one more for the cancelled lifespan."""
     env = {
         "VQVAE_CHECKPOINT": str(checkpoint),
-        "VQVAE_SHUTDOWN_TIMEOUT_S": "1",
+        "VQVAE_SHUTDOWN_TIMEOUT_S": timeout_s,
         "VQVAE_MAX_PIXELS": str(4096 * 4096),  # a pass of seconds
         "VQVAE_MAX_BATCH_SIZE": "1",  # so that the requests queue, one pass each
         "VQVAE_PARALLEL_BATCHES": "1",
@@ -420,7 +426,9 @@ def test_requests_still_running_at_the_shutdown_deadline_get_a_json_503(
             answers = [pool.submit(post) for _ in range(3)]
             time.sleep(1.5)  # the uploads are in, the first pass under way
             stopped_at = time.monotonic()
-            process.process.send_signal(signal.SIGTERM)
+            for signum in signals:
+                process.process.send_signal(signum)
+                time.sleep(0.3)
             statuses = [answer.result().status_code for answer in answers]
             refused = [answer.result() for answer in answers if answer.result().status_code == 503]
         process.process.wait(timeout=ANSWER_BOUND_S)
