@@ -4,11 +4,14 @@ no half-written file behind and ends in a one-line error that names the file, no
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 Writer = Callable[[Path], object]  # writes the whole file at the path it is given
+_HOST = socket.gethostname().replace(os.sep, "_") or "localhost"  # a container's own, by default
 
 
 class WriteError(OSError):
@@ -27,16 +30,19 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def partial_path(path: Path) -> Path:
-    """Where this process writes ``path`` before renaming it into place. The name is the process's own, so that two
-    processes writing one file (``vqvae-eval --record`` on the ``best.safetensors`` of a run still training) never
-    rename each other's half-written file into place, as they could when both wrote ``NAME.partial``."""
-    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+    """A new name, for this write alone, where ``path`` is written before it is renamed into place:
+    ``NAME.HOST.PID.TOKEN.partial``. Two writers of one file (``vqvae-eval --record`` on the ``best.safetensors`` of a
+    run still training) must never rename each other's half-written file into place, as they could when both wrote
+    ``NAME.partial``; a pid alone is not enough either, since the main process of every container is pid 1. The host
+    and pid tell ``leftover_partials`` whose file it is."""
+    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.partial")
 
 
 def leftover_partials(path: Path) -> list[Path]:
-    """The partial files of ``path`` that no running process will rename: those of processes that have ended (a save
-    cut off by a kill), and ``NAME.partial``, which earlier versions wrote. A partial file of a running process,
-    this one included, is not a leftover: that process may still be writing it."""
+    """The partial files of ``path`` that no one will rename: ``NAME.partial``, which earlier versions wrote, and
+    those this machine's processes left when cut off by a kill (their pid runs no more), this process's own
+    included. Another machine's (or container's) partial files are left alone: whether their writer still runs
+    cannot be told from here, and removing a live writer's file would make its save fail."""
     if not path.parent.is_dir():
         return []
     legacy, prefix, suffix = f"{path.name}.partial", f"{path.name}.", ".partial"
@@ -45,9 +51,12 @@ def leftover_partials(path: Path) -> list[Path]:
         name = candidate.name
         if name == legacy:
             ended = True
+        elif name.startswith(prefix) and name.endswith(suffix):
+            parts = name[len(prefix) : -len(suffix)].rsplit(".", 2)  # host (may hold dots), pid, token
+            ours = len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit()
+            ended = ours and (int(parts[1]) == os.getpid() or not _running(int(parts[1])))
         else:
-            pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
-            ended = pid.isdigit() and not _running(int(pid))
+            ended = False
         if ended and candidate.is_file():
             found.append(candidate)
     return found
@@ -73,14 +82,14 @@ def write_together(writers: Mapping[Path, Writer]) -> None:
     optimizer state) are replaced together unless the process dies between two renames.
 
     A failed write removes the partial files, so a full disk does not stay full of them. Leftover partial files
-    (a save cut off by a kill) are removed first, so that they do not pile up; and this process's own is, so that
-    the new one gets the mode that any new file gets, not the leftover's."""
+    (a save cut off by a kill) are removed first, so that they do not pile up. One process writes one file from one
+    thread at a time."""
     partials = {path: partial_path(_through_links(path)) for path in writers}
     try:
         for path, write in writers.items():
             with writing(path):
                 partials[path].parent.mkdir(parents=True, exist_ok=True)
-                for leftover in [*leftover_partials(_through_links(path)), partials[path]]:
+                for leftover in leftover_partials(_through_links(path)):
                     leftover.unlink(missing_ok=True)
                 write(partials[path])
         for path, partial in partials.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from models import files
 from models.checkpoint import load, read_metadata, save
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
@@ -406,7 +407,7 @@ def test_overwrite_replaces_an_earlier_run(trained: Path, fixture_oasis: Path, t
     _copy_run(trained, run, ("best.safetensors", "last.safetensors", "last.pt", "history.json"))
     (run / "last.partial").write_bytes(b"half of a state file")  # what a save stopped mid-write left before
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    cut_off = run / f"best.safetensors.{int(ended.stdout)}.partial"  # and what it leaves now
+    cut_off = run / f"best.safetensors.{files._HOST}.{int(ended.stdout)}.0a1b.partial"  # and what it leaves now
     cut_off.write_bytes(b"half of a checkpoint")
     assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--overwrite", *TINY]) == 0
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1]

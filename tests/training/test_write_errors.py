@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from models.files import WriteError, partial_path, write_atomically, write_together
+from models import files
+from models.files import WriteError, write_atomically, write_together
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
@@ -74,11 +75,14 @@ def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path: Path) -
 def test_two_processes_writing_one_file_do_not_take_each_others_partial_file(tmp_path: Path) -> None:
     """``vqvae-eval --record`` on the ``best.safetensors`` of a run still training. Before, both wrote
     ``NAME.partial``: the second removed the first's half-written file and renamed its own into place, and the
-    first's rename then failed (or, a moment later, renamed the second's half-written file into place)."""
+    first's rename then failed (or, a moment later, renamed the second's half-written file into place). The other
+    writer here runs as in another container: another host name, and the same pid (each container's main process
+    is pid 1), so that a name made of the pid alone would be shared too."""
     target = tmp_path / "best.safetensors"
     other = (
-        "from pathlib import Path\nfrom models.files import write_atomically\n"
-        f"write_atomically(Path({str(target)!r}), lambda partial: partial.write_text('other'))\n"
+        "import os\nfrom pathlib import Path\nfrom models import files\n"
+        f"files._HOST, os.getpid = 'another-container', lambda: {os.getpid()}\n"
+        f"files.write_atomically(Path({str(target)!r}), lambda partial: partial.write_text('other'))\n"
     )
 
     def write_with_another_writer_in_between(partial: Path) -> None:
@@ -96,16 +100,19 @@ def test_two_processes_writing_one_file_do_not_take_each_others_partial_file(tmp
 
 def test_partial_files_that_no_running_process_will_finish_are_removed(tmp_path: Path) -> None:
     """What a save cut off by a kill leaves is removed by the next write of the same file, so that such files do not
-    pile up; a partial file of a process that still runs is kept, since it may still be renamed into place."""
+    pile up; a partial file of a process that still runs is kept, since it may still be renamed into place, and so is
+    another host's (or container's), whose writer cannot be seen from here."""
     target = tmp_path / "report.json"
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as running:
         try:
             names = {
-                "ended": f"report.json.{int(ended.stdout)}.partial",
-                "running": f"report.json.{running.pid}.partial",
+                "ended": f"report.json.{files._HOST}.{ended}.0a1b.partial",
+                "this process's": f"report.json.{files._HOST}.{os.getpid()}.0a1b.partial",
+                "running": f"report.json.{files._HOST}.{running.pid}.0a1b.partial",
+                "another host's": f"report.json.another-host.{ended}.0a1b.partial",
                 "earlier versions'": "report.json.partial",
-                "another file's": f"other.json.{int(ended.stdout)}.partial",
+                "another file's": f"other.json.{files._HOST}.{ended}.0a1b.partial",
             }
             for name in names.values():
                 (tmp_path / name).write_text("cut off")
@@ -113,8 +120,8 @@ def test_partial_files_that_no_running_process_will_finish_are_removed(tmp_path:
         finally:
             running.kill()
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(["report.json", names["running"], names["another file's"]])
-    assert target.read_text() == "new" and partial_path(target).name not in left
+    assert left == sorted(["report.json", names["running"], names["another host's"], names["another file's"]])
+    assert target.read_text() == "new"
 
 
 def test_training_on_a_full_disk_stops_with_a_one_line_error(fixture_oasis: Path, tmp_path: Path) -> None:
