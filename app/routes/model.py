@@ -14,8 +14,8 @@ router = APIRouter(tags=["model"])
 
 _SHOWN_APART = {"config", "format_version", "metrics"}  # in their own fields of the answer
 # Metadata fields that hold a file or folder of the machine that trained or evaluated the checkpoint (training's
-# --data and --out, the data root, vqvae-eval's --checkpoint and split folder).
-_PATH_KEYS = {"checkpoint", "data", "out", "root"}
+# --data, --out and splits, the data root, vqvae-eval's --checkpoint and split folder). A split may be a folder.
+_PATH_KEYS = {"checkpoint", "data", "out", "root", "split", "train_split", "val_split"}
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503), summary="The served checkpoint")
@@ -37,7 +37,7 @@ async def model_info(service: Service) -> ModelInfo:
             image_size=(256, 256), grid=config.grid_for(256, 256), bits=bits, compression_ratio=256 * 256 * 8 / bits
         ),
         test_metrics=_names_only(test) if isinstance(test, dict) else None,
-        metrics=_names_only(metrics),
+        metrics=_names_only(_by_split_name(metrics)),
         provenance=_names_only({key: value for key, value in metadata.items() if key not in _SHOWN_APART}),
     )
 
@@ -54,6 +54,19 @@ def _names_only(value: Any) -> Any:
     if isinstance(value, list):
         return [_names_only(item) for item in value]
     return value
+
+
+def _by_split_name(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Recorded metrics keyed by their split's last name (``vqvae-eval --split /data/site-a/test --record`` is
+    recorded under that whole path); a name already taken gets a number (``test (2)``)."""
+    renamed: dict[str, Any] = {}
+    for split, report in metrics.items():
+        name = _name(split)
+        key, copy = name, 2
+        while key in renamed:
+            key, copy = f"{name} ({copy})", copy + 1
+        renamed[key] = report
+    return renamed
 
 
 def _name(path: str) -> str:

@@ -149,19 +149,28 @@ async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_check
 ) -> None:
     """A checkpoint records the paths it was trained and evaluated with (the shipped one: ``/work/shared/...``).
     Before, /model served them whole, showing any caller the training machine's folders; now only their names."""
+    test = {"checkpoint": "/home/jdoe/runs/r32/best.safetensors", "data": "D:\\scans\\test"}
+    config = {"data": "/srv/site-a/oasis", "out": "/home/jdoe/runs/r32", "train_split": "/srv/smith/train", "epochs": 2}
     metadata = {
-        "data": {"root": "/srv/site-a/patients/oasis", "train": {"split": "train", "images": 3}},
-        "training": {"config": {"data": "/srv/site-a/patients/oasis", "out": "/home/jdoe/runs/r32", "epochs": 2}},
-        "metrics": {"test": {"checkpoint": "/home/jdoe/runs/r32/best.safetensors", "data": "D:\\scans\\test"}},
+        "data": {"root": "/srv/site-a/patients/oasis", "train": {"split": "/srv/site-a/smith/train", "images": 3}},
+        "training": {"config": config},
+        "metrics": {"test": test, "/srv/site-b/jones/test": {"images": 5}, "/srv/site-c/test": {"images": 6}},
     }
     path = save(model, tmp_path / "paths.safetensors", metadata)
     async with serve(checkpoint=path) as client:
         answer = await client.get("/model")
     body = answer.json()
     assert "/srv" not in answer.text and "/home" not in answer.text and "scans" not in answer.text
+    assert "smith" not in answer.text and "jones" not in answer.text
     assert body["provenance"]["data"] == {"root": "oasis", "train": {"split": "train", "images": 3}}
-    assert body["provenance"]["training"]["config"] == {"data": "oasis", "out": "r32", "epochs": 2}
-    assert body["metrics"]["test"] == body["test_metrics"] == {"checkpoint": "best.safetensors", "data": "test"}
+    assert body["provenance"]["training"]["config"] == {
+        "data": "oasis",
+        "out": "r32",
+        "train_split": "train",
+        "epochs": 2,
+    }
+    assert body["test_metrics"] == {"checkpoint": "best.safetensors", "data": "test"}
+    assert body["metrics"] == {"test": body["test_metrics"], "test (2)": {"images": 5}, "test (3)": {"images": 6}}
 
 
 @pytest.mark.parametrize(
