@@ -418,26 +418,29 @@ def test_requests_still_running_at_the_shutdown_deadline_get_a_json_503(
     upload = {"file": ("ramp.png", image_file(ramp(4096)), "image/png")}
     with running_server(env, tmp_path, log_level="info", startup_timeout_s=60, cli=True) as process:
 
-        def post() -> httpx.Response:
+        def post() -> tuple[httpx.Response, float]:
+            """The answer, and when it came."""
             with httpx.Client(base_url=process.base_url, timeout=ANSWER_BOUND_S) as client:
-                return client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+                answer = client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+            return answer, time.monotonic()
 
         with ThreadPoolExecutor(3) as pool:
-            answers = [pool.submit(post) for _ in range(3)]
-            time.sleep(1.5)  # the uploads are in, the first pass under way
-            stopped_at = time.monotonic()
+            calls = [pool.submit(post) for _ in range(3)]
+            time.sleep(2.0)  # the uploads are in (a few ms each), the first pass under way (seconds)
             for signum in signals:
+                stopped_at = time.monotonic()
                 process.process.send_signal(signum)
                 time.sleep(0.3)
-            statuses = [answer.result().status_code for answer in answers]
-            refused = [answer.result() for answer in answers if answer.result().status_code == 503]
-        process.process.wait(timeout=ANSWER_BOUND_S)
-        took_s = time.monotonic() - stopped_at
-    assert set(statuses) <= {200, 503} and refused, statuses
-    for answer in refused:
-        assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
-        assert "shutting down" in answer.json()["detail"]
-    assert took_s < 10, took_s  # the deadline, then the pass already under way (seconds), not every queued pass
+            answers = [call.result() for call in calls]
+        process.process.wait(timeout=ANSWER_BOUND_S)  # once the pass under way is done
+    statuses = [answer.status_code for answer, _ in answers]
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    for answer, came_at in answers:
+        if answer.status_code == 503:
+            assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
+            assert "shutting down" in answer.json()["detail"]
+            # At the deadline (or the second signal), not after every queued pass: 3 passes of seconds each.
+            assert came_at - stopped_at < int(timeout_s if len(signals) == 1 else 0) + 5
     log = process.log.read_text(errors="replace")
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
 
