@@ -1,8 +1,10 @@
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,18 +52,23 @@ def test_a_folder_or_an_unreadable_file_is_named_as_such(saved: tuple[VQVAE, Pat
     with pytest.raises(CheckpointError, match=r"folder\.safetensors: a folder, not a checkpoint file$"):
         load(tmp_path / "folder.safetensors")
     _, path = saved
-    locked = tmp_path / "locked.safetensors"
-    locked.write_bytes(path.read_bytes())
-    locked.chmod(0)
-    script = (  # as a user who may not read it (root may read anything)
-        "import os, sys\n"
-        "from models.checkpoint import CheckpointError, read_metadata\n"
-        "if os.geteuid() == 0: os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
-        "try: read_metadata(sys.argv[1])\n"
-        "except CheckpointError as exc: print(exc)\n"
-    )
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script, str(locked)], capture_output=True, text=True, cwd=repo)
+    folder = Path(tempfile.mkdtemp(prefix="vqvae-locked-"))  # not under pytest's folders, which others may not enter
+    try:
+        folder.chmod(0o711)  # others may pass through: only the file's own mode stands in the way
+        locked = folder / "locked.safetensors"
+        locked.write_bytes(path.read_bytes())
+        locked.chmod(0)
+        script = (  # as a user who may not read it (root may read anything)
+            "import os, sys\n"
+            "from models.checkpoint import CheckpointError, read_metadata\n"
+            "if os.geteuid() == 0: os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+            "try: read_metadata(sys.argv[1])\n"
+            "except CheckpointError as exc: print(exc)\n"
+        )
+        repo = Path(__file__).resolve().parents[2]
+        done = subprocess.run([sys.executable, "-c", script, str(locked)], capture_output=True, text=True, cwd=repo)
+    finally:
+        shutil.rmtree(folder)
     assert done.stdout.strip() == f"{locked}: cannot read the checkpoint file: permission denied", done.stderr
 
 
