@@ -113,16 +113,16 @@ def check_before_serving(settings: Settings, workers: int) -> str | None:
             child.join()
         child_end.close()
         answers.close()
-    return answer[1:].decode() if answer else None
+    return answer.decode() or None
 
 
 def _check_in_child(answers: Connection) -> None:
-    """Runs in the child: the import of torch happens there. Sends b"" (no problem) or b"!" + the problem."""
+    """Runs in the child: the import of torch happens there. Sends the problem, or b"" for none."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     from app.inference import checkpoint_problem as in_child
 
     problem = in_child()
-    answers.send_bytes(b"" if problem is None else b"!" + problem.encode())
+    answers.send_bytes((problem or "").encode())
 
 
 class _Stopped(Exception):
