@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +84,35 @@ def share_cpus_among_workers(workers: int) -> None:
     """
     if workers > 1 and "VQVAE_TORCH_THREADS" not in os.environ:  # set but empty: refused, as with one worker
         os.environ["VQVAE_TORCH_THREADS"] = str(threads_per_worker(workers))
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host``:``port`` (in use, not an address of this machine, a name that does
+    not resolve), or None. Tried before the checkpoint is loaded: uvicorn binds only after the app has started, so a
+    second instance on a taken port loaded and warmed up its model (seconds) before failing. The socket is closed
+    at once; another process may still take the port before uvicorn does, and uvicorn then says so itself."""
+    if port == 0:
+        return None
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: the host does not resolve ({exc.strerror})"
+    bound, unavailable = False, None
+    for family, kind, protocol, _, address in addresses:
+        try:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own sockets
+                probe.bind(address)
+                bound = True
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # skipped by asyncio too (an address family not enabled here)
+                unavailable = exc
+                continue
+            if exc.errno == errno.EADDRINUSE:
+                return f"cannot listen on {where}: the port is already in use (another vqvae-serve?)"
+            return f"cannot listen on {where}: {exc.strerror or exc}"
+    return None if bound or unavailable is None else f"cannot listen on {where}: {unavailable.strerror}"
 
 
 def check_before_serving(settings: Settings, workers: int) -> str | None:
@@ -183,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
+        return 2
+    problem = listen_problem(args.host, args.port)
+    if problem is not None:
+        print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2
     try:
         with _STOP_SIGNALS.installed():

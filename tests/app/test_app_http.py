@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
 from app.http_protocol import ServiceProtocol
-from benchmarks.server import Server, model_loads, running_server
+from benchmarks.server import Server, free_port, model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Files = Callable[..., dict[str, tuple[str, bytes, str]]]
@@ -538,7 +538,7 @@ def test_metrics_add_up_over_worker_processes(
 def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
     command = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())", "--checkpoint"]
-    result = run_in_repo([*command, str(missing)])
+    result = run_in_repo([*command, str(missing), "--port", "0"])  # any free port: 8000 may be taken here
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"vqvae-serve: cannot load checkpoint: {missing}: checkpoint file not found"
@@ -561,7 +561,9 @@ def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_t
     )
 
     def serve(path: Path, workers: str) -> subprocess.CompletedProcess[str]:
-        return run_in_repo([sys.executable, "-c", script, "--workers", workers, "--checkpoint", str(path)])
+        return run_in_repo(
+            [sys.executable, "-c", script, "--workers", workers, "--checkpoint", str(path), "--port", "0"]
+        )
 
     good = serve(checkpoint, "2")
     assert good.returncode == 0, good.stderr
@@ -587,17 +589,18 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     for name in ("VQVAE_CHECKPOINT", "VQVAE_TORCH_THREADS", "PROMETHEUS_MULTIPROC_DIR"):  # main() sets them
         monkeypatch.setenv(name, "")  # so that the test's end restores the variable's absence
         monkeypatch.delenv(name)
-    assert main(["--checkpoint", str(checkpoint), "--port", "9123", "--workers", "2", "--host", "0.0.0.0"]) == 0
+    port = free_port()
+    assert main(["--checkpoint", str(checkpoint), "--port", str(port), "--workers", "2", "--host", "0.0.0.0"]) == 0
     monkeypatch.delenv("VQVAE_TORCH_THREADS")
-    assert main(["--checkpoint", str(checkpoint)]) == 0
+    assert main(["--checkpoint", str(checkpoint), "--port", "0"]) == 0
     monkeypatch.setenv("VQVAE_TORCH_THREADS", "3")
-    assert main(["--checkpoint", str(checkpoint), "--workers", "4"]) == 0
+    assert main(["--checkpoint", str(checkpoint), "--workers", "4", "--port", "0"]) == 0
     (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir), _ = calls
     # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
     assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
     assert args == ("app.main:create_app",)
     assert kwargs["factory"] is True and kwargs["http"] is ServiceProtocol
-    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", 9123, 2)
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", port, 2)
     assert os.environ["VQVAE_CHECKPOINT"] == str(checkpoint.resolve())
     # Two workers share a fresh metrics folder for the run, removed afterwards; one worker needs none.
     assert metrics_dir is not None and "vqvae-metrics-" in metrics_dir
@@ -654,6 +657,7 @@ def checking(checkpoint: Path, workers: str) -> subprocess.Popen[str]:
     """``vqvae-serve`` (uvicorn left out), once it is checking the checkpoint: with several workers, once its
     checking child has been started (the child then takes a second or more to import torch)."""
     command = [sys.executable, "-c", SERVE_WITHOUT_UVICORN, "--workers", workers, "--checkpoint", str(checkpoint)]
+    command += ["--port", "0"]
     serve = subprocess.Popen(command, cwd=REPO_ROOT, env=service_env(), text=True, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while len(children_of(serve.pid)) < 2 and time.monotonic() < deadline:  # the resource tracker, then the check
@@ -691,6 +695,26 @@ def test_serve_reports_a_checkpoint_check_that_died_in_one_line(checkpoint: Path
     assert err.strip().splitlines() == [
         "vqvae-serve: the checkpoint check's process died before answering (exit code -9)"
     ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_port_in_use_before_loading_the_checkpoint(
+    workers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a second instance on a taken port loaded and warmed up its model, then failed in uvicorn's bind."""
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served on a port in use"))
+    for name in ("VQVAE_CHECKPOINT", "VQVAE_TORCH_THREADS"):  # main() sets them
+        monkeypatch.setenv(name, "")  # so that the test's end restores the variable's absence
+        monkeypatch.delenv(name)
+    missing = tmp_path / "nowhere.safetensors"  # never looked at: the port is checked first
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--workers", workers, "--checkpoint", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vqvae-serve: cannot listen on 127.0.0.1:{port}: the port is already in use (another vqvae-serve?)"
+    )
+    assert main(["--host", "no-such-host.invalid", "--port", str(port), "--checkpoint", str(missing)]) == 2
+    assert "cannot listen on no-such-host.invalid" in capsys.readouterr().err
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
