@@ -22,7 +22,7 @@ from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, UnmappablePixelsEr
 # for 17.7 KiB (the filtered rows of a slice are mostly runs). The pixels are the same: PNG is lossless.
 PNG_COMPRESS_LEVEL = 1
 PNG_COMPRESS_TYPE = zlib.Z_RLE
-_ACCEPTED_TEXT = "PNG, JPEG, TIFF or BMP"
+_ACCEPTED_TEXT = f"{', '.join(ACCEPTED_FORMATS[:-1])} or {ACCEPTED_FORMATS[-1]}"  # PNG, JPEG, TIFF or BMP
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BMP_SIGNATURE = b"BM"
 # Where a BMP keeps its info header's size and then its width and height (little-endian), from the file's start;
