@@ -6,7 +6,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 # The image formats read, in training as in the service.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
@@ -22,6 +22,16 @@ _MIN_IS_WHITE = 0  # its value for grey levels where 0 is white
 _TIFF_SAMPLE_FORMAT = 339  # TIFF tag: how samples are stored
 _SIGNED_INTEGER = 2  # its value for two's complement signed integers
 _SEND_INSTEAD = "send unsigned 8- or 16-bit integers, or floats in [0, 1]"
+# An EXIF orientation -> the transpose that shows the image as viewers do (Pillow's table, ``ImageOps.exif_transpose``).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class UnmappablePixelsError(ValueError):
@@ -45,10 +55,31 @@ def has_signed_samples(image: Image.Image) -> bool:
 def to_grey_levels(image: Image.Image) -> np.ndarray:
     """PIL image of any mode -> uint8 (H, W): the 256 grey levels the model is trained on (by ``to_unit_float``'s
     rule, rounded). The service reads uploads this way too, so that its SSIM of a 16-bit or float image equals
-    ``vqvae-eval``'s of the same file; the model's own output is 8-bit."""
+    ``vqvae-eval``'s of the same file; the model's own output is 8-bit. An EXIF orientation is applied, as viewers
+    do: the slice is read the way its owner sees it."""
     if image.mode == "L" and not has_signed_samples(image):
-        return np.asarray(image, dtype=np.uint8)
-    return to_uint8(to_unit_float(image))
+        levels = np.asarray(image, dtype=np.uint8)
+    else:
+        levels = to_uint8(to_unit_float(image))
+    return upright(levels, image)
+
+
+def upright(levels: np.ndarray, image: Image.Image) -> np.ndarray:
+    """uint8 (H, W) levels of a loaded ``image`` -> the same levels turned by its EXIF orientation, (H, W) or (W, H).
+
+    Before, a phone photo or a JPEG exported with an orientation tag was read sideways: its reconstruction came back
+    turned from what the caller's viewer shows, and the model, trained on upright slices, saw a rotated one. Pillow
+    applies a TIFF's orientation itself when it loads one (and drops the tag), so only JPEG and PNG get here with one.
+    An EXIF block that cannot be parsed is ignored, as viewers ignore it: the pixels are fine.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except DECODE_ERRORS:
+        return levels
+    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    if turn is None:
+        return levels
+    return np.asarray(Image.fromarray(levels).transpose(turn), dtype=np.uint8)  # (H, W) or (W, H)
 
 
 def to_unit_float(image: Image.Image) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +62,13 @@ class SliceSet:
 
 def read_grayscale(path: Path) -> np.ndarray:
     """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale), and no
-    smaller than the service accepts (``models.limits.MIN_SIDE``)."""
+    smaller than the service accepts (``models.limits.MIN_SIDE``).
+
+    Opened from its bytes, as the service opens an upload: opened from a path, Pillow 13 read an uncompressed TIFF
+    whose orientation swaps its sides (5 to 8) as stored, not turned, and dropped the tag.
+    """
     try:
-        with Image.open(path, formats=ACCEPTED_FORMATS) as image:
+        with Image.open(io.BytesIO(path.read_bytes()), formats=ACCEPTED_FORMATS) as image:
             image.load()
             pixels = to_grey_levels(image).copy()  # writable
     except UnidentifiedImageError as exc:  # what the service refuses too (GIF, WebP...), or a damaged header

@@ -73,6 +73,24 @@ async def test_encode_matches_the_model(
     assert body["image_size"] == [37, 53]
 
 
+async def test_an_upload_is_encoded_and_reconstructed_the_way_its_viewer_shows_it(
+    client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """A PNG stored 40x64 with EXIF orientation 6 (turned a quarter clockwise) is a 64x40 slice to its owner."""
+    stored = noise(40, 64, seed=6)
+    exif = Image.Exif()
+    exif[274] = 6  # Orientation
+    upload = as_upload(image_file(stored, exif=exif))
+    viewed = np.rot90(stored, -1).astype(np.float32) / 255.0  # (64, 40)
+    encoded = (await client.post("/encode", files=upload)).json()
+    expected, reconstruction = in_process(model, viewed)
+    assert encoded["image_size"] == [64, 40]
+    assert encoded["grid"] == list(model.config.grid_for(64, 40))
+    assert np.array_equal(np.array(encoded["indices"]), expected)
+    answer = await client.post("/reconstruct", files=upload, headers={"accept": "image/png"})
+    assert np.array_equal(png_pixels(answer.content), to_uint8(reconstruction))
+
+
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (9, 30)])  # 9 rows: below the 11x11 SSIM window
 async def test_reconstruct_keeps_size_and_reports_the_projects_metric(
     client: httpx.AsyncClient, model: VQVAE, as_upload: Files, image_file: Any, noise: Any, height: int, width: int

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, TiffImagePlugin
+from PIL import ExifTags, Image, TiffImagePlugin
 
 from app.imaging import (
     MAX_PNG_TEXT_BYTES,
@@ -321,6 +321,53 @@ def test_the_service_reads_every_depth_to_the_levels_training_reads(
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
         np.testing.assert_array_equal(decode(data), read_grayscale(tmp_path / name) / np.float32(255.0), name)
+
+
+# What a viewer shows for each EXIF orientation, written in numpy (not Pillow's table, which the code uses).
+_VIEWED = {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),  # turned a quarter clockwise
+    7: lambda a: np.rot90(a, 2).T,
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _with_orientation(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("orientation", sorted(_VIEWED))
+def test_the_exif_orientation_is_applied_as_viewers_do(
+    image_file: ImageFile, noise: Noise, tmp_path: Path, fmt: str, orientation: int
+) -> None:
+    """Before, a PNG or JPEG with an orientation tag was read as stored, sideways from what its owner sees. Pillow
+    turns a TIFF itself: it must not be turned twice. Training reads it the same way."""
+    pixels = noise(12, 20)
+    data = image_file(pixels, fmt, exif=_with_orientation(orientation))
+    expected = _VIEWED[orientation](pixels)
+    np.testing.assert_array_equal(decode(data), expected.astype(np.float32) / 255.0)
+    (tmp_path / "a.img").write_bytes(data)
+    np.testing.assert_array_equal(read_grayscale(tmp_path / "a.img"), expected)
+
+
+def test_a_jpeg_is_turned_by_its_orientation(image_file: ImageFile, noise: Noise) -> None:
+    upright = decode(image_file(noise(16, 24), "JPEG", quality=95))
+    turned = decode(image_file(noise(16, 24), "JPEG", quality=95, exif=_with_orientation(8)))
+    assert turned.shape == (24, 16)
+    np.testing.assert_array_equal(turned, np.rot90(upright, 1))  # the same decoded levels, turned
+
+
+def test_an_exif_block_that_cannot_be_parsed_is_ignored(image_file: ImageFile, noise: Noise) -> None:
+    pixels = noise(12, 20)
+    for fmt in ("PNG", "JPEG"):
+        assert decode(image_file(pixels, fmt, exif=b"Exif\x00\x00not a TIFF header")).shape == (12, 20)
 
 
 def test_too_small_for_ssim(image_file: ImageFile) -> None:
