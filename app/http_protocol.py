@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.middleware import error_body
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)  # "app.*": vqvae-serve logs it beside uvicorn's access log
@@ -34,7 +34,7 @@ def header_timeout_s() -> float:
 
 def _closing_answer(status_line: str, detail: str) -> bytes:
     """A whole JSON error answer, written straight to the connection, which is closed after it."""
-    body = json.dumps({"detail": detail}).encode()
+    body = error_body(detail)
     head = (
         f"HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

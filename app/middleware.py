@@ -16,11 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 
+def error_body(detail: str) -> bytes:
+    """``{"detail": ...}`` written as the routes' answers are (Starlette's JSONResponse: compact, UTF-8), so that an
+    answer from below the framework reads like the rest."""
+    return json.dumps({"detail": detail}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 async def send_json_error(
     send: Send, status: int, detail: str, *, close: bool = False, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     """Answer ``{"detail": ...}`` straight on the ASGI channel (no framework below us to ask)."""
-    body = json.dumps({"detail": detail}).encode()
+    body = error_body(detail)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     if close:  # the unread rest of the body makes the connection unusable
         headers.append((b"connection", b"close"))
