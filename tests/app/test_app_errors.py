@@ -80,7 +80,7 @@ async def test_body_over_the_limit_with_content_length(serve: Serve, as_upload: 
         response = await client.post("/encode", files=as_upload(bytes(2000)))
     assert "content-length" in response.request.headers
     assert_error(response, 413, "limit of 1000 bytes")
-    # Written below FastAPI, yet as its answers are: compact JSON (before: '{"detail": "...'). A test could fail.
+    # Written below FastAPI, yet as its answers are: compact JSON (before: '{"detail": "...').
     assert response.content.startswith(b'{"detail":"request body is larger')
 
 
