@@ -22,6 +22,7 @@ callers hear back; a batch that raised is not reported (its callers get the erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -49,7 +50,7 @@ class BatcherClosedError(RuntimeError):
     """The service is shutting down and takes no more work."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: ``deque.remove`` must find this job, not compare payloads (numpy arrays)
 class _Job:
     key: Hashable
     payload: Any
@@ -151,10 +152,19 @@ class MicroBatcher:
             if len(self._pending) >= self._max_queue:
                 raise QueueFullError(self._max_queue)
             self._pending.append(job)
+            job.future.add_done_callback(functools.partial(self._forget, job))
             self._condition.notify()
             if self._sharing:  # helpers only take work then: waking them otherwise costs a lone caller time
                 self._helper_wakeup.notify_all()  # one helper may be waiting for companions of another key
         return job.future
+
+    def _forget(self, job: _Job, future: Future[Any]) -> None:
+        """A caller that gave up (hung up, timed out) leaves the queue at once. Before, its job kept a place until a
+        worker popped it: two callers who hung up while a large image ran made a live one's request a 503."""
+        if not future.cancelled():
+            return
+        with self._condition, contextlib.suppress(ValueError):  # already taken into a batch, which skips it
+            self._pending.remove(job)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the running batches, fail the queued ones, stop the threads."""

@@ -118,6 +118,24 @@ async def test_cancelled_callers_are_skipped(held: FakeModel) -> None:
     batcher.close()
 
 
+async def test_callers_who_gave_up_leave_the_queue_at_once(held: FakeModel) -> None:
+    """Before, their jobs kept their places until the worker popped them: with two abandoned, a live caller got 503."""
+    batcher = make(held, max_queue=2)
+    running = asyncio.ensure_future(batcher.submit("a", 0))
+    await wait_until(held.running.is_set)
+    abandoned = [asyncio.ensure_future(batcher.submit("a", n)) for n in (1, 2)]
+    await wait_until(lambda: batcher.queued == 2)
+    for caller in abandoned:
+        caller.cancel()
+    await asyncio.gather(*abandoned, return_exceptions=True)
+    await wait_until(lambda: batcher.queued == 0)
+    kept = asyncio.ensure_future(batcher.submit("a", 3))  # no QueueFullError
+    held.gate.set()
+    assert await asyncio.gather(running, kept) == [("a", 0), ("a", 30)]
+    assert [items for _, items in held.batches] == [[0], [3]]
+    batcher.close()
+
+
 async def test_close_fails_queued_requests_and_refuses_new_ones(held: FakeModel) -> None:
     batcher = make(held)
     running = asyncio.ensure_future(batcher.submit("a", 0))
