@@ -10,7 +10,9 @@ from pydantic_core import PydanticCustomError
 # Strict: 3.0, true and "3" are not indices. The upper bound keeps numbers sane; the codebook size is checked
 # by the route, which knows the model.
 CodeIndex = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
-MAX_GRID_SIDE = 4096
+# Far above any side the pixel limit lets through (the route checks that), so that every grid /encode answers
+# decodes: an 8x32776 upload has a 1x4097 grid, which 4096 refused. What binds first is the JSON body limit.
+MAX_GRID_SIDE = 2**20
 # A side no grid of MAX_GRID_SIDE can reach at any stride the presets use (at most 16); bounded so that a
 # 4000-digit number is refused with its own short message, not echoed back in full by the grid check.
 MAX_IMAGE_SIDE = MAX_GRID_SIDE * 16

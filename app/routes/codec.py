@@ -76,10 +76,14 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
     """Index rows -> int64 grid, after the checks that need the model: grid size, image_size, codebook range."""
     config = service.config
     rows, cols = len(body.indices), len(body.indices[0])
-    pixels = rows * cols * config.stride**2
-    if pixels > service.settings.max_pixels:
+    # The limit applies to the image answered, as /encode applies it to the image sent, so that every answer of
+    # /encode decodes. Before, it applied to the whole grid's pixels: a 1023x1025 upload's codes were refused.
+    height, width = body.image_size or (rows * config.stride, cols * config.stride)
+    if height * width > service.settings.max_pixels:
         raise HTTPException(
-            413, f"a {rows}x{cols} grid decodes to {pixels} pixels, over the limit of {service.settings.max_pixels}"
+            413,
+            f"a {rows}x{cols} grid decodes to a {width}x{height} image = {height * width} pixels, over the limit of "
+            f"{service.settings.max_pixels} pixels",
         )
     if body.image_size is not None:
         needed = config.grid_for(*body.image_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import struct
 import sys
@@ -14,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from PIL import Image
 
 from app.errors import format_validation_errors
 from app.main import create_app
@@ -438,7 +440,26 @@ def test_a_validation_message_names_the_first_problems_and_counts_the_rest() -> 
 async def test_grid_decoding_to_too_many_pixels(serve: Serve) -> None:
     async with serve(max_pixels=64 * 64) as client:
         response = await client.post("/decode", json={"indices": [[0] * 17] * 16})
-    assert_error(response, 413, "16x17 grid", "over the limit of 4096")
+        assert_error(response, 413, "16x17 grid decodes to a 68x64 image", "over the limit of 4096")  # stride 4
+        cropped = {"indices": [[0] * 17] * 16, "image_size": [63, 66]}  # 4158 pixels: still over
+        assert_error(await client.post("/decode", json=cropped), 413, "to a 66x63 image = 4158 pixels")
+        under = await client.post("/decode", json={**cropped, "image_size": [61, 65]})  # 3965: the limit's side
+    assert under.status_code == 200, under.text
+
+
+@pytest.mark.parametrize(("height", "width"), [(1023, 1025), (8, 32776)])
+async def test_every_answer_of_encode_decodes(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, height: int, width: int
+) -> None:
+    """Under the 1 MP limit, but /decode refused their codes: the first by its whole grid's pixels (129x128 codes
+    are 1056768), the second by a grid side over 4096 (1x4097)."""
+    upload = as_upload(image_file(np.full((height, width), 90, np.uint8)))
+    encoded = await client.post("/encode", files=upload)
+    assert encoded.status_code == 200, encoded.text
+    decoded = await client.post("/decode", json=encoded.json())
+    assert decoded.status_code == 200, decoded.text
+    with Image.open(io.BytesIO(decoded.content)) as image:
+        assert image.size == (width, height)
 
 
 async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
