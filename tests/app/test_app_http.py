@@ -510,6 +510,14 @@ def test_head_where_only_post_is_served_is_405(server: httpx.Client) -> None:
     assert answer.status_code == 405 and answer.headers["allow"] == "POST" and answer.content == b""
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/model", "/metrics", "/docs", "/redoc", "/openapi.json"])
+def test_a_405_on_a_get_route_allows_head_too(server: httpx.Client, path: str) -> None:
+    """Before: ``Allow: GET`` from FastAPI's routes, though HEAD is served there."""
+    answer = server.put(path)
+    assert answer.status_code == 405, answer.text
+    assert sorted(answer.headers["allow"].split(", ")) == ["GET", "HEAD"], answer.headers
+
+
 def test_metrics_exposition(server: httpx.Client) -> None:
     server.get("/healthz")
     text = server.get("/metrics").text
