@@ -185,7 +185,7 @@ async def test_an_absurd_image_size_is_refused_without_echoing_it(client: httpx.
     """Before: a 4000-digit image_size came back whole in an 8 KB message."""
     body = '{"indices": [[1]], "image_size": [' + "9" * 4000 + ", 8]}"
     response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
-    assert_error(response, 422, "image_size[0]: Input should be less than or equal to 65536")
+    assert_error(response, 422, "image_size[0]: Input should be less than or equal to 16777216")
     assert len(response.content) < 300
 
 
