@@ -139,21 +139,31 @@ class ContentEncodingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        coding = _content_coding(scope) if scope["type"] == "http" else ""
-        if coding and _declares_body(scope):
-            shown = coding if len(coding) <= _MAX_SHOWN_CODING else coding[:_MAX_SHOWN_CODING] + "..."
-            detail = f"compressed request bodies are not accepted (Content-Encoding: {shown}); send it uncompressed"
-            await send_json_error(send, 415, detail, close=True, headers=[(b"accept-encoding", b"identity")])
-            return
+        if scope["type"] == "http" and _declares_body(scope):
+            for header, plain in _PLAIN_CODINGS.items():
+                if coding := _codings(scope, header, plain):
+                    shown = coding if len(coding) <= _MAX_SHOWN_CODING else coding[:_MAX_SHOWN_CODING] + "..."
+                    detail = (
+                        f"compressed request bodies are not accepted ({header.decode().title()}: {shown}); "
+                        "send it uncompressed"
+                    )
+                    await send_json_error(send, 415, detail, close=True, headers=[(b"accept-encoding", b"identity")])
+                    return
         await self.app(scope, receive, send)
 
 
-def _content_coding(scope: Scope) -> str:
-    """The request's Content-Encoding headers, joined, when any coding in them is not identity; "" otherwise."""
-    codings = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"content-encoding"]
+# The codings of a body sent as it is. A transfer coding but chunked compresses it too (``gzip, chunked``): uvicorn
+# undoes the chunking only, so the app read the gzip bytes as JSON or a form (a misleading 400) or served them.
+# RFC 9112 suggests 501 for a transfer coding not understood; 415 keeps one answer for every compressed body,
+# and it is the caller's to change.
+_PLAIN_CODINGS = {b"content-encoding": {"", "identity"}, b"transfer-encoding": {"", "identity", "chunked"}}
+
+
+def _codings(scope: Scope, header: bytes, plain: set[str]) -> str:
+    """The request's ``header`` values, joined, when any coding in them is not in ``plain``; "" otherwise."""
+    codings = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == header]
     joined = ", ".join(codings)
-    plain = all(token.strip().lower() in {"", "identity"} for token in joined.split(","))
-    return "" if plain else joined
+    return "" if all(token.strip().lower() in plain for token in joined.split(",")) else joined
 
 
 class BodyTimeoutMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
 import os
 import re
@@ -296,6 +297,25 @@ def test_a_request_that_is_not_http_gets_a_json_400(header_deadline_server: Serv
     assert answer.headers["connection"] == "close"
     assert (
         answer.content == b'{"detail":"not a valid HTTP/1.1 request: its request line or headers could not be parsed"}'
+    )
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_body_in_a_compressing_transfer_coding_is_a_415(header_deadline_server: Server, compressed: bool) -> None:
+    """uvicorn undoes the chunking only. Before, the gzip bytes were parsed as JSON (400 "not UTF-8 text"), and a
+    plain body labelled ``gzip, chunked`` was served."""
+    body = b'{"indices": [[1, 2]]}'
+    chunk = gzip.compress(body) if compressed else body
+    request = (
+        b"POST /decode HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n" + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n"
+    )
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(request)
+        answer = read_answer(sock)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["detail"].startswith(
+        "compressed request bodies are not accepted (Transfer-Encoding: gzip, chunked)"
     )
 
 
