@@ -34,14 +34,23 @@ class HangUpMiddleware:
             return
         body_in = asyncio.Event()
         answer = AnswerWatch(send)
+        gone_mid_body = False
 
         async def tracked_receive() -> Message:
+            nonlocal gone_mid_body
             message = await receive()
+            if message["type"] == "http.disconnect":
+                gone_mid_body = not body_in.is_set()
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_in.set()
             return message
 
-        handling = asyncio.ensure_future(self.app(scope, tracked_receive, answer))
+        async def answer_unless_gone(message: Message) -> None:
+            """A caller gone with its body half sent gets its 400 ("error parsing the body") counted as a 499: it
+            was counted as the caller's mistake, and nothing reaches it either way."""
+            await answer(_as_closed_request(message) if gone_mid_body else message)
+
+        handling = asyncio.ensure_future(self.app(scope, tracked_receive, answer_unless_gone))
         watching = asyncio.ensure_future(_hung_up(receive, body_in))
         try:
             await asyncio.wait({handling, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -57,6 +66,13 @@ class HangUpMiddleware:
         finally:
             for task in (handling, watching):
                 task.cancel()
+
+
+def _as_closed_request(message: Message) -> Message:
+    """An answer's message, made the bodiless 499 of a caller who is gone."""
+    if message["type"] == "http.response.start":
+        return {"type": message["type"], "status": CLIENT_CLOSED_REQUEST, "headers": []}
+    return {**message, "body": b""}
 
 
 async def _hung_up(receive: Receive, body_in: asyncio.Event) -> None:

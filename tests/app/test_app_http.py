@@ -381,6 +381,23 @@ def test_a_body_may_take_longer_than_the_header_deadline(
     assert answer.json()["image_size"] == [16, 16]
 
 
+def test_a_caller_gone_with_its_body_half_sent_is_counted_as_499(
+    slow_client_server: Server, image_file: Any, noise: Any
+) -> None:
+    """Before: FastAPI's 400 "There was an error parsing the body", counted as the caller's mistake."""
+    body = upload_form(image_file(noise(64, 64)))
+    with httpx.Client(base_url=slow_client_server.base_url, timeout=ANSWER_BOUND_S) as client:
+        before = {status: request_count(client, "/encode", status) for status in ("400", "499")}
+        with raw_connection(slow_client_server) as sock:
+            sock.sendall(upload_head(len(body)) + body[: len(body) // 2])
+            time.sleep(0.2)
+        deadline = time.monotonic() + ANSWER_BOUND_S
+        while request_count(client, "/encode", "499") == before["499"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert request_count(client, "/encode", "499") == before["499"] + 1
+        assert request_count(client, "/encode", "400") == before["400"]
+
+
 def batches_run(client: httpx.Client, operation: str) -> float:
     """How many forward passes of ``operation`` the server has run (its batch-duration histogram's count)."""
     return sum(
