@@ -17,8 +17,14 @@ from fastapi import HTTPException, Request
 
 _MAX_SHOWN = 60  # characters of the caller's Accept header quoted back in a 406
 # Characters of an Accept header read: browsers send a few hundred. It is parsed on the event loop, and uvicorn
-# takes headers of megabytes, which held every other request for seconds; entries past this are ignored.
+# takes headers of megabytes, which held every other request for seconds. A longer one is refused (431): reading
+# part of it misread it, as a ``image/png;q=0`` past the bound was then not read and PNG was answered.
 MAX_ACCEPT_CHARS = 4096
+_HEADER_TOO_LARGE = 431  # RFC 6585: Request Header Fields Too Large
+
+
+class AcceptTooLongError(ValueError):
+    """An Accept header over ``MAX_ACCEPT_CHARS``."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,12 @@ class MediaRange:
 
 
 def parse_accept(header: str) -> list[MediaRange]:
-    """An Accept header's readable entries (within its first ``MAX_ACCEPT_CHARS``), lower case, media type
-    parameters other than q ignored."""
-    if len(header) > MAX_ACCEPT_CHARS:  # the entry cut at the limit is dropped: "...;q=0" must not read as q=1
-        header = header[:MAX_ACCEPT_CHARS].rpartition(",")[0]
+    """An Accept header's readable entries, lower case, media type parameters other than q ignored;
+    ``AcceptTooLongError`` over ``MAX_ACCEPT_CHARS``."""
+    if len(header) > MAX_ACCEPT_CHARS:
+        raise AcceptTooLongError(
+            f"the Accept header is {len(header)} characters long, over the {MAX_ACCEPT_CHARS} read; send a shorter one"
+        )
     ranges = []
     for entry in _split(header, ","):
         media, *parameters = (part.strip() for part in _split(entry, ";"))
@@ -116,7 +124,10 @@ def produces(*offers: str) -> Callable[[Request], Awaitable[str]]:
 
     async def negotiate(request: Request) -> str:
         accept = ", ".join(request.headers.getlist("accept"))  # a header sent on several lines counts whole
-        chosen = choose(accept, offers)
+        try:
+            chosen = choose(accept, offers)
+        except AcceptTooLongError as exc:
+            raise HTTPException(_HEADER_TOO_LARGE, f"{exc} (this endpoint answers {', '.join(offers)})") from exc
         if chosen is None:
             shown = accept if len(accept) <= _MAX_SHOWN else accept[:_MAX_SHOWN] + "..."
             raise HTTPException(

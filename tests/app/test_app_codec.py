@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from app.negotiation import MAX_ACCEPT_CHARS, choose
+from app.negotiation import MAX_ACCEPT_CHARS, AcceptTooLongError, choose
 from app.settings import DEFAULT_CHECKPOINT
 from models.checkpoint import load, read_metadata, save
 from models.grayscale import to_uint8, to_unit_float
@@ -221,14 +221,26 @@ def test_accept_negotiation(accept: str, chosen: str | None) -> None:
     assert choose(accept, ("application/json", "image/png")) == chosen
 
 
-def test_accept_headers_are_read_up_to_a_bound() -> None:
-    """uvicorn takes headers of megabytes, parsed here on the event loop: 10 MB held other requests for 2.7 s.
-    Entries past the bound are ignored, and the one cut by it is dropped rather than read without its q=0."""
-    assert choose("text/html, " * 1_000_000 + "image/png", ("image/png",)) is None  # past the bound: unread
-    padding = "text/plain;p=" + "x" * (MAX_ACCEPT_CHARS - 17 - len("text/plain;p=, ")) + ", "
-    cut_at_q = padding + "application/json;q=0"  # the bound falls inside its ";q=0"
-    assert len(cut_at_q) - len(";q=0") < MAX_ACCEPT_CHARS < len(cut_at_q)
-    assert choose(cut_at_q, ("application/json",)) is None
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/html, " * 1_000_000 + "image/png",  # held other requests for 2.7 s when parsed whole
+        "image/png;q=0;p=" + "x" * MAX_ACCEPT_CHARS,  # read up to the bound, this was "anything goes": PNG
+    ],
+)
+def test_an_accept_header_over_the_bound_is_refused_not_misread(accept: str) -> None:
+    with pytest.raises(AcceptTooLongError, match=f"characters long, over the {MAX_ACCEPT_CHARS} read"):
+        choose(accept, ("image/png",))
+
+
+async def test_an_accept_header_over_the_bound_is_a_431(client: httpx.AsyncClient) -> None:
+    accept = "image/png;q=0;p=" + "x" * MAX_ACCEPT_CHARS
+    response = await client.post("/decode", json={"indices": [[1, 2]]}, headers={"accept": accept})
+    assert response.status_code == 431, response.text
+    assert response.json()["detail"].endswith("send a shorter one (this endpoint answers image/png)")
+    exactly = "image/png, " + "x/y, " * ((MAX_ACCEPT_CHARS - 11) // 5)
+    ok = await client.post("/decode", json={"indices": [[1, 2]]}, headers={"accept": exactly[:MAX_ACCEPT_CHARS]})
+    assert ok.status_code == 200, ok.text
 
 
 async def test_real_oasis_slice_ssim_equals_vqvae_eval(
