@@ -85,14 +85,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, deep in a step, or train nonsense silently: one line each."""
+        lr_ok = math.isfinite(self.lr) and self.lr > 0
         problems = [
             f"{name} ({flag(name)}) must be {rule}, got {getattr(self, name)!r}"
             for name, ok, rule in (
                 ("epochs", self.epochs >= 1, "at least 1"),
                 ("batch_size", self.batch_size >= 1, "at least 1"),
                 ("crop", self.crop == 0 or self.crop >= MIN_SIZE, f"0 (full images) or at least {MIN_SIZE} (SSIM)"),
-                ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0"),
-                ("min_lr", 0 <= self.min_lr <= self.lr, "from 0 to lr"),
+                ("lr", lr_ok, "a finite number above 0"),
+                # against lr only when lr itself is valid: "--lr 0" named the --min-lr the caller never set
+                ("min_lr", 0 <= self.min_lr <= (self.lr if lr_ok else math.inf), f"from 0 to lr ({self.lr})"),
                 ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
                 ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite 0 or more"),
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),

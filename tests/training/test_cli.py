@@ -147,6 +147,14 @@ def test_evaluate_writes_report_and_records_metrics(
             assert image.format == "PNG"
 
 
+def test_an_invalid_lr_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, ``--lr 0`` also named ``--min-lr``, which the caller never set, as not from 0 to lr."""
+    with pytest.raises(SystemExit):
+        train.main(["--lr", "0", "--out", str(tmp_path / "run")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(" error: lr (--lr) must be a finite number above 0, got 0.0")
+
+
 def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
@@ -163,7 +171,7 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--crop", "-5"], "crop (--crop) must be 0"),
         (["--lr", "0"], "lr (--lr) must be a finite number above 0, got 0.0"),
         (["--lr", "nan"], "lr (--lr) must be a finite number above 0, got nan"),
-        (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr, got 0.1"),
+        (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr (0.002), got 0.1"),
         (["--warmup-steps", "-1"], "warmup_steps (--warmup-steps) must be 0 or more"),
         (["--weight-decay", "-1"], "weight_decay (--weight-decay) must be a finite 0 or more"),
         (["--weight-decay", "inf"], "weight_decay (--weight-decay) must be a finite 0 or more, got inf"),
