@@ -21,13 +21,24 @@ DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=Path, nargs="+", required=True, help="vqvae-eval JSON reports")
-    parser.add_argument("--labels", nargs="*", default=None, help="one label per report")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--every", type=int, default=4, help="codecs are measured on every Nth slice")
-    parser.add_argument("--budgets", type=int, nargs="*", default=DEFAULT_BUDGETS, help="bytes per slice")
-    parser.add_argument("--figure", type=Path, default=Path("docs/figures/rate_distortion.png"))
-    parser.add_argument("--json", type=Path, default=Path("docs/rate_distortion.json"))
+    parser.add_argument("--labels", nargs="*", default=None, help="one label per report (default: the file names)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="OASIS root (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="split measured (default: %(default)s)")
+    parser.add_argument(
+        "--every", type=int, default=4, help="codecs are measured on every Nth slice (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--budgets", type=int, nargs="*", default=DEFAULT_BUDGETS, help="bytes per slice (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=Path("docs/figures/rate_distortion.png"),
+        help="figure written (default: %(default)s, from the current folder: the committed one in a checkout)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("docs/rate_distortion.json"), help="table written (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     labels = args.labels or [p.stem for p in args.reports]
     if len(labels) != len(args.reports):
