@@ -136,7 +136,10 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        """The settings as saved with a run; ``data`` as an absolute path, so that ``--resume`` from another folder
+        compares the same folder (a relative one saved was read against the folder of the resuming command)."""
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        return {**values, "data": str(Path(self.data).resolve())}
 
     def changes_from(self, saved: dict[str, Any]) -> list[str]:
         """What this config sets otherwise than ``saved`` (the ``to_dict()`` of the run that ``--resume``

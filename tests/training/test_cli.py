@@ -107,6 +107,22 @@ def test_changes_from_compares_what_the_saved_run_recorded_and_may_not_change() 
     assert {field.name for field in dataclasses.fields(TrainConfig)} >= MAY_CHANGE_ON_RESUME  # no misspelt name
 
 
+def test_a_run_given_a_relative_data_folder_resumes_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the saved ``--data ../images`` was read against the resuming command's folder, a different one, and
+    the resume was refused as a change of data folder (or, there, matched another folder of that name)."""
+    images = tmp_path / "project" / "images"
+    (tmp_path / "project" / "code").mkdir(parents=True)
+    images.mkdir()
+    monkeypatch.chdir(tmp_path / "project" / "code")
+    saved = TrainConfig(data=Path("../images")).to_dict()
+    assert saved["data"] == str(images.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(data=Path("project/images")).changes_from(saved) == []
+    assert TrainConfig(data=Path("images")).changes_from(saved) != []  # not the same folder from here
+
+
 def test_resume_refuses_a_data_folder_that_now_holds_other_images(
     fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
