@@ -85,7 +85,7 @@ def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
             return 128 + signal.SIGPIPE
         except StdoutError as exc:
             _silence_stdout()
-            print(f"error: cannot write the standard output: {exc}", file=sys.stderr)
+            print(f"error: cannot write the standard output: {exc.strerror}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as stop:  # Ctrl-C while the data loads or a report is scored; files are written
             print("\ninterrupted", file=sys.stderr)  # whole or not at all (models.files), so nothing else to say
@@ -125,7 +125,7 @@ def _as_stdout_error() -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise StdoutError(exc.strerror or str(exc)) from exc
+        raise StdoutError(exc.errno, exc.strerror or str(exc)) from exc  # the errno kept, for callers that test it
 
 
 def _silence_stdout() -> None:

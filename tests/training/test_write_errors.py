@@ -15,6 +15,7 @@ import pytest
 
 from models import files
 from models.files import WriteError, write_atomically, write_together
+from training import outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "tiny", "--batch-size", "4", "--crop", "32", "--warmup-steps", "2", "--no-progress"]
@@ -158,3 +159,14 @@ def test_standard_output_that_cannot_be_written_is_a_one_line_error(fixture_oasi
     assert done.returncode == 1
     assert done.stderr.strip() == "error: cannot write the standard output: No space left on device"
     assert report.is_file()  # written before the table was printed
+
+
+def test_a_standard_output_error_keeps_its_errno() -> None:
+    """Callers may tell a full disk (ENOSPC) from other failures; before, only the text was kept."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full, pytest.raises(outputs.StdoutError) as caught:
+        guarded = outputs._StdoutGuard(full)
+        guarded.write("x" * 10_000)  # past the buffer: written at once
+        guarded.flush()
+    assert caught.value.errno == errno.ENOSPC and caught.value.strerror == "No space left on device"
