@@ -80,12 +80,18 @@ async def test_a_lone_caller_does_not_wait_for_companions() -> None:
     batcher.close()
 
 
-async def test_full_queue_refuses_at_once(held: FakeModel) -> None:
+async def full_queue(held: FakeModel) -> tuple[MicroBatcher, asyncio.Future[Any], list[asyncio.Future[Any]]]:
+    """A batcher whose queue of two is full behind a held batch: (batcher, the running call, the queued calls)."""
     batcher = make(held, max_queue=2)
     running = asyncio.ensure_future(batcher.submit("a", 0))
     await wait_until(held.running.is_set)
     queued = [asyncio.ensure_future(batcher.submit("a", n)) for n in (1, 2)]
     await wait_until(lambda: batcher.queued == 2)
+    return batcher, running, queued
+
+
+async def test_full_queue_refuses_at_once(held: FakeModel) -> None:
+    batcher, running, queued = await full_queue(held)
     with pytest.raises(QueueFullError, match="2 requests already waiting") as caught:
         await batcher.submit("a", 3)
     assert caught.value.retry_after_s >= 1
@@ -120,11 +126,7 @@ async def test_cancelled_callers_are_skipped(held: FakeModel) -> None:
 
 async def test_callers_who_gave_up_leave_the_queue_at_once(held: FakeModel) -> None:
     """Before, their jobs kept their places until the worker popped them: with two abandoned, a live caller got 503."""
-    batcher = make(held, max_queue=2)
-    running = asyncio.ensure_future(batcher.submit("a", 0))
-    await wait_until(held.running.is_set)
-    abandoned = [asyncio.ensure_future(batcher.submit("a", n)) for n in (1, 2)]
-    await wait_until(lambda: batcher.queued == 2)
+    batcher, running, abandoned = await full_queue(held)
     for caller in abandoned:
         caller.cancel()
     await asyncio.gather(*abandoned, return_exceptions=True)
