@@ -22,7 +22,6 @@ callers hear back; a batch that raised is not reported (its callers get the erro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import threading
@@ -152,19 +151,26 @@ class MicroBatcher:
             if len(self._pending) >= self._max_queue:
                 raise QueueFullError(self._max_queue)
             self._pending.append(job)
-            job.future.add_done_callback(functools.partial(self._forget, job))
+            job.future.add_done_callback(self._forget)  # not bound to the job: job -> future -> job would be a cycle
             self._condition.notify()
             if self._sharing:  # helpers only take work then: waking them otherwise costs a lone caller time
                 self._helper_wakeup.notify_all()  # one helper may be waiting for companions of another key
         return job.future
 
-    def _forget(self, job: _Job, future: Future[Any]) -> None:
+    def _forget(self, future: Future[Any]) -> None:
         """A caller that gave up (hung up, timed out) leaves the queue at once. Before, its job kept a place until a
-        worker popped it: two callers who hung up while a large image ran made a live one's request a 503."""
+        worker popped it: two callers who hung up while a large image ran made a live one's request a 503.
+
+        Found by its future (the queue holds at most ``max_queue``): a callback holding the job made a reference
+        cycle that a Future never breaks, so every request's image and answer waited for the cycle collector
+        (a review measured 554 MB peak against 110 MB for 400 requests of 4 MB)."""
         if not future.cancelled():
             return
-        with self._condition, contextlib.suppress(ValueError):  # already taken into a batch, which skips it
-            self._pending.remove(job)
+        with self._condition:  # a job already taken into a batch is not found here: ``_execute`` skips it
+            for job in self._pending:
+                if job.future is future:
+                    self._pending.remove(job)
+                    return
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the running batches, fail the queued ones, stop the threads."""
@@ -260,6 +266,7 @@ class MicroBatcher:
     def _execute(self, batch: list[_Job], prepare: Callable[[], None] | None = None) -> None:
         """Run one batch and answer its callers; ``prepare`` runs first, and its failure fails the batch."""
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]  # skip cancelled callers
+        batch.clear()  # the thread's loop keeps this list until its next batch: not the jobs, images and answers
         if not live:
             return
         key = live[0].key

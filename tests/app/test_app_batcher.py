@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Hashable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
@@ -136,6 +139,26 @@ async def test_callers_who_gave_up_leave_the_queue_at_once(held: FakeModel) -> N
     assert await asyncio.gather(running, kept) == [("a", 0), ("a", 30)]
     assert [items for _, items in held.batches] == [[0], [3]]
     batcher.close()
+
+
+async def test_a_request_s_data_is_freed_when_it_is_answered_not_by_the_cycle_collector() -> None:
+    """Before: a done-callback bound to the job (job -> future -> callback -> job) kept every image and answer
+    until the cycle collector ran; a review measured 554 MB peak against 110 MB for 400 requests of 4 MB."""
+    batcher = MicroBatcher(
+        lambda key, payloads: [np.zeros(4) for _ in payloads], max_batch_size=4, max_wait_s=0.0, max_queue=16
+    )
+    batcher.start()
+    gc.disable()
+    try:
+        payload = np.zeros(1000)
+        alive = weakref.ref(payload)
+        result = await batcher.submit("a", payload)
+        answer = weakref.ref(result)
+        del payload, result
+        await wait_until(lambda: alive() is None and answer() is None, timeout_s=2.0)  # once the worker is done
+    finally:
+        gc.enable()
+        batcher.close()
 
 
 async def test_close_fails_queued_requests_and_refuses_new_ones(held: FakeModel) -> None:
