@@ -73,27 +73,37 @@ async def decode(body: DecodeRequest, service: Service) -> Response:
 
 
 def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
-    """Index rows -> int64 grid, after the checks that need the model: grid size, image_size, codebook range."""
-    config = service.config
+    """Index rows -> int64 grid, after the checks that need the model: image_size, grid size, codebook range.
+
+    /decode takes the images /encode takes, at the same cost: the pixel limit applies to the image answered (as
+    /encode applies it to the image sent; before, to the whole grid's, and a 1023x1025 upload's codes were
+    refused), and an ``image_size`` must match the grid and be no smaller than an upload may be. Without that
+    floor, a 1-pixel-high ``image_size`` made the decoder run a grid of 8 times the limit's pixels.
+    """
+    config, settings = service.config, service.settings
     rows, cols = len(body.indices), len(body.indices[0])
-    # The limit applies to the image answered, as /encode applies it to the image sent, so that every answer of
-    # /encode decodes. Before, it applied to the whole grid's pixels: a 1023x1025 upload's codes were refused.
-    height, width = body.image_size or (rows * config.stride, cols * config.stride)
-    if height * width > service.settings.max_pixels:
-        raise HTTPException(
-            413,
-            f"a {rows}x{cols} grid decodes to a {width}x{height} image = {height * width} pixels, over the limit of "
-            f"{service.settings.max_pixels} pixels",
-        )
     if body.image_size is not None:
         needed = config.grid_for(*body.image_size)
+        height, width = body.image_size
         if needed != (rows, cols):
-            height, width = body.image_size
             raise HTTPException(
                 422,
                 f"indices form a {rows}x{cols} grid but image_size {height}x{width} needs a "
                 f"{needed[0]}x{needed[1]} grid (stride {config.stride})",
             )
+        if min(height, width) < settings.min_size:
+            raise HTTPException(
+                422,
+                f"image_size {height}x{width} is under the minimum of {settings.min_size}x{settings.min_size} "
+                "that an upload may have",
+            )
+    height, width = body.image_size or (rows * config.stride, cols * config.stride)
+    if height * width > settings.max_pixels:
+        raise HTTPException(
+            413,
+            f"a {rows}x{cols} grid decodes to {height}x{width} (height x width) = {height * width} pixels, over "
+            f"the limit of {settings.max_pixels} pixels",
+        )
     grid = np.asarray(body.indices, dtype=np.int64)
     top = config.codebook_size
     outside = np.argwhere(grid >= top)  # the schema bounds indices to [0, 2**31); the codebook, to [0, top)

@@ -440,11 +440,21 @@ def test_a_validation_message_names_the_first_problems_and_counts_the_rest() -> 
 async def test_grid_decoding_to_too_many_pixels(serve: Serve) -> None:
     async with serve(max_pixels=64 * 64) as client:
         response = await client.post("/decode", json={"indices": [[0] * 17] * 16})
-        assert_error(response, 413, "16x17 grid decodes to a 68x64 image", "over the limit of 4096")  # stride 4
-        cropped = {"indices": [[0] * 17] * 16, "image_size": [63, 66]}  # 4158 pixels: still over
-        assert_error(await client.post("/decode", json=cropped), 413, "to a 66x63 image = 4158 pixels")
+        assert_error(response, 413, "16x17 grid decodes to 64x68 (height x width)", "over the limit of 4096")
+        cropped = {"indices": [[0] * 17] * 16, "image_size": [63, 66]}  # stride 4; 4158 pixels: still over
+        assert_error(await client.post("/decode", json=cropped), 413, "to 63x66 (height x width) = 4158 pixels")
         under = await client.post("/decode", json={**cropped, "image_size": [61, 65]})  # 3965: the limit's side
     assert under.status_code == 200, under.text
+
+
+async def test_a_thin_image_size_cannot_make_the_decoder_run_past_the_limit(serve: Serve) -> None:
+    """A review's find: with the limit on the image answered only, ``image_size`` [1, 4096] let a 1x1024 grid
+    through, whose 4x4096 pixels (stride 4 here; 8 times the limit with the shipped model) the decoder runs."""
+    async with serve(max_pixels=64 * 64) as client:
+        thin = await client.post("/decode", json={"indices": [[0] * 1024], "image_size": [1, 4096]})
+        assert_error(thin, 422, "image_size 1x4096 is under the minimum of 8x8")
+        mismatch = await client.post("/decode", json={"indices": [[1]], "image_size": [2000, 2000]})
+        assert_error(mismatch, 422, "1x1 grid but image_size 2000x2000 needs a 500x500 grid")  # not a 413
 
 
 @pytest.mark.parametrize(("height", "width"), [(1023, 1025), (8, 32776)])
