@@ -40,7 +40,7 @@ class HangUpMiddleware:
             nonlocal gone_mid_body
             message = await receive()
             if message["type"] == "http.disconnect":
-                gone_mid_body = not body_in.is_set()
+                gone_mid_body = gone_mid_body or not body_in.is_set()  # a later disconnect read must not undo it
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_in.set()
             return message

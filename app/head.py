@@ -28,7 +28,8 @@ class HeadAsGetMiddleware:
 
         async def send_allowing_head(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == _METHOD_NOT_ALLOWED:
-                message = {**message, "headers": [_with_head(name, value) for name, value in message["headers"]]}
+                headers = message.get("headers", ())  # optional in ASGI
+                message = {**message, "headers": [_with_head(name, value) for name, value in headers]}
             await send(message)
 
         await self.app(scope, receive, send_allowing_head)

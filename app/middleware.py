@@ -128,7 +128,8 @@ _MAX_SHOWN_CODING = 40  # characters of a Content-Encoding header repeated in th
 
 
 class ContentEncodingMiddleware:
-    """415 for a request body sent compressed (a Content-Encoding other than identity), before any of it is read.
+    """415 for a request body sent compressed (a Content-Encoding other than identity, a Transfer-Encoding other
+    than chunked), before any of it is read.
 
     Nothing here decompresses bodies: FastAPI would parse the compressed bytes as they are, as JSON or as a form,
     and answer a misleading 400, or serve a body that only looked plain. The answer lists what is accepted
@@ -147,7 +148,8 @@ class ContentEncodingMiddleware:
                         f"compressed request bodies are not accepted ({header.decode().title()}: {shown}); "
                         "send it uncompressed"
                     )
-                    await send_json_error(send, 415, detail, close=True, headers=[(b"accept-encoding", b"identity")])
+                    accepted = [(b"accept-encoding", b"identity")] if header == b"content-encoding" else []  # RFC 7694
+                    await send_json_error(send, 415, detail, close=True, headers=accepted)
                     return
         await self.app(scope, receive, send)
 

@@ -28,7 +28,7 @@ _json_body = Depends(require_content_type(JSON, 'send {"indices": [[...], ...]}'
 _whole_form = [Depends(complete_form), Depends(one_file)]
 _json_or_png = produces(JSON, PNG)  # JSON first: it wins ties, wildcards and no Accept header
 Answer = Annotated[str, Depends(_json_or_png)]  # the same call as in the route's dependencies: solved once
-_ERRORS = error_responses(400, 406, 408, 413, 415, 422, 503)
+_ERRORS = error_responses(400, 406, 408, 413, 415, 422, 431, 503)
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
 _PNG: dict[str, Any] = {"content": {PNG: {}}}
 

@@ -17,7 +17,9 @@ _ERROR_TEXT = {
     406: "the Accept header allows none of the types the endpoint answers (the message lists them)",
     408: "the request body did not arrive in full in time (VQVAE_BODY_TIMEOUT_S)",
     413: "body or pixel count over the limit",
-    415: "wrong content type, or a compressed body (a Content-Encoding other than identity)",
+    431: "an Accept header over 4,096 characters",
+    415: "wrong content type, or a compressed body (a Content-Encoding other than identity, a Transfer-Encoding "
+    "other than chunked)",
     422: "invalid fields (the message names them)",
     503: "model not loaded yet, or too many requests queued (see Retry-After)",
 }

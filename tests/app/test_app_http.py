@@ -317,6 +317,7 @@ def test_a_body_in_a_compressing_transfer_coding_is_a_415(header_deadline_server
     assert answer.json()["detail"].startswith(
         "compressed request bodies are not accepted (Transfer-Encoding: gzip, chunked)"
     )
+    assert "accept-encoding" not in answer.headers  # it names content codings (RFC 7694), not transfer codings
 
 
 def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
