@@ -238,6 +238,11 @@ class Trainer:
                 f"{weights} is of step {weights_step} but {state_path} of step {self.state.step}: not one saved "
                 "state (a save cut off by a kill?); use another --out"
             )
+        best = self.out / "best.safetensors"
+        if not best.is_file() and self.state.best_val_ssim != RunState.best_val_ssim:
+            # Before, the best score kept from last.pt stood, so no later epoch could beat it and write the file.
+            print(f"note: {best} is missing; the next validated epoch writes it again")
+            self.state.best_val_ssim = RunState.best_val_ssim
         return True
 
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
@@ -469,7 +474,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; {trainer.saved_state()}", file=sys.stderr)
         return 1
     if not finished.exists():
-        print(f"error: no epoch produced a finite validation SSIM; no best checkpoint in {config.out}", file=sys.stderr)
+        if any(math.isfinite(row["val_ssim"]) for row in trainer.state.history):  # the run had one: it was removed
+            print(
+                f"error: {finished} is missing and no epoch was validated since; resume with a larger --epochs to "
+                "write it again",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"error: no epoch produced a finite validation SSIM; no best checkpoint in {config.out}",
+                file=sys.stderr,
+            )
         return 1
     print(f"done: best validation SSIM {trainer.state.best_val_ssim:.4f}; checkpoint {finished}")
     return 0

@@ -67,6 +67,24 @@ def test_resume_continues_from_last_state(
     assert read_metadata(run / "last.safetensors")["training"]["epochs"] == 3
 
 
+def test_a_removed_best_checkpoint_is_written_again_on_resume(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the best score kept in last.pt stood, so no later epoch beat it, no best.safetensors was written, and
+    the run ended with "no epoch produced a finite validation SSIM"."""
+    run = tmp_path / "resume"
+    run.mkdir()
+    for name in ("last.safetensors", "last.pt", "history.json"):  # best.safetensors lost
+        (run / name).write_bytes((trained / name).read_bytes())
+    args = ["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]
+    capsys.readouterr()
+    assert train.main([*args, "--epochs", "2"]) == 1  # nothing left to run: said as it is
+    assert "best.safetensors is missing and no epoch was validated since" in capsys.readouterr().err
+    assert train.main([*args, "--epochs", "3"]) == 0
+    assert "best.safetensors is missing; the next validated epoch writes it again" in capsys.readouterr().out
+    assert (run / "best.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
