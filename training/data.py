@@ -84,14 +84,36 @@ def read_grayscale(path: Path) -> np.ndarray:
 
 
 def resolve_folder(data: Path, split: str | None) -> Path:
-    """An OASIS root plus a split name, or a plain folder of images when ``split`` is None."""
+    """An OASIS root plus a split name, or a plain folder of images when ``split`` is None.
+
+    A split name with no OASIS folder for it (``keras_png_slices_train``) is the sub-folder of that name, when there
+    is one: a researcher's own ``train`` and ``test`` folders. Before, only ``./train`` reached them.
+    """
     folder = data / OASIS_SPLITS.get(split, split) if split else data
+    if split in OASIS_SPLITS and not folder.exists() and (data / split).is_dir():
+        folder = data / split
     if not folder.exists():
-        hint = f" (expected the OASIS folder {OASIS_SPLITS[split]} under {data})" if split in OASIS_SPLITS else ""
+        hint = (
+            f" (expected the OASIS folder {OASIS_SPLITS[split]}, or a folder {split}, under {data})"
+            if split in OASIS_SPLITS
+            else ""
+        )
         raise DataError(f"{folder}: data folder does not exist{hint}")
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     return folder
+
+
+def image_folders(data: Path, *splits: str | None) -> list[Path]:
+    """The folders these splits read, of those that exist (a missing one is said when the data loads): for
+    checking that no output goes into one."""
+    folders = []
+    for split in splits:
+        try:
+            folders.append(resolve_folder(data, split or None))
+        except DataError:
+            continue
+    return folders
 
 
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:

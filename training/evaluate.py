@@ -21,8 +21,8 @@ from models.quality import Summary, psnr, ssim
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
-from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, load_split
-from training.outputs import check_file, check_folder, clean_exits
+from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, image_folders, load_split
+from training.outputs import check_apart, check_file, check_folder, clean_exits
 
 
 @dataclass
@@ -175,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_report(args.checkpoint, args.split)
     try:
         check_file(out, "the report")  # before the scoring, not after it
+        check_apart(out, args.checkpoint, "the report would replace the weights")
         if args.figures:
             check_folder(args.figures, "--figures")
+            for folder in image_folders(args.data, args.split):
+                check_apart(args.figures, folder, "its PNG figures would be read as slices by the next evaluation")
         if args.record:
             check_file(args.checkpoint, "--record into")
         model, _ = load(args.checkpoint, pick_device(args.device))

@@ -56,6 +56,13 @@ def check_file(path: Path, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: {problem}")
 
 
+def check_apart(output: Path, source: Path, why: str) -> None:
+    """``output`` is not ``source`` (the same file or folder, by whatever path): writing it there would destroy or
+    pollute what the command reads. ``why`` says what would happen."""
+    if output.resolve() == source.resolve():
+        raise OutputError(f"{output} is {source}, which this command reads: {why}; choose another")
+
+
 def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
     """A command's ends without a traceback, for what is no bug of its own. One whose reader went away
     (``vqvae-eval | head``) exits 141, as a C tool killed by SIGPIPE reports in the shell, instead of a

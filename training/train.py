@@ -27,11 +27,11 @@ from models.files import WriteError, write_atomically, write_together
 from models.vqvae import VQVAE
 from training import run_folder
 from training.config import TrainConfig, parse_args
-from training.data import CropSampler, DataError, load_split, to_float
+from training.data import CropSampler, DataError, image_folders, load_split, to_float
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
-from training.outputs import check_folder, clean_exits
+from training.outputs import check_apart, check_folder, clean_exits
 from training.stop_signals import StopSignals, Terminated, exit_code
 
 
@@ -129,6 +129,10 @@ class Trainer:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         run_folder.check_settings(config)
+        for folder in image_folders(config.data, config.train_split, config.val_split):
+            check_apart(
+                config.out, folder, "the run's PNG figures would be read as images, and --resume would refuse it"
+            )
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)

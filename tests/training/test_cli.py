@@ -155,6 +155,41 @@ def test_resume_refuses_a_data_folder_that_now_holds_other_images(
     _refused(train.main([*args, "--resume"]), capsys, "the run had 24 train images, its data folder now gives 25")
 
 
+def test_own_split_folders_named_like_the_oasis_splits_are_used(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: --train-split train looked for keras_png_slices_train only; a plain train/ folder needed ./train."""
+    data = tmp_path / "mine"
+    shutil.copytree(fixture_oasis / "keras_png_slices_train", data / "train")
+    shutil.copytree(fixture_oasis / "keras_png_slices_validate", data / "validate")
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY]
+    assert train.main([*args, "--train-split", "train", "--val-split", "validate"]) == 0, capsys.readouterr().err
+    assert "24 train / 8 validation images" in capsys.readouterr().out
+
+
+def test_outputs_that_would_overwrite_or_pollute_the_inputs_are_refused(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``vqvae-eval --out`` the checkpoint replaced the weights with the report; ``--figures`` or
+    ``vqvae-train --out`` in the image folder added PNG figures that the next run read as images."""
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes((trained / "best.safetensors").read_bytes())
+    weights = checkpoint.read_bytes()
+    test_split = fixture_oasis / "keras_png_slices_test"
+    evaluate_args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--limit", "2"]
+    capsys.readouterr()
+    assert evaluate.main([*evaluate_args, "--out", str(checkpoint)]) == 2
+    assert "the report would replace the weights" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == weights
+    assert evaluate.main([*evaluate_args, "--figures", str(test_split), "--out", str(tmp_path / "r.json")]) == 2
+    assert "its PNG figures would be read as slices" in capsys.readouterr().err
+    train_split = fixture_oasis / "keras_png_slices_train"
+    before = sorted(train_split.iterdir())
+    assert train.main(["--data", str(fixture_oasis), "--out", str(train_split), "--epochs", "1", *TINY]) == 2
+    assert f"{train_split} is {train_split}, which this command reads" in capsys.readouterr().err
+    assert sorted(train_split.iterdir()) == before
+
+
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
     assert "keras_png_slices_train: data folder does not exist" in capsys.readouterr().err
