@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, to_grey_levels
+from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, narrow_sixteen_bit_top, to_grey_levels
 from models.limits import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -71,6 +73,7 @@ def read_grayscale(path: Path) -> np.ndarray:
         with Image.open(io.BytesIO(path.read_bytes()), formats=ACCEPTED_FORMATS) as image:
             image.load()
             pixels = to_grey_levels(image).copy()  # writable
+            top = narrow_sixteen_bit_top(image)
     except UnidentifiedImageError as exc:  # what the service refuses too (GIF, WebP...), or a damaged header
         raise DataError(
             f"{path}: cannot read image: not a {'/'.join(ACCEPTED_FORMATS)} file, or a damaged one"
@@ -80,7 +83,17 @@ def read_grayscale(path: Path) -> np.ndarray:
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape
         raise DataError(f"{path}: image is {width}x{height} pixels; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+    if top is not None:
+        warnings.warn(NarrowRangeWarning(path, top), stacklevel=2)
     return pixels
+
+
+class NarrowRangeWarning(UserWarning):
+    """A 16-bit image whose values span 12 bits or fewer (``models.grayscale.narrow_sixteen_bit_top``)."""
+
+    def __init__(self, path: Path, top: int) -> None:
+        super().__init__(f"{path}: 16-bit with values only up to {top}")
+        self.path, self.top = path, top
 
 
 def resolve_folder(data: Path, split: str | None) -> Path:
@@ -125,7 +138,22 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
-    return SliceSet([read_grayscale(p) for p in files], [p.name for p in files], folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NarrowRangeWarning)
+        images = [read_grayscale(p) for p in files]
+    narrow = [w.message for w in caught if isinstance(w.message, NarrowRangeWarning)]
+    for other in (w for w in caught if not isinstance(w.message, NarrowRangeWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if narrow:
+        top = max(w.top for w in narrow)
+        print(
+            f"note: {len(narrow)} of {len(files)} images in {folder} are 16-bit with values only up to {top} "
+            f"(12 bits or fewer), e.g. {narrow[0].path.name}: read on the 16-bit scale they are nearly black "
+            f"(grey levels up to {round(top / 257)} of 255), and their scores mean little; rescale them to the "
+            "full 16-bit range, or to 8-bit, first",
+            file=sys.stderr,
+        )
+    return SliceSet(images, [p.name for p in files], folder)
 
 
 def load_split(data: Path, split: str | None, limit: int | None = None) -> SliceSet:
