@@ -130,10 +130,13 @@ def image_folders(data: Path, *splits: str | None) -> list[Path]:
 
 
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
-    """Every image file directly in ``folder`` (sorted by name), decoded into memory."""
+    """Every image file directly in ``folder`` (sorted by name), decoded into memory. Hidden files are not images:
+    macOS leaves a ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run."""
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder

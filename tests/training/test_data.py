@@ -125,3 +125,10 @@ def test_16_bit_images_of_12_bits_or_fewer_are_named_in_one_note(
     assert "(grey levels up to 16 of 255)" in err
     with pytest.warns(NarrowRangeWarning, match="16-bit with values only up to 4080"):
         read_grayscale(tmp_path / "a.png")
+
+
+def test_hidden_files_are_not_read_as_images(tmp_path: Path) -> None:
+    """Before: macOS's ``._a.png`` (AppleDouble metadata, not an image) stopped the run as a damaged image."""
+    Image.new("L", (16, 16), 9).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+    assert load_folder(tmp_path).names == ["a.png"]
