@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for label, path in zip(labels, args.reports, strict=True):
+        folder = scored_folder(path)
+        if folder is not None and folder.resolve() != slices.root.resolve():
+            print(
+                f"note: {path} ({label}) scored {folder}, not {slices.root}, where the codecs are measured: the "
+                "figure compares different images",
+                file=sys.stderr,
+            )
     images = slices.images[:: args.every]
     curves = {codec: codec_curve(images, codec, args.budgets) for codec in CODECS}
     plotted = {
@@ -95,6 +103,12 @@ def operating_point(report: Path) -> dict[str, float]:
         raise ValueError(f"cannot read the report {report}: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{report} is not a vqvae-eval JSON report ({type(exc).__name__}: {exc})") from exc
+
+
+def scored_folder(report: Path) -> Path | None:
+    """The image folder a ``vqvae-eval`` report scored, where it records one (read after ``operating_point``)."""
+    data = json.loads(report.read_text()).get("data")
+    return Path(data) if isinstance(data, str) else None
 
 
 if __name__ == "__main__":

@@ -139,3 +139,19 @@ def test_a_table_that_fails_while_written_is_a_one_line_error(
     err = capsys.readouterr().err
     assert f"cannot write {table}" in err and "Traceback" not in err
     assert not list(tmp_path.glob("rd.json*.partial"))
+
+
+def test_a_report_of_other_images_than_the_codecs_is_noted(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's find: reports of the validation split were drawn beside codecs measured on the test split, with
+    no word. Each vqvae-eval report records the folder it scored."""
+    same, other = _report(tmp_path / "same.json", 2560, 0.9), _report(tmp_path / "other.json", 2560, 0.8)
+    for report, folder in ((same, "keras_png_slices_test"), (other, "keras_png_slices_validate")):
+        report.write_text(json.dumps({**json.loads(report.read_text()), "data": str(fixture_oasis / folder)}))
+    outputs = ["--json", str(tmp_path / "rd.json"), "--figure", str(tmp_path / "rd.png"), "--budgets", "4000"]
+    args = ["--reports", str(same), str(other), "--data", str(fixture_oasis), "--every", "8", *outputs]
+    assert rate_distortion.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: {other} (other) scored {fixture_oasis / 'keras_png_slices_validate'}, not" in err
+    assert str(same) not in err
