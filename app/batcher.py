@@ -283,6 +283,9 @@ class MicroBatcher:
             logger.debug("batch failed (key=%r, size=%d): %r", key, len(live), exc)
             for job in live:
                 job.future.set_exception(exc)
+            # The callers' exception keeps this frame (its traceback): not the jobs, images and all, with it.
+            del job
+            live.clear()
             return
         for job, result in zip(live, results, strict=True):
             job.future.set_result(result)

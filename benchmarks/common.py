@@ -29,7 +29,7 @@ from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
 from models.vqvae import VQVAE
-from training.data import DEFAULT_DATA_ROOT, IMAGE_SUFFIXES, DataError, read_grayscale, resolve_folder
+from training.data import DEFAULT_DATA_ROOT, DataError, load_folder, resolve_folder
 from training.outputs import OutputError, check_file, check_folder
 from training.synthetic import synthetic_slice
 
@@ -147,11 +147,7 @@ def load_slices(data: Path | None, split: str | None, count: int) -> Slices:
     else:
         try:
             folder = resolve_folder(*data_folder(data, split))
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise DataError(f"{folder}: no image files")
-            picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-            images = [read_grayscale(files[i]) for i in picks]
+            images = load_folder(folder, count).images  # the same slices as linspace picks did: training.data.spread
         except DataError as exc:
             fail(str(exc))
         source = str(folder)

@@ -84,15 +84,19 @@ def upright(levels: np.ndarray, image: Image.Image) -> np.ndarray:
 
 
 def narrow_sixteen_bit_top(image: Image.Image) -> int | None:
-    """A 16-bit image's largest sample when it is at most 12 bits (4095), else None.
+    """The largest sample of an image read on the 16-bit scale (16-bit files, signed ones included, and 32-bit
+    integers above 255) when it is at most 12 bits (4095), else None.
 
-    Such a file (an MRI export of 12-bit data, say) is read on the 16-bit scale, as the format says, so it comes out
-    nearly black: grey levels up to 16 of 255. Its scores then mean little: the same slice stored as 8-bit scored
-    SSIM 0.47, as 16-bit 0.99 (a review's measurement, an untrained model). Callers say so; the pixels are not
-    rescaled, since the file does not say which range its values span."""
-    if image.mode not in _SIXTEEN_BIT:
+    Such a file (an MRI export of 12-bit data, say) is read on the 16-bit scale, as the format says, so its values
+    span 17 of the 256 grey levels (nearly black). Its scores then mean little: the same slice stored as 8-bit
+    scored SSIM 0.47, as 16-bit 0.99 (a review's measurement, an untrained model). Callers say so; the pixels are
+    not rescaled, since the file does not say which range its values span."""
+    if image.mode not in (*_SIXTEEN_BIT, "I"):
         return None
-    top = int(np.asarray(image).max(initial=0))
+    array = np.asarray(image)
+    if image.mode == "I" and _integer_top(image, array) != _SIXTEEN_BIT_TOP:
+        return None  # 32-bit samples up to 255 are read as 8-bit ones
+    top = int(array.max(initial=0))
     return top if 0 < top <= _TWELVE_BIT_TOP else None
 
 

@@ -117,6 +117,19 @@ def resolve_folder(data: Path, split: str | None) -> Path:
     return folder
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name. Hidden files are not images: macOS leaves a
+    ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    return files
+
+
 def image_folders(data: Path, *splits: str | None) -> list[Path]:
     """The folders these splits read, of those that exist (a missing one is said when the data loads): for
     checking that no output goes into one."""
@@ -130,30 +143,27 @@ def image_folders(data: Path, *splits: str | None) -> list[Path]:
 
 
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
-    """Every image file directly in ``folder`` (sorted by name), decoded into memory. Hidden files are not images:
-    macOS leaves a ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data folder does not exist")
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
-    if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    """Every image file directly in ``folder`` (sorted by name, ``limit`` of them spread over it), decoded into
+    memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer."""
+    files = image_files(folder)
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NarrowRangeWarning)
-        images = [read_grayscale(p) for p in files]
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NarrowRangeWarning)
+            images = [read_grayscale(p) for p in files]
+    finally:  # Pillow's own warnings still reach the caller, a DataError or not
+        for other in (w for w in caught if not isinstance(w.message, NarrowRangeWarning)):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     narrow = [w.message for w in caught if isinstance(w.message, NarrowRangeWarning)]
-    for other in (w for w in caught if not isinstance(w.message, NarrowRangeWarning)):
-        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     if narrow:
         top = max(w.top for w in narrow)
         print(
             f"note: {len(narrow)} of {len(files)} images in {folder} are 16-bit with values only up to {top} "
-            f"(12 bits or fewer), e.g. {narrow[0].path.name}: read on the 16-bit scale they are nearly black "
-            f"(grey levels up to {round(top / 257)} of 255), and their scores mean little; rescale them to the "
-            "full 16-bit range, or to 8-bit, first",
+            f"(12 bits or fewer), e.g. {narrow[0].path.name}: read on the 16-bit scale they span {round(top / 257) + 1}"
+            " of the 256 grey levels (nearly black), and their scores mean little; rescale them to the full 16-bit "
+            "range, or to 8-bit, first",
             file=sys.stderr,
         )
     return SliceSet(images, [p.name for p in files], folder)

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if not math.isfinite(report["ssim"]["mean"]):  # NaN in a report is not even valid JSON
         print(f"error: {args.checkpoint} reconstructs to NaN or infinite values (broken weights?)", file=sys.stderr)
         return 1
-    report = {"checkpoint": str(args.checkpoint), "data": str(slices.root), **report}
+    # the data folder as an absolute path, so that a report read from another folder names the same one
+    report = {"checkpoint": str(args.checkpoint), "data": str(slices.root.resolve()), **report}
     try:  # a full disk, say: the report and figures are written whole or not at all
         write_atomically(out, lambda partial: partial.write_text(json.dumps(report, indent=2)))
         print(format_table(report, f"{args.checkpoint} on {slices.root}"))

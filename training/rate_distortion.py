@@ -55,17 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         check_file(args.json, "--json")  # before the codecs' minutes of work, not after them
         check_file(args.figure, "--figure")
         slices = load_split(args.data, args.split or None)
-    except (DataError, ValueError) as exc:
+        for label, path in zip(labels, args.reports, strict=True):
+            folder = scored_folder(path)
+            if folder is not None and folder.resolve() != slices.root.resolve():
+                print(
+                    f"note: {path} ({label}) scored {folder}, not {slices.root}, where the codecs are measured: "
+                    "the figure compares different images",
+                    file=sys.stderr,
+                )
+    except (DataError, ValueError, OSError) as exc:  # a report's "data" may be no path at all (a NUL byte)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for label, path in zip(labels, args.reports, strict=True):
-        folder = scored_folder(path)
-        if folder is not None and folder.resolve() != slices.root.resolve():
-            print(
-                f"note: {path} ({label}) scored {folder}, not {slices.root}, where the codecs are measured: the "
-                "figure compares different images",
-                file=sys.stderr,
-            )
     images = slices.images[:: args.every]
     curves = {codec: codec_curve(images, codec, args.budgets) for codec in CODECS}
     plotted = {

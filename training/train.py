@@ -480,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     if not finished.exists():
         if any(math.isfinite(row["val_ssim"]) for row in trainer.state.history):  # the run had one: it was removed
             print(
-                f"error: {finished} is missing and no epoch was validated since; resume with a larger --epochs to "
-                "write it again",
+                f"error: {finished} is missing and no epoch since gave a finite validation SSIM; resume with a "
+                "larger --epochs to write it again",
                 file=sys.stderr,
             )
         else:

@@ -79,7 +79,7 @@ def test_a_removed_best_checkpoint_is_written_again_on_resume(
     args = ["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]
     capsys.readouterr()
     assert train.main([*args, "--epochs", "2"]) == 1  # nothing left to run: said as it is
-    assert "best.safetensors is missing and no epoch was validated since" in capsys.readouterr().err
+    assert "best.safetensors is missing and no epoch since gave a finite validation SSIM" in capsys.readouterr().err
     assert train.main([*args, "--epochs", "3"]) == 0
     assert "best.safetensors is missing; the next validated epoch writes it again" in capsys.readouterr().out
     assert (run / "best.safetensors").is_file()
@@ -188,6 +188,18 @@ def test_outputs_that_would_overwrite_or_pollute_the_inputs_are_refused(
     assert train.main(["--data", str(fixture_oasis), "--out", str(train_split), "--epochs", "1", *TINY]) == 2
     assert f"{train_split} is {train_split}, which this command reads" in capsys.readouterr().err
     assert sorted(train_split.iterdir()) == before
+
+
+def test_a_report_records_its_data_folder_as_an_absolute_path(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rate_distortion compares it with the folder its codecs read: a relative one read from another folder named
+    another folder (a review's find)."""
+    monkeypatch.chdir(fixture_oasis.parent)
+    report = tmp_path / "r.json"
+    args = ["--checkpoint", str(trained / "best.safetensors"), "--data", fixture_oasis.name, "--limit", "2"]
+    assert evaluate.main([*args, "--out", str(report)]) == 0
+    assert json.loads(report.read_text())["data"] == str((fixture_oasis / "keras_png_slices_test").resolve())
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,9 +122,12 @@ def test_16_bit_images_of_12_bits_or_fewer_are_named_in_one_note(
     err = capsys.readouterr().err
     assert err.count("note:") == 1
     assert f"note: 2 of 4 images in {tmp_path} are 16-bit with values only up to 4080 (12 bits or fewer)" in err
-    assert "(grey levels up to 16 of 255)" in err
+    assert "they span 17 of the 256 grey levels" in err
     with pytest.warns(NarrowRangeWarning, match="16-bit with values only up to 4080"):
         read_grayscale(tmp_path / "a.png")
+    Image.fromarray(levels.astype(np.int32)).save(tmp_path / "c.tif")  # mode "I", read on the 16-bit scale too
+    with pytest.warns(NarrowRangeWarning, match="c.tif: 16-bit with values only up to 4080"):
+        read_grayscale(tmp_path / "c.tif")
 
 
 def test_hidden_files_are_not_read_as_images(tmp_path: Path) -> None:

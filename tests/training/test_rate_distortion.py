@@ -155,3 +155,13 @@ def test_a_report_of_other_images_than_the_codecs_is_noted(
     err = capsys.readouterr().err
     assert f"note: {other} (other) scored {fixture_oasis / 'keras_png_slices_validate'}, not" in err
     assert str(same) not in err
+
+
+def test_a_report_whose_folder_is_no_path_is_a_one_line_error(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _report(tmp_path / "r.json", 2560, 0.9)
+    report.write_text(json.dumps({**json.loads(report.read_text()), "data": "a\u0000b"}))
+    outputs = ["--json", str(tmp_path / "rd.json"), "--figure", str(tmp_path / "rd.png")]
+    assert rate_distortion.main(["--reports", str(report), "--data", str(fixture_oasis), *outputs]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
