@@ -145,6 +145,11 @@ class Trainer:
         np.random.seed(config.seed)
         self.train_set = load_split(config.data, config.train_split, config.max_train_images)
         self.val_set = load_split(config.data, config.val_split, config.max_val_images)
+        if self.train_set.root.resolve() == self.val_set.root.resolve():  # allowed (a smoke test), but said
+            print(
+                f"note: --train-split and --val-split are the same folder ({self.val_set.root}): the validation "
+                "scores, and the choice of best.safetensors, are on training images"
+            )
         self.model = VQVAE(config.model_config()).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -202,6 +202,17 @@ def test_a_report_records_its_data_folder_as_an_absolute_path(
     assert json.loads(report.read_text())["data"] == str((fixture_oasis / "keras_png_slices_test").resolve())
 
 
+def test_validating_on_the_training_folder_is_said(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: accepted without a word, though its validation SSIM then measures fit, not generalisation."""
+    args = ["--data", str(fixture_oasis), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY]
+    assert train.main([*args, "--train-split", "test", "--val-split", "./keras_png_slices_test"]) == 0
+    assert "note: --train-split and --val-split are the same folder" in capsys.readouterr().out
+    assert train.main([*args, "--overwrite"]) == 0  # the default splits: no note
+    assert "same folder" not in capsys.readouterr().out
+
+
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
     assert "keras_png_slices_train: data folder does not exist" in capsys.readouterr().err
