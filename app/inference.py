@@ -55,9 +55,10 @@ def load_model(settings: Settings) -> tuple[VQVAE, dict[str, Any]]:
     except ValueError as exc:
         raise StartupError(f"VQVAE_DEVICE: {exc}") from exc
     try:
-        return load(settings.checkpoint, device)
+        model, metadata = load(settings.checkpoint, device)
     except CheckpointError as exc:
         raise StartupError(f"cannot load checkpoint: {exc}") from exc
+    return model.for_inference(), metadata
 
 
 def check_checkpoint(settings: Settings) -> None:

@@ -31,7 +31,7 @@ OPERATIONS = ("encode", "reconstruct")
 
 def measure(checkpoint: Path, side: int, operation: str, repeats: int) -> dict[str, float]:
     """In this process: median seconds of ``repeats`` passes, and the peak RSS before and after them (MB)."""
-    model, _ = load(checkpoint)
+    model = load(checkpoint)[0].for_inference()
     run = model.encode if operation == "encode" else model.reconstruct
     with torch.inference_mode():
         run(torch.rand(1, 1, 64, 64))  # kernels and the model's memory, before the baseline is read

@@ -69,7 +69,7 @@ class Job:
 
 def forward_call(job: Job, operation: str, size: int) -> Callable[[int], object]:
     """call(index) for one batch of ``size`` slices through the service's forward pass."""
-    model, _ = load(job.checkpoint, "cpu")
+    model = load(job.checkpoint, "cpu")[0].for_inference()
     run = model_runner(model, operation)
     floats = [image.astype(np.float32) / 255.0 for image in job.slices]
 

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
-        model, _ = load(checkpoint.path, device)
+        model = load(checkpoint.path, device)[0].for_inference()  # as the service runs it
     print(
         f"model: {sum(p.numel() for p in model.parameters()):,} parameters, grid "
         f"{model.config.grid_for(*slices.shape)}, on {args.device}; timed: stack -> model -> numpy, inference_mode"

@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             f"device {settings.device}, workers {args.workers}; from env {dict(args.server_env) or 'defaults'}"
         )
         print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
-        model, _ = load(checkpoint.path, device)
+        model = load(checkpoint.path, device)[0].for_inference()  # as the service runs it
         inproc, extra_ms = measure_in_process(args, model, settings, slices, endpoints)
         reference = reference_measurer(model, slices.floats(), inproc, args)
 

@@ -73,7 +73,7 @@ def child(args: argparse.Namespace) -> dict[str, float]:
 
     def load_model() -> VQVAE:
         set_threads(args.threads)
-        return load(args.checkpoint)[0]
+        return load(args.checkpoint)[0].for_inference()
 
     if args.child == "one-thread":
         return dict(on_thread(lambda: measure(load_model())))

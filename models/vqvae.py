@@ -107,6 +107,20 @@ class VQVAE(nn.Module):
         )
         self.decoder = Decoder(config)
 
+    def for_inference(self) -> VQVAE:
+        """Eval mode, with the conv weights in channels_last on the CPU; returns self.
+
+        oneDNN then runs each conv on the layout it computes in, instead of reordering every input and output: on
+        the 2-core AMD EPYC VM a batch-1 encode took about 0.8x the time, a reconstruct about 0.93x, with outputs
+        bit-identical to the default layout (the test split's codes and reconstructions). Inputs need no change: a
+        one-channel (B, 1, H, W) image has the same memory in either layout. Training picks its layout itself
+        (``--no-channels-last``); CUDA keeps the default layout, which has not been measured against it.
+        """
+        self.eval()
+        if all(p.device.type == "cpu" for p in self.parameters()):
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return self
+
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W), H and W multiples of the stride -> (B, D, H/s, W/s)."""
         return self.encoder(x)

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_apart(args.figures, folder, "its PNG figures would be read as slices by the next evaluation")
         if args.record:
             check_file(args.checkpoint, "--record into")
-        model, _ = load(args.checkpoint, pick_device(args.device))
+        model = load(args.checkpoint, pick_device(args.device))[0].for_inference()
         slices = load_split(args.data, args.split or None, args.limit)
     except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -413,7 +413,7 @@ class Trainer:
 
     def final_figures(self) -> None:
         """Reconstruction panels of the best checkpoint on the validation images."""
-        best, _ = load(self.out / "best.safetensors", self.device)
+        best = load(self.out / "best.safetensors", self.device)[0].for_inference()
         report, result = score(best, self.val_set)
         panels_figure(
             result.originals,

@@ -75,6 +75,15 @@ def test_helpers_warm_up_on_one_torch_thread_and_the_worker_keeps_its_own(
         service.close()
 
 
+def test_the_service_runs_the_model_in_its_inference_layout(make_settings: Callable[..., Settings]) -> None:
+    """channels_last conv weights on the CPU (``VQVAE.for_inference``): encode took about 0.8x the time."""
+    model, _ = inference.load_model(make_settings())
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    assert not model.training
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)
+
+
 def test_a_bad_checkpoint_fails_start_with_one_line(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 64)

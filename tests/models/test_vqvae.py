@@ -30,6 +30,25 @@ def test_decode_indices_of_encode_equals_eval_reconstruction() -> None:
         assert torch.equal(model.decode_indices(model.encode(x)), expected)
 
 
+def conv_weights(model: VQVAE) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.ndim == 4]
+
+
+def test_for_inference_keeps_conv_weights_in_channels_last_with_the_same_outputs() -> None:
+    model = tiny_model().eval()
+    x = torch.rand(2, 1, 37, 29)  # padded to the stride, then cropped
+    with torch.inference_mode():
+        indices, reconstruction = model.reconstruct(x)
+        assert model.for_inference() is model
+        assert not model.training
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(model))
+        assert any(not w.is_contiguous() for w in conv_weights(model))  # the layout did change
+        again_indices, again = model.reconstruct(x)
+        assert torch.equal(again_indices, indices)
+        torch.testing.assert_close(again, reconstruction, rtol=0, atol=1e-6)
+        assert torch.equal(model.decode_indices(indices)[..., :37, :29].clamp(0, 1), again)
+
+
 def test_reconstruct_keeps_any_size_and_range() -> None:
     model = tiny_model().eval()
     x = torch.rand(1, 1, 37, 29)
