@@ -26,6 +26,7 @@ from pathlib import Path
 from app.arguments import non_negative_int, positive_int
 from benchmarks.bench_service import Upload, drive, endpoint_list, make_uploads
 from benchmarks.common import (
+    abba,
     benchmark_parser,
     load_slices,
     print_header,
@@ -63,11 +64,6 @@ def lone_caller_p50_s(server: Server, endpoint: str, uploads: list[Upload], requ
     return statistics.median(o.latency_s for o in driven.outcomes)
 
 
-def abba(round_index: int) -> tuple[str, str]:
-    """The order of the two servers in a round: AB, BA, BA, AB, then again."""
-    return VARIANTS if round_index % 4 in (0, 3) else (VARIANTS[1], VARIANTS[0])
-
-
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -94,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         if args.warmup > 0:
                             lone_caller_p50_s(server, endpoint, uploads, args.warmup)
                     for index in range(args.rounds):
-                        for variant in abba(index):
+                        for variant in abba(index, VARIANTS):
                             p50 = lone_caller_p50_s(servers[variant], endpoint, uploads, args.requests)
                             p50s[endpoint][variant].append(p50)
             except RuntimeError as exc:

@@ -299,6 +299,11 @@ def time_calls(call: Callable[[int], object], *, warmup: int, repeats: int, seco
     return durations
 
 
+def abba(round_index: int, pair: tuple[str, str]) -> tuple[str, str]:
+    """The order of two variants in a round: AB, BA, BA, AB, then again, so both meet slow and fast spells alike."""
+    return pair if round_index % 4 in (0, 3) else (pair[1], pair[0])
+
+
 def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
     """{'p50': ..., 'p95': ..., 'p99': ...}; NaN for an empty list."""
     if not values:

@@ -91,8 +91,10 @@ def running_server(
     startup_timeout_s: float,
     workers: int = 1,
     cli: bool = False,
+    root: Path = REPO_ROOT,
 ) -> Iterator[Server]:
-    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit.
+    """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit; the code
+    is that of the source tree ``root`` (another checkout, for an A/B: ``benchmarks.bench_ab``).
 
     One worker: plain ``uvicorn --factory``, unless ``cli``. Several, or ``cli``: ``vqvae-serve --workers N``, which
     is what sums their metrics (``app.metrics.shared_by_workers``) and sets the header deadline
@@ -100,7 +102,7 @@ def running_server(
     """
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     if workers == 1 and not cli:
         command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--log-level", log_level]
     else:
@@ -110,7 +112,7 @@ def running_server(
     with log.open("wb") as handle:
         process = subprocess.Popen(
             command,
-            cwd=REPO_ROOT,
+            cwd=root,
             env={**inherited_env(), **env, "PYTHONPATH": path},
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks import (
+    bench_ab,
     bench_app,
     bench_batching,
     bench_image_size,
@@ -170,7 +171,7 @@ def test_bench_batching(
     figures = json.loads(out.read_text())
     assert [len(figures["p50_s"]["encode"][variant]) for variant in ("batching", "none")] == [4, 4]
     assert figures["median_ratio"]["encode"] > 0
-    assert [bench_batching.abba(index) for index in range(4)] == [
+    assert [common.abba(index, bench_batching.VARIANTS) for index in range(4)] == [
         ("batching", "none"),
         ("none", "batching"),
         ("none", "batching"),
@@ -178,7 +179,29 @@ def test_bench_batching(
     ]
 
 
-@pytest.mark.parametrize("script", [bench_service, bench_batching])
+def test_bench_ab(
+    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two real servers of a source tree each (here the same tree, an A/A run) take turns; ratios B / A per round."""
+    out = tmp_path / "ab.json"
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--a", str(common.REPO_ROOT)]
+    argv += ["--rounds", "2", "--requests", "8", "--concurrency", "1,2", "--endpoints", "encode", "--json", str(out)]
+    assert bench_ab.main(argv) == 0
+    assert "B/A req/s" in capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert set(figures["blocks"]) == {"encode c1", "encode c2"}
+    assert all(len(figures["blocks"]["encode c2"][tree]) == 2 for tree in ("A", "B"))
+    assert figures["median_ratio_b_over_a"]["encode c1"]["requests_per_s"] > 0
+
+
+def test_bench_ab_refuses_a_folder_without_the_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench_ab.main(["--a", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "no app/main.py there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [bench_service, bench_batching, bench_ab])
 def test_an_unknown_endpoint_is_refused_before_anything_starts(script: Any, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         script.main(["--endpoints", "encode,decode"])
