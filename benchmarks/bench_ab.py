@@ -6,10 +6,13 @@
 
 A is the tree given with ``--a`` (the code before a change), B this checkout unless ``--b``. Both serve the same
 checkpoint with the same settings (``VQVAE_*`` from this environment is not passed on; ``--threads`` is), each
-with its own code. Each round drives one block of closed-loop callers per endpoint and concurrency at each server
-in turn, in ABBA order, so both meet this machine's slow and fast spells alike; the other server idles meanwhile.
-Per block: requests/s, p50 latency, and the server's CPU seconds per request. The ratios are B over A per round,
-and their median over the rounds; absolute figures drift within minutes on these VMs, so compare within a run.
+with its own code, and each with the environment variables given by ``--a-env`` and ``--b-env``: give the same
+tree twice to compare settings alone, e.g. ``--a . --b-env VQVAE_PARALLEL_BATCHES=1``.
+
+Each round drives one block of closed-loop callers per endpoint and concurrency at each server in turn, in ABBA
+order, so both meet this machine's slow and fast spells alike; the other server idles meanwhile. Per block:
+requests/s, p50 latency, and the server's CPU seconds per request. The ratios are B over A per round, and their
+median over the rounds; absolute figures drift within minutes on these VMs, so compare within a run.
 """
 
 from __future__ import annotations
@@ -58,12 +61,29 @@ def source_tree(text: str) -> Path:
     return path
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    """argparse type: 'NAME=value', any environment variable."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not name.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"expected NAME=value, got {text!r}")
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=64)
     parser.add_argument("--a", type=source_tree, required=True, help="source tree A (the code before a change)")
     parser.add_argument(
         "--b", type=source_tree, default=REPO_ROOT, help="source tree B (default: this checkout, %(default)s)"
     )
+    for tree in ("a", "b"):
+        parser.add_argument(
+            f"--{tree}-env",
+            type=env_pair,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable of server {tree.upper()} only (repeat for more)",
+        )
     parser.add_argument(
         "--concurrency", type=int_list, default="1,16", help="comma-separated callers per block (default: 1,16)"
     )
@@ -124,6 +144,7 @@ def print_level(label: str, blocks: dict[str, list[Block]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     roots = {"A": args.a, "B": args.b}
+    own_env = {"A": dict(args.a_env), "B": dict(args.b_env)}
     levels = [(endpoint, concurrency) for endpoint in args.endpoints for concurrency in args.concurrency]
     if args.requests < 4 * max(args.concurrency):
         fail(f"--requests {args.requests}: give at least 4 per caller ({4 * max(args.concurrency)})")
@@ -131,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         info = print_header("the service of two source trees, A/B (ABBA blocks)")
         slices = load_slices(args.data, args.split, args.images)
         print(f"data: {slices.describe()}")
-        print(f"A: {roots['A']}\nB: {roots['B']}\ncheckpoint: {checkpoint.label}; {args.requests} requests per block")
+        for tree in TREES:
+            print(f"{tree}: {roots[tree]}" + (f", with {own_env[tree]}" if own_env[tree] else ""))
+        print(f"checkpoint: {checkpoint.label}; {args.requests} requests per block")
         uploads = make_uploads(slices.pngs())
         env = {"VQVAE_CHECKPOINT": str(checkpoint.path), "VQVAE_LOG_LEVEL": "warning"}
         if args.threads > 0:
@@ -139,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         blocks: dict[tuple[str, int], dict[str, list[Block]]] = {level: {t: [] for t in TREES} for level in levels}
         with (
             tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs,
-            running_server(env, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["A"]) as a,
-            running_server(env, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["B"]) as b,
+            running_server(
+                {**env, **own_env["A"]}, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["A"]
+            ) as a,
+            running_server(
+                {**env, **own_env["B"]}, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["B"]
+            ) as b,
         ):
             servers = {"A": a, "B": b}
             try:
@@ -165,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": slices.describe(),
                 "checkpoint": checkpoint.label,
                 "trees": {tree: str(root) for tree, root in roots.items()},
+                "env": own_env,
                 "requests_per_block": args.requests,
                 "blocks": {f"{e} c{c}": {t: [asdict(x) for x in blocks[e, c][t]] for t in TREES} for e, c in levels},
                 "median_ratio_b_over_a": medians,

@@ -186,9 +186,11 @@ def test_bench_ab(
     out = tmp_path / "ab.json"
     argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--a", str(common.REPO_ROOT)]
     argv += ["--rounds", "2", "--requests", "8", "--concurrency", "1,2", "--endpoints", "encode", "--json", str(out)]
-    assert bench_ab.main(argv) == 0
-    assert "B/A req/s" in capsys.readouterr().out
+    assert bench_ab.main([*argv, "--b-env", "VQVAE_MAX_BATCH_SIZE=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "B/A req/s" in printed and "with {'VQVAE_MAX_BATCH_SIZE': '1'}" in printed
     figures = json.loads(out.read_text())
+    assert figures["env"] == {"A": {}, "B": {"VQVAE_MAX_BATCH_SIZE": "1"}}
     assert set(figures["blocks"]) == {"encode c1", "encode c2"}
     assert all(len(figures["blocks"]["encode c2"][tree]) == 2 for tree in ("A", "B"))
     assert figures["median_ratio_b_over_a"]["encode c1"]["requests_per_s"] > 0
@@ -199,6 +201,9 @@ def test_bench_ab_refuses_a_folder_without_the_service(tmp_path: Path, capsys: p
         bench_ab.main(["--a", str(tmp_path)])
     assert stopped.value.code == 2
     assert "no app/main.py there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_ab.main(["--a", str(common.REPO_ROOT), "--b-env", "no value"])
+    assert "expected NAME=value, got 'no value'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", [bench_service, bench_batching, bench_ab])
