@@ -11,11 +11,20 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, UnmappablePixelsError, to_grey_levels, to_uint8
+from models.grayscale import (
+    ACCEPTED_FORMATS,
+    DECODE_ERRORS,
+    UnmappablePixelsError,
+    narrow_range_effect,
+    narrow_sixteen_bit_top,
+    to_grey_levels,
+    to_uint8,
+)
 
 # zlib settings of the PNGs we send. On 32 reconstructed OASIS test slices (256x256): Pillow's default (level 6)
 # took 2.8-3.2 ms for 17.7 KiB, level 1 1.2-1.6 ms for 19.6 KiB, level 1 with the run-length strategy 1.0-1.3 ms
@@ -59,8 +68,15 @@ class ImageTooSmallError(ImageError):
     status_code = 422
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> np.ndarray:
-    """Image file content -> float32 (H, W) in [0, 1]; the first frame of multi-frame files."""
+class Pixels(NamedTuple):
+    """A decoded upload, and what its caller should know about how it was read."""
+
+    image: np.ndarray  # (H, W) float32 in [0, 1]
+    notes: list[str]  # empty for almost every image; see ``narrow_note``
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> Pixels:
+    """Image file content -> float32 (H, W) in [0, 1] and notes; the first frame of multi-frame files."""
     with open_image(data, max_pixels=max_pixels, min_size=min_size) as image:
         return load_pixels(image)
 
@@ -103,8 +119,9 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
     return image
 
 
-def load_pixels(image: Image.Image) -> np.ndarray:
-    """An image from ``open_image`` -> float32 (H, W) in [0, 1], on the 256 grey levels: the decoding itself."""
+def load_pixels(image: Image.Image) -> Pixels:
+    """An image from ``open_image`` -> float32 (H, W) in [0, 1], on the 256 grey levels, and notes: the decoding
+    itself."""
     try:
         image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
     except Image.DecompressionBombError as exc:
@@ -114,11 +131,22 @@ def load_pixels(image: Image.Image) -> np.ndarray:
             f"could not decode the {image.format} image (truncated or corrupt file?): {exc}"
         ) from exc
     try:
-        return to_grey_levels(image).astype(np.float32) / 255.0  # the levels training reads: see to_grey_levels
+        levels = to_grey_levels(image)  # the levels training reads: see to_grey_levels
+        return Pixels(levels.astype(np.float32) / 255.0, narrow_note(image))
     except UnmappablePixelsError as exc:
         raise UnsupportedImageError(str(exc)) from exc
     except DECODE_ERRORS as exc:
         raise UnsupportedImageError(f"unsupported {image.format} pixel mode {image.mode!r}: {exc}") from exc
+
+
+def narrow_note(image: Image.Image) -> list[str]:
+    """A note for a 16-bit image whose values reach 4095 at most (12-bit MRI data, say), as ``vqvae-train`` and
+    ``vqvae-eval`` give one: read on the 16-bit scale it is nearly black, and its SSIM says little about the
+    model (``models.grayscale.narrow_sixteen_bit_top``). Nothing for other images, at no cost for 8-bit ones."""
+    top = narrow_sixteen_bit_top(image)
+    if top is None:
+        return []
+    return [f"the image is 16-bit with values only up to {top} (12 bits or fewer): {narrow_range_effect(top)}"]
 
 
 def _check_bmp_dimensions(data: bytes) -> None:

@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.imaging import PNG_SIGNATURE, decode_image, encode_png, load_pixels, open_image
+from app.imaging import PNG_SIGNATURE, Pixels, decode_image, encode_png, load_pixels, open_image
 from app.settings import Settings
 
 P = ParamSpec("P")
@@ -36,8 +36,9 @@ async def run_sized(
     return await run_in_threadpool(function, *args, **kwargs)
 
 
-async def decode_upload(data: bytes, settings: Settings) -> np.ndarray:
-    """Uploaded file -> float32 (H, W) in [0, 1] (``app.imaging.decode_image``), on the loop when small."""
+async def decode_upload(data: bytes, settings: Settings) -> Pixels:
+    """Uploaded file -> float32 (H, W) in [0, 1] and notes (``app.imaging.decode_image``), on the loop when
+    small."""
     if len(data) > settings.inline_max_bytes or not data.startswith(PNG_SIGNATURE):
         return await run_in_threadpool(decode_image, data, max_pixels=settings.max_pixels, min_size=settings.min_size)
     with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:

@@ -19,6 +19,12 @@ MAX_IMAGE_SIDE = MAX_GRID_SIDE * 16
 Side = Annotated[int, Field(strict=True, ge=1, le=MAX_IMAGE_SIDE)]
 
 
+NOTES_TEXT = (
+    "how the upload was read, where it matters for the answer; empty for almost every image. Today one note: a "
+    "16-bit image whose values reach 4095 at most (12-bit data) is read on the 16-bit scale and is nearly black"
+)
+
+
 class ErrorResponse(BaseModel):
     """Every error, whatever its status code."""
 
@@ -33,6 +39,7 @@ class EncodeResponse(BaseModel):
     codebook_size: int = Field(description="indices lie in [0, codebook_size)", examples=[1024])
     bits: int = Field(description="grid_h * grid_w * ceil(log2 codebook_size)", examples=[60])
     image_size: tuple[int, int] = Field(description="[height, width] of the encoded image", examples=[[16, 20]])
+    notes: list[str] = Field(description=NOTES_TEXT, examples=[[]])
 
 
 class DecodeRequest(BaseModel):
@@ -88,6 +95,7 @@ class ReconstructResponse(BaseModel):
     grid: tuple[int, int] = Field(description="[rows, cols] of the index grid", examples=[[32, 32]])
     bits: int = Field(description="bits to store the slice as indices", examples=[10240])
     image_size: tuple[int, int] = Field(description="[height, width], the same as the input", examples=[[256, 256]])
+    notes: list[str] = Field(description=NOTES_TEXT, examples=[[]])
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -99,6 +107,7 @@ class ReconstructResponse(BaseModel):
                     "grid": [32, 32],
                     "bits": 10240,
                     "image_size": [256, 256],
+                    "notes": [],
                 }
             ]
         }

@@ -100,6 +100,15 @@ def narrow_sixteen_bit_top(image: Image.Image) -> int | None:
     return top if 0 < top <= _TWELVE_BIT_TOP else None
 
 
+def narrow_range_effect(top: int) -> str:
+    """What reading 16-bit values up to ``top`` on the 16-bit scale does, and the cure: one wording for the note of
+    the training tools and the service's."""
+    return (
+        f"read on the 16-bit scale, such values span {round(top / 257) + 1} of the 256 grey levels (nearly black), "
+        "and scores mean little; rescale to the full 16-bit range, or to 8-bit, first"
+    )
+
+
 def to_unit_float(image: Image.Image) -> np.ndarray:
     """PIL image of any mode -> float32 (H, W) in [0, 1].
 

@@ -12,7 +12,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.grayscale import ACCEPTED_FORMATS, DECODE_ERRORS, narrow_sixteen_bit_top, to_grey_levels
+from models.grayscale import (
+    ACCEPTED_FORMATS,
+    DECODE_ERRORS,
+    narrow_range_effect,
+    narrow_sixteen_bit_top,
+    to_grey_levels,
+)
 from models.limits import MIN_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -161,9 +167,7 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
         top = max(w.top for w in narrow)
         print(
             f"note: {len(narrow)} of {len(files)} images in {folder} are 16-bit with values only up to {top} "
-            f"(12 bits or fewer), e.g. {narrow[0].path.name}: read on the 16-bit scale they span {round(top / 257) + 1}"
-            " of the 256 grey levels (nearly black), and their scores mean little; rescale them to the full 16-bit "
-            "range, or to 8-bit, first",
+            f"(12 bits or fewer), e.g. {narrow[0].path.name}: {narrow_range_effect(top)}",
             file=sys.stderr,
         )
     return SliceSet(images, [p.name for p in files], folder)

@@ -45,15 +45,16 @@ def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response
     summary="Image -> grid of codebook indices",
 )
 async def encode(file: ImageFile, service: Service) -> EncodeResponse:
-    image = await decode_upload(await file.read(), service.settings)
-    indices = await service.encode(image)
-    height, width = image.shape
+    upload = await decode_upload(await file.read(), service.settings)
+    indices = await service.encode(upload.image)
+    height, width = upload.image.shape
     return EncodeResponse(
         indices=indices.tolist(),
         grid=(indices.shape[0], indices.shape[1]),
         codebook_size=service.config.codebook_size,
         bits=service.config.bits_for(height, width),
         image_size=(height, width),
+        notes=upload.notes,
     )
 
 
@@ -120,18 +121,23 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
     response_model=ReconstructResponse,
     dependencies=[_multipart, Depends(_json_or_png), *_whole_form],
     responses={
-        200: {**_PNG, "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers)"},
+        200: {
+            **_PNG,
+            "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers; the notes, "
+            "if any, as X-Note-1, X-Note-2...)",
+        },
         **_ERRORS,
     },
     summary="Image -> reconstruction through the codebook, with SSIM and PSNR",
 )
 async def reconstruct(file: ImageFile, service: Service, answer: Answer) -> ReconstructResponse | Response:
-    image = await decode_upload(await file.read(), service.settings)
-    result = await service.reconstruct(image)
+    upload = await decode_upload(await file.read(), service.settings)
+    result = await service.reconstruct(upload.image)
     png = await encode_answer(result.image, service.settings)
     if answer == PNG:
-        return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr)})
-    height, width = image.shape
+        notes = {f"X-Note-{number}": note for number, note in enumerate(upload.notes, 1)}
+        return _png_response(png, {"X-SSIM": repr(result.ssim), "X-PSNR": repr(result.psnr), **notes})
+    height, width = upload.image.shape
     return ReconstructResponse(
         ssim=result.ssim,
         psnr=result.psnr if math.isfinite(result.psnr) else None,
@@ -139,4 +145,5 @@ async def reconstruct(file: ImageFile, service: Service, answer: Answer) -> Reco
         grid=service.config.grid_for(height, width),
         bits=service.config.bits_for(height, width),
         image_size=(height, width),
+        notes=upload.notes,
     )

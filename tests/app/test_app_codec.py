@@ -146,6 +146,26 @@ async def test_sixteen_bit_and_colour_uploads(
     assert from_rgb["indices"] == from_grey["indices"]
 
 
+async def test_twelve_bit_data_in_a_sixteen_bit_file_gets_a_note(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """Values up to 4095 read on the 16-bit scale are nearly black: the answer says so, as vqvae-eval does, in
+    JSON and in the PNG answer's headers; a full-range 16-bit file and an 8-bit one get no note."""
+    pixels = noise(24, 24, seed=6)
+    twelve_bit = as_upload(image_file((pixels.astype(np.uint16) * 16).clip(1, 4000)))  # top 4000
+    for path in ("/encode", "/reconstruct"):
+        notes = (await client.post(path, files=twelve_bit)).json()["notes"]
+        assert len(notes) == 1
+        assert "16-bit with values only up to 4000" in notes[0] and "17 of the 256 grey levels" in notes[0]
+    as_png = await client.post("/reconstruct", files=twelve_bit, headers={"Accept": "image/png"})
+    assert as_png.status_code == 200 and "up to 4000" in as_png.headers["X-Note-1"]
+    for quiet in (pixels.astype(np.uint16) * 257, pixels):
+        upload = as_upload(image_file(quiet))
+        assert (await client.post("/encode", files=upload)).json()["notes"] == []
+        answer = await client.post("/reconstruct", files=upload, headers={"Accept": "image/png"})
+        assert not [name for name in answer.headers if name.lower().startswith("x-note")]
+
+
 async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoint: Path) -> None:
     body = (await client.get("/model")).json()
     assert body["checkpoint"] == checkpoint.name
