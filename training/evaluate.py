@@ -21,7 +21,7 @@ from models.quality import Summary, psnr, ssim
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
-from training.data import DEFAULT_DATA_ROOT, DataError, SliceSet, image_folders, load_split
+from training.data import DEFAULT_DATA_ROOT, OASIS_SPLITS, DataError, SliceSet, image_folders, load_split
 from training.outputs import check_apart, check_file, check_folder, clean_exits
 
 
@@ -147,6 +147,17 @@ def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) ->
     save(model, checkpoint, {**metadata, "metrics": metrics})
 
 
+def record_key(split: str, folder: Path) -> str:
+    """The name a split's metrics are recorded under: an OASIS split's name (``test``, what ``/model`` serves as
+    ``test_metrics``), else the scored folder's absolute path (``/model`` shows its last name).
+
+    Before, every plain folder (``--split ''``) was recorded as ``folder``, each replacing the last, and a
+    researcher's own ``test`` sub-folder replaced the OASIS test split's metrics."""
+    if split in OASIS_SPLITS and folder.name == OASIS_SPLITS[split]:
+        return split
+    return str(folder.resolve())
+
+
 def default_report(checkpoint: Path, split: str) -> Path:
     """``<checkpoint>.<split>.json`` beside the checkpoint; a sub-folder split's slashes become underscores (as a
     suffix, ``sub/deep`` was a ValueError traceback)."""
@@ -172,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    if args.record and args.limit is not None:  # before, it replaced the whole split's recorded metrics
+        parser.error("--record stores the metrics of a whole split, which /model serves; drop --limit to record")
     out = args.out or default_report(args.checkpoint, args.split)
     try:
         check_file(out, "the report")  # before the scoring, not after it
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             codebook_usage_figure(counts, args.figures / "codebook_usage.png")
             print(f"figures: {args.figures}")
         if args.record:
-            record_metrics(args.checkpoint, args.split or "folder", report)
+            record_metrics(args.checkpoint, record_key(args.split, slices.root), report)
             print(f"metrics recorded in {args.checkpoint}")
     except WriteError as exc:
         print(f"error: {exc}", file=sys.stderr)

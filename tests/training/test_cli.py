@@ -17,6 +17,7 @@ from PIL import Image
 
 from models import files
 from models.checkpoint import load, read_metadata, save
+from tests.conftest import write_slices
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
 from training.data import DEFAULT_DATA_ROOT
@@ -237,6 +238,35 @@ def test_evaluate_writes_report_and_records_metrics(
     for figure in ("reconstructions.png", "codebook_usage.png"):
         with Image.open(tmp_path / "fig" / figure) as image:
             assert image.format == "PNG"
+
+
+def test_recorded_metrics_keep_each_folder_apart(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+    """Before, every plain folder was recorded as ``folder``, each replacing the last, and a researcher's own
+    ``test`` sub-folder replaced the OASIS test split's metrics (``/model``'s ``test_metrics``)."""
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes((trained / "best.safetensors").read_bytes())
+    site_a, site_b = write_slices(tmp_path / "site-a", 3, seed=40), write_slices(tmp_path / "site-b" / "test", 2, 41)
+    runs = [
+        ["--data", str(fixture_oasis), "--split", "test"],
+        ["--data", str(site_a), "--split", ""],
+        ["--data", str(site_b.parent), "--split", "test"],  # no OASIS folder there: the plain test sub-folder
+    ]
+    for run in runs:
+        out = tmp_path / f"report{len(run)}{run[1][-6:].replace('/', '_')}.json"
+        assert evaluate.main(["--checkpoint", str(checkpoint), *run, "--out", str(out), "--record"]) == 0
+    metrics = read_metadata(checkpoint)["metrics"]
+    assert sorted(metrics) == sorted(
+        ["validate", "test", str(site_a.resolve()), str(site_b.resolve())]
+    )  # validate: vqvae-train's
+    assert [metrics[key]["images"] for key in ("test", str(site_a.resolve()), str(site_b.resolve()))] == [8, 3, 2]
+
+
+def test_record_refuses_a_limited_evaluation(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``--limit`` run replaced the whole split's recorded metrics."""
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main(["--checkpoint", str(trained / "best.safetensors"), "--limit", "2", "--record"])
+    assert stopped.value.code == 2
+    assert "--record stores the metrics of a whole split" in capsys.readouterr().err
 
 
 def test_an_invalid_lr_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
