@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,16 @@ class Trainer:
         return {
             "data": {
                 "root": str(self.config.data),
-                "train": {"split": self.config.train_split, "images": len(self.train_set)},
-                "validate": {"split": self.config.val_split, "images": len(self.val_set)},
+                "train": {
+                    "split": self.config.train_split,
+                    "images": len(self.train_set),
+                    "fingerprint": self.fingerprints["train"],
+                },
+                "validate": {
+                    "split": self.config.val_split,
+                    "images": len(self.val_set),
+                    "fingerprint": self.fingerprints["validate"],
+                },
             },
             "training": {
                 "epochs": self.state.epoch,
@@ -254,15 +263,27 @@ class Trainer:
             self.state.best_val_ssim = RunState.best_val_ssim
         return True
 
+    @cached_property
+    def fingerprints(self) -> dict[str, str]:
+        """``SliceSet.fingerprint`` of each split, once per run (every checkpoint records them)."""
+        return {"train": self.train_set.fingerprint(), "validate": self.val_set.fingerprint()}
+
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
-        """The run's image counts, where the data settings are the run's (``run_folder.check_settings``): images
-        added to or removed from its folders would change the steps per epoch, and what validation compares."""
+        """The run's images, where the data settings are the run's (``run_folder.check_settings``): images added
+        to, removed from or replaced in its folders would change the steps per epoch, what the model has seen, and
+        what validation compares. Before, only the counts were compared. Runs saved before fingerprints were
+        recorded are checked by their counts alone."""
         for split, images in (("train", len(self.train_set)), ("validate", len(self.val_set))):
-            saved = metadata.get("data", {}).get(split, {}).get("images")
-            if saved is not None and saved != images:
+            saved = metadata.get("data", {}).get(split, {})
+            if saved.get("images") is not None and saved["images"] != images:
                 raise CheckpointError(
-                    f"{weights}: the run had {saved} {split} images, its data folder now gives {images}; "
+                    f"{weights}: the run had {saved['images']} {split} images, its data folder now gives {images}; "
                     "resume with the run's data, or use another --out"
+                )
+            if saved.get("fingerprint") is not None and saved["fingerprint"] != self.fingerprints[split]:
+                raise CheckpointError(
+                    f"{weights}: the run's {images} {split} images are not those its data folder now gives (other "
+                    "names or pixels); resume with the run's data, or use another --out"
                 )
 
     def write_log(self) -> None:

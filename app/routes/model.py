@@ -58,9 +58,12 @@ def _names_only(value: Any) -> Any:
 
 def _by_split_name(metrics: dict[str, Any]) -> dict[str, Any]:
     """Recorded metrics keyed by their split's last name (``vqvae-eval --split /data/site-a/test --record`` is
-    recorded under that whole path); a name already taken gets a number (``test (2)``)."""
+    recorded under that whole path); a name already taken gets a number (``test (2)``). Names recorded as such
+    (``test``, an OASIS split's, which is also ``test_metrics``) come first, so that a folder named alike and
+    recorded earlier does not take theirs."""
     renamed: dict[str, Any] = {}
-    for split, report in metrics.items():
+    bare_first = sorted(metrics.items(), key=lambda item: _name(item[0]) != item[0])  # stable: else as recorded
+    for split, report in bare_first:
         name = _name(split)
         key, copy = name, 2
         while key in renamed:

@@ -192,7 +192,8 @@ async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_check
     metadata = {
         "data": {"root": "/srv/site-a/patients/oasis", "train": {"split": "/srv/site-a/smith/train", "images": 3}},
         "training": {"config": config},
-        "metrics": {"test": test, "/srv/site-b/jones/test": {"images": 5}, "/srv/site-c/test": {"images": 6}},
+        # a folder's metrics recorded before the OASIS split's: the bare name keeps its own
+        "metrics": {"/srv/site-b/jones/test": {"images": 5}, "test": test, "/srv/site-c/test": {"images": 6}},
     }
     path = save(model, tmp_path / "paths.safetensors", metadata)
     async with serve(checkpoint=path) as client:

@@ -145,7 +145,8 @@ def test_a_run_given_a_relative_data_folder_resumes_from_another_folder(
 def test_resume_refuses_a_data_folder_that_now_holds_other_images(
     fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The same --data with an image added to its training split: the steps per epoch would change."""
+    """The same --data with an image added to its training split: the steps per epoch would change. Then as many
+    images as the run had, one of them replaced: before, only the counts were compared, and that resumed."""
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(fixture_oasis, data)
     args = ["--data", str(data), "--out", str(run), "--epochs", "1", "--max-val-images", "2", *TINY]
@@ -154,6 +155,11 @@ def test_resume_refuses_a_data_folder_that_now_holds_other_images(
     shutil.copy(first, first.with_name("added.png"))
     capsys.readouterr()
     _refused(train.main([*args, "--resume"]), capsys, "the run had 24 train images, its data folder now gives 25")
+    first.with_name("added.png").unlink()
+    files = sorted((data / "keras_png_slices_train").iterdir())
+    files[0].write_bytes(files[1].read_bytes())  # as many images as the run had, one of them another's pixels
+    capsys.readouterr()
+    _refused(train.main([*args, "--resume"]), capsys, "the run's 24 train images are not those its data folder now")
 
 
 def test_own_split_folders_named_like_the_oasis_splits_are_used(
