@@ -142,8 +142,15 @@ def image_files(folder: Path) -> list[Path]:
         p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
     if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        below = sub_folders(folder)
+        hint = f"; only images directly in it are read, not those of its {len(below)} sub-folders" if below else ""
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{hint}")
     return files
+
+
+def sub_folders(folder: Path) -> list[Path]:
+    """The folder's own sub-folders, hidden ones left out: images in them are not read."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def image_folders(data: Path, *splits: str | None) -> list[Path]:
@@ -160,7 +167,8 @@ def image_folders(data: Path, *splits: str | None) -> list[Path]:
 
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     """Every image file directly in ``folder`` (sorted by name, ``limit`` of them spread over it), decoded into
-    memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer."""
+    memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer, and one for
+    sub-folders, whose images are not read (before, they were left out without a word)."""
     files = image_files(folder)
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
@@ -178,6 +186,13 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
         print(
             f"note: {len(narrow)} of {len(files)} images in {folder} are 16-bit with values only up to {top} "
             f"(12 bits or fewer), e.g. {narrow[0].path.name}: {narrow_range_effect(top)}",
+            file=sys.stderr,
+        )
+    below = sub_folders(folder)
+    if below:
+        print(
+            f"note: {folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are "
+            "read",
             file=sys.stderr,
         )
     return SliceSet(images, [p.name for p in files], folder)

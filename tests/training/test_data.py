@@ -7,6 +7,7 @@ import torch
 from PIL import Image, TiffImagePlugin
 
 from benchmarks.crafted_png import with_header_size
+from tests.conftest import write_slices
 from training.data import CropSampler, DataError, NarrowRangeWarning, load_folder, load_split, read_grayscale
 
 
@@ -135,3 +136,22 @@ def test_hidden_files_are_not_read_as_images(tmp_path: Path) -> None:
     Image.new("L", (16, 16), 9).save(tmp_path / "a.png")
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
     assert load_folder(tmp_path).names == ["a.png"]
+
+
+def test_sub_folders_are_named_where_their_images_are_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images in sub-folders (one per patient, say) are not read: a note says so, and where the folder itself has
+    none, the error does. Before, they were left out without a word."""
+    write_slices(tmp_path / "case_1", 2, seed=1)
+    write_slices(tmp_path / "case_2", 2, seed=2)
+    (tmp_path / ".cache").mkdir()
+    with pytest.raises(DataError, match="only images directly in it are read, not those of its 2 sub-folders"):
+        load_folder(tmp_path)
+    write_slices(tmp_path, 1, seed=3)
+    assert len(load_folder(tmp_path)) == 1
+    assert f"note: {tmp_path} has 2 sub-folder(s), e.g. case_1; only the images directly in it are read" in (
+        capsys.readouterr().err
+    )
+    load_folder(tmp_path / "case_1")
+    assert "note:" not in capsys.readouterr().err
