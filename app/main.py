@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.service = service
         app_metrics.model_loads.inc()
+        if problem := codec.json_limit_problem(service.config, settings):
+            logger.warning(problem)
         try:
             yield
         finally:

@@ -16,6 +16,8 @@ from app.offload import decode_upload, encode_answer
 from app.routes.deps import Service, complete_form, error_responses, one_file, require_content_type
 from app.routes.json_body import JSONBodyRoute
 from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
+from app.settings import Settings
+from models.config import VQVAEConfig
 
 # JSONBodyRoute: a /decode body that cannot be parsed gets one 400 naming the problem, whatever it is.
 router = APIRouter(tags=["codec"], route_class=JSONBodyRoute)
@@ -114,6 +116,31 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
             422, f"indices[{r}][{c}] = {grid[r, c]} is out of range: the codebook has {top} codes (0..{top - 1})"
         )
     return grid
+
+
+def largest_encode_answer_bytes(config: VQVAEConfig, settings: Settings) -> int:
+    """An upper bound on the size of an /encode answer: an upload of at most ``max_pixels`` (h * w), both sides at
+    least ``min_size``, has at most ``(h/s + 1)(w/s + 1)`` cells, each its digits and a comma, and a row costs
+    its brackets and comma; 200 bytes for the other fields."""
+    stride, pixels, side = config.stride, settings.max_pixels, settings.min_size
+    cells = pixels / stride**2 + (side + pixels / side) / stride + 1
+    rows = pixels / side / stride + 1
+    return int(cells * (len(str(config.codebook_size - 1)) + 1) + 3 * rows) + 200
+
+
+def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:
+    """Whether an /encode answer may be too large for /decode's JSON limit, said in the start-up log; else None.
+
+    With the defaults the bound is about 160 KB against 2 MiB, but raising ``VQVAE_MAX_PIXELS`` (or serving a
+    finer grid) could make /decode refuse /encode's own answers without a word to the operator."""
+    size = largest_encode_answer_bytes(config, settings)
+    if size <= settings.max_json_bytes:
+        return None
+    return (
+        f"VQVAE_MAX_PIXELS={settings.max_pixels} lets /encode answer up to about {size} bytes of JSON, over "
+        f"VQVAE_MAX_JSON_BYTES={settings.max_json_bytes}: /decode would refuse the codes of the largest uploads "
+        f"(413); raise VQVAE_MAX_JSON_BYTES to {size} to take them"
+    )
 
 
 @router.post(

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import logging
 import math
 import threading
 import time
@@ -22,7 +23,8 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from app.negotiation import MAX_ACCEPT_CHARS, AcceptTooLongError, choose
-from app.settings import DEFAULT_CHECKPOINT
+from app.routes import codec
+from app.settings import DEFAULT_CHECKPOINT, Settings
 from models.checkpoint import load, read_metadata, save
 from models.grayscale import to_uint8, to_unit_float
 from models.quality import psnr, ssim
@@ -399,3 +401,26 @@ async def test_full_queue_answers_503_with_retry_after(
     assert int(refused.headers["retry-after"]) >= 1
     assert "busy" in refused.json()["detail"]
     assert [response.status_code for response in answered] == [200, 200, 200]
+
+
+async def test_start_up_warns_when_encode_answers_may_outgrow_the_json_limit(
+    serve: Serve, model: VQVAE, as_upload: Files, image_file: Any, noise: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raised VQVAE_MAX_PIXELS could make /decode refuse /encode's own answers (413), without a word to the
+    operator. The bound is checked against real answers: the squarest and the thinnest largest uploads."""
+    settings = Settings(checkpoint=DEFAULT_CHECKPOINT, max_pixels=64 * 64)
+    bound = codec.largest_encode_answer_bytes(model.config, settings)
+    async with serve(max_pixels=64 * 64) as client:
+        sizes = [
+            len((await client.post("/encode", files=as_upload(image_file(noise(h, w))))).content)
+            for h, w in ((64, 64), (9, 455), (8, 512), (17, 240))
+        ]
+    assert max(sizes) <= bound <= 3 * max(sizes), (sizes, bound)  # safe, and not absurdly loose
+    with caplog.at_level(logging.WARNING, logger="app.main"):
+        async with serve(max_pixels=64 * 64, max_json_bytes=bound - 1):
+            pass
+        assert f"raise VQVAE_MAX_JSON_BYTES to {bound} to take them" in caplog.text
+        caplog.clear()
+        async with serve(max_pixels=64 * 64, max_json_bytes=bound):
+            pass
+        assert "VQVAE_MAX_JSON_BYTES" not in caplog.text
