@@ -20,8 +20,8 @@ from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
     UnmappablePixelsError,
+    narrow_range,
     narrow_range_effect,
-    narrow_sixteen_bit_top,
     to_grey_levels,
     to_uint8,
 )
@@ -140,13 +140,13 @@ def load_pixels(image: Image.Image) -> Pixels:
 
 
 def narrow_note(image: Image.Image) -> list[str]:
-    """A note for a 16-bit image whose values reach 4095 at most (12-bit MRI data, say), as ``vqvae-train`` and
-    ``vqvae-eval`` give one: read on the 16-bit scale it is nearly black, and its SSIM says little about the
-    model (``models.grayscale.narrow_sixteen_bit_top``). Nothing for other images, at no cost for 8-bit ones."""
-    top = narrow_sixteen_bit_top(image)
-    if top is None:
+    """A note for an image read on the 16-bit scale whose values reach 4095 at most (12-bit MRI data, say), as
+    ``vqvae-train`` and ``vqvae-eval`` give one: it reads nearly black (or white), and its SSIM says little about
+    the model (``models.grayscale.narrow_range``). Nothing for other images, at no cost for 8-bit ones."""
+    narrow = narrow_range(image)
+    if narrow is None:
         return []
-    return [f"the image is 16-bit with values only up to {top} (12 bits or fewer): {narrow_range_effect(top)}"]
+    return [f"the image holds integer values only up to {narrow.top} (12 bits or fewer): {narrow_range_effect(narrow)}"]
 
 
 def _check_bmp_dimensions(data: bytes) -> None:

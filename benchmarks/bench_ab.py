@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
 import statistics
 import sys
 import tempfile
@@ -62,10 +64,12 @@ def source_tree(text: str) -> Path:
 
 
 def env_pair(text: str) -> tuple[str, str]:
-    """argparse type: 'NAME=value', any environment variable."""
+    """argparse type: 'NAME=value', any environment variable but PYTHONPATH, which names the tree's code."""
     name, sep, value = text.partition("=")
-    if not sep or not name or not name.replace("_", "").isalnum():
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise argparse.ArgumentTypeError(f"expected NAME=value, got {text!r}")
+    if name == "PYTHONPATH":
+        raise argparse.ArgumentTypeError("PYTHONPATH is set by --a and --b (each server runs its own tree's code)")
     return name, value
 
 
@@ -140,6 +144,31 @@ def print_level(label: str, blocks: dict[str, list[Block]]) -> dict[str, float]:
     return medians
 
 
+def run_rounds(
+    args: argparse.Namespace,
+    servers: dict[str, tuple[dict[str, str], Path]],
+    uploads: list[Upload],
+    levels: list[tuple[str, int]],
+) -> dict[tuple[str, int], dict[str, list[Block]]]:
+    """Both servers (environment, source tree) started, then the ABBA rounds; RuntimeError if either fails."""
+    blocks: dict[tuple[str, int], dict[str, list[Block]]] = {level: {t: [] for t in TREES} for level in levels}
+    with contextlib.ExitStack() as stack:
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-")))
+        running = {
+            tree: stack.enter_context(running_server(env, logs, log_level="warning", startup_timeout_s=120, root=root))
+            for tree, (env, root) in servers.items()
+        }
+        for server in running.values():  # untimed: the first requests of a process are slower
+            for endpoint in args.endpoints:
+                run_block(server, endpoint, uploads, 1, 4)
+        for index in range(args.rounds):
+            for endpoint, concurrency in levels:
+                for tree in abba(index, TREES):
+                    block = run_block(running[tree], endpoint, uploads, concurrency, args.requests)
+                    blocks[endpoint, concurrency][tree].append(block)
+    return blocks
+
+
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -159,29 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         env = {"VQVAE_CHECKPOINT": str(checkpoint.path), "VQVAE_LOG_LEVEL": "warning"}
         if args.threads > 0:
             env["VQVAE_TORCH_THREADS"] = str(args.threads)
-        blocks: dict[tuple[str, int], dict[str, list[Block]]] = {level: {t: [] for t in TREES} for level in levels}
-        with (
-            tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs,
-            running_server(
-                {**env, **own_env["A"]}, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["A"]
-            ) as a,
-            running_server(
-                {**env, **own_env["B"]}, Path(logs), log_level="warning", startup_timeout_s=120, root=roots["B"]
-            ) as b,
-        ):
-            servers = {"A": a, "B": b}
-            try:
-                for server in servers.values():  # untimed: the first requests of a process are slower
-                    for endpoint in args.endpoints:
-                        run_block(server, endpoint, uploads, 1, 4)
-                for index in range(args.rounds):
-                    for endpoint, concurrency in levels:
-                        for tree in abba(index, TREES):
-                            block = run_block(servers[tree], endpoint, uploads, concurrency, args.requests)
-                            blocks[endpoint, concurrency][tree].append(block)
-            except RuntimeError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
+        try:
+            blocks = run_rounds(
+                args, {tree: ({**env, **own_env[tree]}, roots[tree]) for tree in TREES}, uploads, levels
+            )
+        except RuntimeError as exc:  # a server that did not start, or a request that failed
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print("per round: req/s, p50 ms, server CPU ms per request")
         medians = {f"{e} c{c}": print_level(f"/{e} c{c}", blocks[e, c]) for e, c in levels}
         write_json(

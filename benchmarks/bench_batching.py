@@ -78,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads > 0:
             base_env["VQVAE_TORCH_THREADS"] = str(args.threads)
         p50s: dict[str, dict[str, list[float]]] = {e: {v: [] for v in VARIANTS} for e in endpoints}
-        with (
-            tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs,
-            running_server(base_env, Path(logs), log_level="warning", startup_timeout_s=120) as batching,
-            running_server({**base_env, **NO_BATCHING}, Path(logs), log_level="warning", startup_timeout_s=120) as none,
-        ):
-            servers = {"batching": batching, "none": none}
-            try:
+        try:  # a server that did not start, or a request that failed: one line
+            with (
+                tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-") as logs,
+                running_server(base_env, Path(logs), log_level="warning", startup_timeout_s=120) as batching,
+                running_server(
+                    {**base_env, **NO_BATCHING}, Path(logs), log_level="warning", startup_timeout_s=120
+                ) as none,
+            ):
+                servers = {"batching": batching, "none": none}
                 for endpoint in endpoints:
                     for server in servers.values():
                         if args.warmup > 0:
@@ -93,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                         for variant in abba(index, VARIANTS):
                             p50 = lone_caller_p50_s(servers[variant], endpoint, uploads, args.requests)
                             p50s[endpoint][variant].append(p50)
-            except RuntimeError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"p50 ms of each block of {args.requests} requests; ratio: batching / none, per round")
         summary = {}
         for endpoint, by_variant in p50s.items():

@@ -174,7 +174,8 @@ class Checkpoint:
 
 @contextmanager
 def resolved_checkpoint(path: Path, random_preset: str) -> Iterator[Checkpoint]:
-    """``path`` when it exists; otherwise a randomly initialised ``random_preset`` model in a temporary file.
+    """``path`` (made absolute) when it exists; otherwise a randomly initialised ``random_preset`` model in a
+    temporary file.
 
     Speed does not depend on the weights, so the scripts always run; quality figures of a random model mean
     nothing, and the script says so. A ``path`` that exists but is no loadable checkpoint (a folder, a text file,
@@ -188,7 +189,7 @@ def resolved_checkpoint(path: Path, random_preset: str) -> Iterator[Checkpoint]:
         except CheckpointError as exc:
             fail(str(exc))
         print(f"checkpoint: {path}")
-        yield Checkpoint(path, str(path))
+        yield Checkpoint(path.resolve(), str(path))  # absolute: servers start in a folder of their own
         return
     if random_preset not in PRESETS:
         raise ValueError(f"unknown preset {random_preset!r}; choose one of {', '.join(PRESETS)}")

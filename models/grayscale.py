@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -83,29 +84,40 @@ def upright(levels: np.ndarray, image: Image.Image) -> np.ndarray:
     return np.asarray(Image.fromarray(levels).transpose(turn), dtype=np.uint8)  # (H, W) or (W, H)
 
 
-def narrow_sixteen_bit_top(image: Image.Image) -> int | None:
+class NarrowRange(NamedTuple):
+    """An image read on the 16-bit scale whose integer samples reach 4095 at most (``narrow_range``)."""
+
+    top: int  # its largest sample
+    inverted: bool  # a MinIsWhite TIFF: read nearly white, not nearly black
+
+
+def narrow_range(image: Image.Image) -> NarrowRange | None:
     """The largest sample of an image read on the 16-bit scale (16-bit files, signed ones included, and 32-bit
     integers above 255) when it is at most 12 bits (4095), else None.
 
     Such a file (an MRI export of 12-bit data, say) is read on the 16-bit scale, as the format says, so its values
-    span 17 of the 256 grey levels (nearly black). Its scores then mean little: the same slice stored as 8-bit
-    scored SSIM 0.47, as 16-bit 0.99 (a review's measurement, an untrained model). Callers say so; the pixels are
-    not rescaled, since the file does not say which range its values span."""
+    fall in the 17 darkest of the 256 grey levels (the lightest, for MinIsWhite). Its scores then mean little: the
+    same slice stored as 8-bit scored SSIM 0.47, as 16-bit 0.99 (a review's measurement, an untrained model).
+    Callers say so; the pixels are not rescaled, since the file does not say which range its values span."""
     if image.mode not in (*_SIXTEEN_BIT, "I"):
         return None
     array = np.asarray(image)
     if image.mode == "I" and _integer_top(image, array) != _SIXTEEN_BIT_TOP:
         return None  # 32-bit samples up to 255 are read as 8-bit ones
     top = int(array.max(initial=0))
-    return top if 0 < top <= _TWELVE_BIT_TOP else None
+    if not 0 < top <= _TWELVE_BIT_TOP:
+        return None
+    return NarrowRange(top, _MIN_IS_WHITE in _tiff_tag(image, _TIFF_PHOTOMETRIC))
 
 
-def narrow_range_effect(top: int) -> str:
-    """What reading 16-bit values up to ``top`` on the 16-bit scale does, and the cure: one wording for the note of
-    the training tools and the service's."""
+def narrow_range_effect(narrow: NarrowRange) -> str:
+    """What reading integer samples up to ``narrow.top`` on the 16-bit scale does, and the cure: one wording for
+    the note of the training tools and the service's."""
+    level = round(narrow.top / 257)  # the grey level of the largest sample
+    where = f"{255 - level} to 255 (nearly white)" if narrow.inverted else f"0 to {level} (nearly black)"
     return (
-        f"read on the 16-bit scale, such values span {round(top / 257) + 1} of the 256 grey levels (nearly black), "
-        "and scores mean little; rescale to the full 16-bit range, or to 8-bit, first"
+        f"read on the 16-bit scale, values up to {narrow.top} fall in grey levels {where} of 0 to 255, and scores "
+        "mean little; rescale to the full 16-bit range, or to 8-bit, first"
     )
 
 

@@ -111,10 +111,12 @@ class VQVAE(nn.Module):
         """Eval mode, with the conv weights in channels_last on the CPU; returns self.
 
         oneDNN then runs each conv on the layout it computes in, instead of reordering every input and output: on
-        the 2-core AMD EPYC VM a batch-1 encode took about 0.8x the time, a reconstruct about 0.93x, with outputs
-        bit-identical to the default layout (the test split's codes and reconstructions). Inputs need no change: a
-        one-channel (B, 1, H, W) image has the same memory in either layout. Training picks its layout itself
-        (``--no-channels-last``); CUDA keeps the default layout, which has not been measured against it.
+        the 2-core AMD EPYC VM a batch-1 encode took about 0.8x the time, a reconstruct about 0.93x. The codes are
+        the same, and the pixels bit-identical (the test split's, both checkpoints) but for an image of one grid
+        cell, whose (B, C, 1, 1) tensors look alike in both layouts and meet another kernel (up to 4e-7). Inputs
+        need no change: a one-channel (B, 1, H, W) image has the same memory in either layout. Training picks its
+        layout itself (``--no-channels-last``); CUDA keeps the default layout, which has not been measured against
+        it. The weights are then not contiguous: save them with ``models.checkpoint.save``, which makes them so.
         """
         self.eval()
         if all(p.device.type == "cpu" for p in self.parameters()):

@@ -16,8 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
+    NarrowRange,
+    narrow_range,
     narrow_range_effect,
-    narrow_sixteen_bit_top,
     to_grey_levels,
 )
 from models.limits import MIN_SIDE
@@ -89,7 +90,7 @@ def read_grayscale(path: Path) -> np.ndarray:
         with Image.open(io.BytesIO(path.read_bytes()), formats=ACCEPTED_FORMATS) as image:
             image.load()
             pixels = to_grey_levels(image).copy()  # writable
-            top = narrow_sixteen_bit_top(image)
+            narrow = narrow_range(image)
     except UnidentifiedImageError as exc:  # what the service refuses too (GIF, WebP...), or a damaged header
         raise DataError(
             f"{path}: cannot read image: not a {'/'.join(ACCEPTED_FORMATS)} file, or a damaged one"
@@ -99,17 +100,17 @@ def read_grayscale(path: Path) -> np.ndarray:
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape
         raise DataError(f"{path}: image is {width}x{height} pixels; the minimum is {MIN_SIDE}x{MIN_SIDE}")
-    if top is not None:
-        warnings.warn(NarrowRangeWarning(path, top), stacklevel=2)
+    if narrow is not None:
+        warnings.warn(NarrowRangeWarning(path, narrow), stacklevel=2)
     return pixels
 
 
 class NarrowRangeWarning(UserWarning):
-    """A 16-bit image whose values span 12 bits or fewer (``models.grayscale.narrow_sixteen_bit_top``)."""
+    """An image read on the 16-bit scale whose values span 12 bits or fewer (``models.grayscale.narrow_range``)."""
 
-    def __init__(self, path: Path, top: int) -> None:
-        super().__init__(f"{path}: 16-bit with values only up to {top}")
-        self.path, self.top = path, top
+    def __init__(self, path: Path, narrow: NarrowRange) -> None:
+        super().__init__(f"{path}: integer values only up to {narrow.top}, read on the 16-bit scale")
+        self.path, self.narrow = path, narrow
 
 
 def resolve_folder(data: Path, split: str | None) -> Path:
@@ -182,10 +183,10 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
             warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     narrow = [w.message for w in caught if isinstance(w.message, NarrowRangeWarning)]
     if narrow:
-        top = max(w.top for w in narrow)
+        widest = max(narrow, key=lambda w: w.narrow.top)
         print(
-            f"note: {len(narrow)} of {len(files)} images in {folder} are 16-bit with values only up to {top} "
-            f"(12 bits or fewer), e.g. {narrow[0].path.name}: {narrow_range_effect(top)}",
+            f"note: {len(narrow)} of {len(files)} images in {folder} hold integer values only up to "
+            f"{widest.narrow.top} (12 bits or fewer), e.g. {widest.path.name}: {narrow_range_effect(widest.narrow)}",
             file=sys.stderr,
         )
     below = sub_folders(folder)

@@ -158,9 +158,13 @@ async def test_twelve_bit_data_in_a_sixteen_bit_file_gets_a_note(
     for path in ("/encode", "/reconstruct"):
         notes = (await client.post(path, files=twelve_bit)).json()["notes"]
         assert len(notes) == 1
-        assert "16-bit with values only up to 4000" in notes[0] and "17 of the 256 grey levels" in notes[0]
+        assert "integer values only up to 4000" in notes[0] and "grey levels 0 to 16 (nearly black)" in notes[0]
     as_png = await client.post("/reconstruct", files=twelve_bit, headers={"Accept": "image/png"})
     assert as_png.status_code == 200 and "up to 4000" in as_png.headers["X-Note-1"]
+    # a MinIsWhite TIFF reads nearly white; a TIFF goes to a worker thread, not the event loop
+    inverted = image_file((pixels.astype(np.uint16) * 16).clip(1, 4000), "TIFF", tiffinfo={262: 0})
+    notes = (await client.post("/encode", files=as_upload(inverted, "scan.tif"))).json()["notes"]
+    assert len(notes) == 1 and "grey levels 239 to 255 (nearly white)" in notes[0]
     for quiet in (pixels.astype(np.uint16) * 257, pixels):
         upload = as_upload(image_file(quiet))
         assert (await client.post("/encode", files=upload)).json()["notes"] == []

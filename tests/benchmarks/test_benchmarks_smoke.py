@@ -9,12 +9,14 @@ import contextlib
 import json
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -34,6 +36,7 @@ from benchmarks import (
     common,
 )
 from benchmarks.common import load_slices, write_json
+from benchmarks.server import running_server
 from models.checkpoint import METADATA_KEY, save
 from models.config import PRESETS
 from models.vqvae import VQVAE
@@ -180,11 +183,17 @@ def test_bench_batching(
 
 
 def test_bench_ab(
-    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fixture_oasis: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Two real servers of a source tree each (here the same tree, an A/A run) take turns; ratios B / A per round."""
+    """Two real servers of a source tree each (here the same tree, an A/A run) take turns; ratios B / A per round.
+    A relative --checkpoint is the same file for both, though each server starts in its own tree."""
     out = tmp_path / "ab.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--a", str(common.REPO_ROOT)]
+    monkeypatch.chdir(tiny_checkpoint.parent)
+    argv = ["--checkpoint", tiny_checkpoint.name, *data_args(fixture_oasis), "--a", str(common.REPO_ROOT)]
     argv += ["--rounds", "2", "--requests", "8", "--concurrency", "1,2", "--endpoints", "encode", "--json", str(out)]
     assert bench_ab.main([*argv, "--b-env", "VQVAE_MAX_BATCH_SIZE=1"]) == 0
     printed = capsys.readouterr().out
@@ -201,9 +210,36 @@ def test_bench_ab_refuses_a_folder_without_the_service(tmp_path: Path, capsys: p
         bench_ab.main(["--a", str(tmp_path)])
     assert stopped.value.code == 2
     assert "no app/main.py there" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        bench_ab.main(["--a", str(common.REPO_ROOT), "--b-env", "no value"])
-    assert "expected NAME=value, got 'no value'" in capsys.readouterr().err
+    for bad, said in (
+        ("no value", "expected NAME=value, got 'no value'"),
+        ("1X=3", "expected NAME=value, got '1X=3'"),
+        ("PYTHONPATH=/elsewhere", "PYTHONPATH is set by --a and --b"),
+    ):
+        with pytest.raises(SystemExit):
+            bench_ab.main(["--a", str(common.REPO_ROOT), "--b-env", bad])
+        assert said in capsys.readouterr().err
+
+
+def test_bench_ab_says_in_one_line_that_a_server_did_not_start(
+    fixture_oasis: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--a", str(common.REPO_ROOT)]
+    assert bench_ab.main([*argv, "--a-env", "VQVAE_MAX_BATCH_SIZE=0", "--rounds", "1", "--requests", "64"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()
+    assert last[0].startswith("error: server exited with code") and "Traceback" not in "\n".join(last)
+
+
+def test_a_server_runs_the_code_of_its_own_tree(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``running_server(root=...)``: what bench_ab compares; a copy of the service's code with another title."""
+    tree = tmp_path / "tree"
+    for package in ("app", "models", "training"):
+        shutil.copytree(common.REPO_ROOT / package, tree / package, ignore=shutil.ignore_patterns("*.safetensors"))
+    main = tree / "app" / "main.py"
+    main.write_text(main.read_text().replace('title="Brain-MRI VQ-VAE"', 'title="the other tree"'))
+    env = {"VQVAE_CHECKPOINT": str(tiny_checkpoint)}
+    for root, title in ((tree, "the other tree"), (common.REPO_ROOT, "Brain-MRI VQ-VAE")):
+        with running_server(env, tmp_path, log_level="warning", startup_timeout_s=60, root=root) as server:
+            assert httpx.get(f"{server.base_url}/openapi.json").json()["info"]["title"] == title
 
 
 @pytest.mark.parametrize("script", [bench_service, bench_batching, bench_ab])

@@ -122,12 +122,12 @@ def test_16_bit_images_of_12_bits_or_fewer_are_named_in_one_note(
     assert slices.images[0].max() == 16  # read on the 16-bit scale, not stretched
     err = capsys.readouterr().err
     assert err.count("note:") == 1
-    assert f"note: 2 of 4 images in {tmp_path} are 16-bit with values only up to 4080 (12 bits or fewer)" in err
-    assert "such values span 17 of the 256 grey levels" in err
-    with pytest.warns(NarrowRangeWarning, match="16-bit with values only up to 4080"):
+    assert f"note: 2 of 4 images in {tmp_path} hold integer values only up to 4080 (12 bits or fewer)" in err
+    assert "values up to 4080 fall in grey levels 0 to 16 (nearly black) of 0 to 255" in err
+    with pytest.warns(NarrowRangeWarning, match="integer values only up to 4080"):
         read_grayscale(tmp_path / "a.png")
     Image.fromarray(levels.astype(np.int32)).save(tmp_path / "c.tif")  # mode "I", read on the 16-bit scale too
-    with pytest.warns(NarrowRangeWarning, match="c.tif: 16-bit with values only up to 4080"):
+    with pytest.warns(NarrowRangeWarning, match="c.tif: integer values only up to 4080"):
         read_grayscale(tmp_path / "c.tif")
 
 
