@@ -9,10 +9,12 @@ checkpoint with the same settings (``VQVAE_*`` from this environment is not pass
 with its own code, and each with the environment variables given by ``--a-env`` and ``--b-env``: give the same
 tree twice to compare settings alone, e.g. ``--a . --b-env VQVAE_PARALLEL_BATCHES=1``.
 
-Each round drives one block of closed-loop callers per endpoint and concurrency at each server in turn, in ABBA
-order, so both meet this machine's slow and fast spells alike; the other server idles meanwhile. Per block:
-requests/s, p50 latency, and the server's CPU seconds per request. The ratios are B over A per round, and their
-median over the rounds; absolute figures drift within minutes on these VMs, so compare within a run.
+The servers run as deployed, under ``vqvae-serve`` (with ``VQVAE_LOG_LEVEL=warning``, so no access log, unless
+``--a-env`` or ``--b-env`` says otherwise). Each round drives one block of closed-loop callers per endpoint and
+concurrency at each server in turn, in ABBA order, so both meet this machine's slow and fast spells alike; the
+other server idles meanwhile. Per block: requests/s, p50 latency, and the server's CPU seconds per request. The
+ratios are B over A per round, and their median over the rounds; absolute figures drift within minutes on these
+VMs, so compare within a run.
 """
 
 from __future__ import annotations
@@ -155,7 +157,9 @@ def run_rounds(
     with contextlib.ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vqvae-bench-logs-")))
         running = {
-            tree: stack.enter_context(running_server(env, logs, log_level="warning", startup_timeout_s=120, root=root))
+            tree: stack.enter_context(
+                running_server(env, logs, log_level="warning", startup_timeout_s=120, root=root, cli=True)
+            )
             for tree, (env, root) in servers.items()
         }
         for server in running.values():  # untimed: the first requests of a process are slower
