@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class SliceSet:
         images may be other images (0.2 s for the 6,400 training slices of ../shared/data)."""
         digest = hashlib.sha256()
         for name, image in zip(self.names, self.images, strict=True):
-            digest.update(f"{name}\0{image.shape}\0".encode())
+            digest.update(os.fsencode(name) + f"\0{image.shape}\0".encode())  # a name need not be UTF-8
             digest.update(np.ascontiguousarray(image).data)
         return digest.hexdigest()
 
@@ -144,9 +145,18 @@ def image_files(folder: Path) -> list[Path]:
     )
     if not files:
         below = sub_folders(folder)
-        hint = f"; only images directly in it are read, not those of its {len(below)} sub-folders" if below else ""
+        oasis = sorted(split for split, name in OASIS_SPLITS.items() if (folder / name).is_dir())
+        if oasis:
+            hint = f"; it is an OASIS root: name a split ({', '.join(oasis)})"
+        elif below:
+            hint = f"; only images directly in it are read, not those of its {len(below)} sub-folders"
+        else:
+            hint = ""
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{hint}")
     return files
+
+
+_SUB_FOLDERS_NOTED: set[Path] = set()  # folders whose sub-folders this process has named in a note
 
 
 def sub_folders(folder: Path) -> list[Path]:
@@ -190,7 +200,8 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
             file=sys.stderr,
         )
     below = sub_folders(folder)
-    if below:
+    if below and folder.resolve() not in _SUB_FOLDERS_NOTED:  # once: training and validation may be one folder
+        _SUB_FOLDERS_NOTED.add(folder.resolve())
         print(
             f"note: {folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are "
             "read",

@@ -140,22 +140,26 @@ def _grid_text(grid: list[int] | None) -> str:
 
 
 def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) -> None:
-    """Store the headline metrics of a split in the checkpoint's own metadata (rewrites the file)."""
+    """Store the headline metrics of a split in the checkpoint's own metadata (rewrites the file); a note when
+    they replace those of another data folder recorded under the same name (two copies of OASIS, say)."""
     model, metadata = load(checkpoint)
     metrics = dict(metadata.get("metrics", {}))
+    replaced = metrics.get(split_name, {}).get("data") if isinstance(metrics.get(split_name), dict) else None
+    if replaced is not None and report.get("data") is not None and replaced != report["data"]:
+        print(f"note: the metrics recorded as {split_name!r} were of {replaced}; now of {report['data']}")
     metrics[split_name] = headline(report)
     save(model, checkpoint, {**metadata, "metrics": metrics})
 
 
-def record_key(split: str, folder: Path) -> str:
-    """The name a split's metrics are recorded under: an OASIS split's name (``test``, what ``/model`` serves as
-    ``test_metrics``), else the scored folder's absolute path (``/model`` shows its last name).
+def record_key(folder: Path) -> str:
+    """The name a folder's metrics are recorded under: an OASIS split's name (``test`` for
+    ``keras_png_slices_test``, however it was named on the command line; ``/model`` serves it as ``test_metrics``),
+    else the folder's absolute path (``/model`` shows its last name).
 
     Before, every plain folder (``--split ''``) was recorded as ``folder``, each replacing the last, and a
     researcher's own ``test`` sub-folder replaced the OASIS test split's metrics."""
-    if split in OASIS_SPLITS and folder.name == OASIS_SPLITS[split]:
-        return split
-    return str(folder.resolve())
+    resolved = folder.resolve()
+    return next((split for split, name in OASIS_SPLITS.items() if resolved.name == name), str(resolved))
 
 
 def default_report(checkpoint: Path, split: str) -> Path:
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             codebook_usage_figure(counts, args.figures / "codebook_usage.png")
             print(f"figures: {args.figures}")
         if args.record:
-            record_metrics(args.checkpoint, record_key(args.split, slices.root), report)
+            record_metrics(args.checkpoint, record_key(slices.root), report)
             print(f"metrics recorded in {args.checkpoint}")
     except WriteError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +145,8 @@ class Trainer:
         np.random.seed(config.seed)
         self.train_set = load_split(config.data, config.train_split, config.max_train_images)
         self.val_set = load_split(config.data, config.val_split, config.max_val_images)
+        # what every checkpoint records and --resume compares (check_same_images); here, before any step
+        self.fingerprints = {"train": self.train_set.fingerprint(), "validate": self.val_set.fingerprint()}
         if self.train_set.root.resolve() == self.val_set.root.resolve():  # allowed (a smoke test), but said
             print(
                 f"note: --train-split and --val-split are the same folder ({self.val_set.root}): the validation "
@@ -262,11 +263,6 @@ class Trainer:
             print(f"note: {best} is missing; the next validated epoch writes it again")
             self.state.best_val_ssim = RunState.best_val_ssim
         return True
-
-    @cached_property
-    def fingerprints(self) -> dict[str, str]:
-        """``SliceSet.fingerprint`` of each split, once per run (every checkpoint records them)."""
-        return {"train": self.train_set.fingerprint(), "validate": self.val_set.fingerprint()}
 
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
         """The run's images, where the data settings are the run's (``run_folder.check_settings``): images added

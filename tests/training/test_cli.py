@@ -246,7 +246,9 @@ def test_evaluate_writes_report_and_records_metrics(
             assert image.format == "PNG"
 
 
-def test_recorded_metrics_keep_each_folder_apart(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+def test_recorded_metrics_keep_each_folder_apart(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Before, every plain folder was recorded as ``folder``, each replacing the last, and a researcher's own
     ``test`` sub-folder replaced the OASIS test split's metrics (``/model``'s ``test_metrics``)."""
     checkpoint = tmp_path / "model.safetensors"
@@ -261,10 +263,20 @@ def test_recorded_metrics_keep_each_folder_apart(trained: Path, fixture_oasis: P
         out = tmp_path / f"report{len(run)}{run[1][-6:].replace('/', '_')}.json"
         assert evaluate.main(["--checkpoint", str(checkpoint), *run, "--out", str(out), "--record"]) == 0
     metrics = read_metadata(checkpoint)["metrics"]
-    assert sorted(metrics) == sorted(
-        ["validate", "test", str(site_a.resolve()), str(site_b.resolve())]
-    )  # validate: vqvae-train's
-    assert [metrics[key]["images"] for key in ("test", str(site_a.resolve()), str(site_b.resolve()))] == [8, 3, 2]
+    keys = ["validate", "test", str(site_a.resolve()), str(site_b.resolve())]  # validate: vqvae-train's
+    assert sorted(metrics) == sorted(keys)
+    assert [metrics[key]["images"] for key in keys[1:]] == [8, 3, 2]
+    # The OASIS test folder named directly is still "test"; another copy of OASIS replaces it, with a note.
+    copy = write_slices(tmp_path / "copy" / "keras_png_slices_test", 5, seed=42)
+    capsys.readouterr()
+    for data, split in ((fixture_oasis / "keras_png_slices_test", ""), (copy.parent, "test")):
+        run = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", split, "--record"]
+        assert evaluate.main([*run, "--out", str(tmp_path / "r.json")]) == 0
+    assert sorted(read_metadata(checkpoint)["metrics"]) == sorted(keys)
+    assert read_metadata(checkpoint)["metrics"]["test"]["images"] == 5
+    out = capsys.readouterr().out
+    assert out.count("note: the metrics recorded as 'test' were of") == 1
+    assert f"were of {(fixture_oasis / 'keras_png_slices_test').resolve()}; now of {copy.resolve()}" in out
 
 
 def test_record_refuses_a_limited_evaluation(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,15 @@ from PIL import Image, TiffImagePlugin
 
 from benchmarks.crafted_png import with_header_size
 from tests.conftest import write_slices
-from training.data import CropSampler, DataError, NarrowRangeWarning, load_folder, load_split, read_grayscale
+from training.data import (
+    CropSampler,
+    DataError,
+    NarrowRangeWarning,
+    SliceSet,
+    load_folder,
+    load_split,
+    read_grayscale,
+)
 
 
 def test_load_split_reads_every_image_as_uint8(fixture_oasis: Path) -> None:
@@ -154,4 +162,18 @@ def test_sub_folders_are_named_where_their_images_are_not_read(
         capsys.readouterr().err
     )
     load_folder(tmp_path / "case_1")
+    load_folder(tmp_path)  # again (training and validation may be one folder): the note was given
     assert "note:" not in capsys.readouterr().err
+    write_slices(tmp_path / "oasis" / "keras_png_slices_test", 1, seed=4)
+    with pytest.raises(DataError, match=r"in this folder; it is an OASIS root: name a split \(test\)"):
+        load_folder(tmp_path / "oasis")
+
+
+def test_the_fingerprint_takes_any_file_name_and_tells_images_apart() -> None:
+    """A name that is not UTF-8 (bytes Linux allows, which Python holds as surrogates) stopped a run after its
+    first epoch, when the first checkpoint recorded the fingerprint."""
+    image = np.zeros((8, 8), np.uint8)
+    named = SliceSet([image], ["caf\udce9.png"], Path("."))
+    assert len(named.fingerprint()) == 64
+    assert named.fingerprint() != SliceSet([image + 1], ["caf\udce9.png"], Path(".")).fingerprint()
+    assert named.fingerprint() != SliceSet([image], ["cafe.png"], Path(".")).fingerprint()
