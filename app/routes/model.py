@@ -16,6 +16,9 @@ _SHOWN_APART = {"config", "format_version", "metrics"}  # in their own fields of
 # Metadata fields that hold a file or folder of the machine that trained or evaluated the checkpoint (training's
 # --data, --out and splits, the data root, vqvae-eval's --checkpoint and split folder). A split may be a folder.
 _PATH_KEYS = {"checkpoint", "data", "out", "root", "split", "train_split", "val_split"}
+# Left out: a sha256 of the training images (what --resume compares) would let anyone holding a candidate data set
+# confirm that it trained the model.
+_HIDDEN_KEYS = {"fingerprint"}
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503), summary="The served checkpoint")
@@ -50,6 +53,7 @@ def _names_only(value: Any) -> Any:
         return {
             key: _name(item) if key in _PATH_KEYS and isinstance(item, str) else _names_only(item)
             for key, item in value.items()
+            if key not in _HIDDEN_KEYS
         }
     if isinstance(value, list):
         return [_names_only(item) for item in value]

@@ -196,7 +196,10 @@ async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_check
     test = {"checkpoint": "/home/jdoe/runs/r32/best.safetensors", "data": "D:\\scans\\test"}
     config = {"data": "/srv/site-a/oasis", "out": "/home/jdoe/runs/r32", "train_split": "/srv/smith/train", "epochs": 2}
     metadata = {
-        "data": {"root": "/srv/site-a/patients/oasis", "train": {"split": "/srv/site-a/smith/train", "images": 3}},
+        "data": {
+            "root": "/srv/site-a/patients/oasis",
+            "train": {"split": "/srv/site-a/smith/train", "images": 3, "fingerprint": "5f1d" * 16},
+        },
         "training": {"config": config},
         # a folder's metrics recorded before the OASIS split's: the bare name keeps its own
         "metrics": {"/srv/site-b/jones/test": {"images": 5}, "test": test, "/srv/site-c/test": {"images": 6}},
@@ -207,7 +210,8 @@ async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_check
     body = answer.json()
     assert "/srv" not in answer.text and "/home" not in answer.text and "scans" not in answer.text
     assert "smith" not in answer.text and "jones" not in answer.text
-    assert body["provenance"]["data"] == {"root": "oasis", "train": {"split": "train", "images": 3}}
+    assert body["provenance"]["data"] == {"root": "oasis", "train": {"split": "train", "images": 3}}  # no fingerprint
+    assert "5f1d" not in answer.text
     assert body["provenance"]["training"]["config"] == {
         "data": "oasis",
         "out": "r32",
