@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from models.grayscale import (
     to_grey_levels,
 )
 from models.limits import MIN_SIDE
+from training.outputs import note
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 OASIS_SPLITS = {
@@ -194,19 +194,14 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     narrow = [w.message for w in caught if isinstance(w.message, NarrowRangeWarning)]
     if narrow:
         widest = max(narrow, key=lambda w: w.narrow.top)
-        print(
-            f"note: {len(narrow)} of {len(files)} images in {folder} hold integer values only up to "
-            f"{widest.narrow.top} (12 bits or fewer), e.g. {widest.path.name}: {narrow_range_effect(widest.narrow)}",
-            file=sys.stderr,
+        note(
+            f"{len(narrow)} of {len(files)} images in {folder} hold integer values only up to "
+            f"{widest.narrow.top} (12 bits or fewer), e.g. {widest.path.name}: {narrow_range_effect(widest.narrow)}"
         )
     below = sub_folders(folder)
     if below and folder.resolve() not in _SUB_FOLDERS_NOTED:  # once: training and validation may be one folder
         _SUB_FOLDERS_NOTED.add(folder.resolve())
-        print(
-            f"note: {folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are "
-            "read",
-            file=sys.stderr,
-        )
+        note(f"{folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are read")
     return SliceSet(images, [p.name for p in files], folder)
 
 

@@ -22,7 +22,7 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, OASIS_SPLITS, DataError, SliceSet, image_folders, load_split
-from training.outputs import check_apart, check_file, check_folder, clean_exits
+from training.outputs import check_apart, check_file, check_folder, clean_exits, note
 
 
 @dataclass
@@ -146,7 +146,7 @@ def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) ->
     metrics = dict(metadata.get("metrics", {}))
     replaced = metrics.get(split_name, {}).get("data") if isinstance(metrics.get(split_name), dict) else None
     if replaced is not None and report.get("data") is not None and replaced != report["data"]:
-        print(f"note: the metrics recorded as {split_name!r} were of {replaced}; now of {report['data']}")
+        note(f"the metrics recorded as {split_name!r} were of {replaced}; now of {report['data']}")
     metrics[split_name] = headline(report)
     save(model, checkpoint, {**metadata, "metrics": metrics})
 

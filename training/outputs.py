@@ -56,6 +56,12 @@ def check_file(path: Path, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: {problem}")
 
 
+def note(text: str) -> None:
+    """A ``note:`` line on stderr, as every note of the tools is: what the caller should know, kept apart from the
+    results on stdout (``vqvae-eval``'s table, say), so that a script reading those gets them alone."""
+    print(f"note: {text}", file=sys.stderr)
+
+
 def check_apart(output: Path, source: Path, why: str) -> None:
     """``output`` is not ``source`` (the same file or folder, by whatever path): writing it there would destroy or
     pollute what the command reads. ``why`` says what would happen."""

@@ -12,7 +12,7 @@ from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, load_split
 from training.figures import FIGURE_FORMATS, rate_distortion_figure
-from training.outputs import check_file, clean_exits
+from training.outputs import check_file, clean_exits, note
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 
@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, path in zip(labels, args.reports, strict=True):
             folder = scored_folder(path)
             if folder is not None and folder.resolve() != slices.root.resolve():
-                print(
-                    f"note: {path} ({label}) scored {folder}, not {slices.root}, where the codecs are measured: "
-                    "the figure compares different images",
-                    file=sys.stderr,
+                note(
+                    f"{path} ({label}) scored {folder}, not {slices.root}, where the codecs are measured: "
+                    "the figure compares different images"
                 )
     except (DataError, ValueError, OSError) as exc:  # a report's "data" may be no path at all (a NUL byte)
         print(f"error: {exc}", file=sys.stderr)

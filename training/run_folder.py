@@ -13,7 +13,7 @@ from typing import Any
 from models.checkpoint import CheckpointError, read_metadata
 from models.files import leftover_partials
 from training.config import TrainConfig
-from training.outputs import OutputError
+from training.outputs import OutputError, note
 
 RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
 CHECKPOINTS = ("best.safetensors", *RESUME_STATE)
@@ -37,7 +37,7 @@ def check(out: Path, *, resume: bool, overwrite: bool) -> None:
     held = held_checkpoints(out)
     if resume:
         if not held:
-            print(f"note: nothing to resume in {out}; starting a new run there")
+            note(f"nothing to resume in {out}; starting a new run there")
             return
         state = [name for name in RESUME_STATE if name in held]
         if not state:  # a fresh start would write over its best checkpoint
@@ -90,7 +90,7 @@ def check_settings(config: TrainConfig) -> None:
             "run's settings, or start a new run (another --out, or --overwrite)"
         )
     if saved.get("epochs", config.epochs) != config.epochs:
-        print(
-            f"note: --epochs {saved['epochs']} -> {config.epochs}: the learning rate's cosine decay now ends with "
+        note(
+            f"--epochs {saved['epochs']} -> {config.epochs}: the learning rate's cosine decay now ends with "
             f"epoch {config.epochs}, so the steps left run at other rates than the run had scheduled"
         )

@@ -31,7 +31,7 @@ from training.data import CropSampler, DataError, image_folders, load_split, to_
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
-from training.outputs import check_apart, check_folder, clean_exits
+from training.outputs import check_apart, check_folder, clean_exits, note
 from training.stop_signals import StopSignals, Terminated, exit_code
 
 
@@ -148,8 +148,8 @@ class Trainer:
         # what every checkpoint records and --resume compares (check_same_images); here, before any step
         self.fingerprints = {"train": self.train_set.fingerprint(), "validate": self.val_set.fingerprint()}
         if self.train_set.root.resolve() == self.val_set.root.resolve():  # allowed (a smoke test), but said
-            print(
-                f"note: --train-split and --val-split are the same folder ({self.val_set.root}): the validation "
+            note(
+                f"--train-split and --val-split are the same folder ({self.val_set.root}): the validation "
                 "scores, and the choice of best.safetensors, are on training images"
             )
         self.model = VQVAE(config.model_config()).to(self.device)
@@ -260,7 +260,7 @@ class Trainer:
         best = self.out / "best.safetensors"
         if not best.is_file() and self.state.best_val_ssim != RunState.best_val_ssim:
             # Before, the best score kept from last.pt stood, so no later epoch could beat it and write the file.
-            print(f"note: {best} is missing; the next validated epoch writes it again")
+            note(f"{best} is missing; the next validated epoch writes it again")
             self.state.best_val_ssim = RunState.best_val_ssim
         return True
 

@@ -60,9 +60,9 @@ def test_resume_continues_from_last_state(
     how = ["--device", "cpu", "--precision", "fp32", "--no-channels-last", "--malloc-retain-mb", "0"]  # may change
     capsys.readouterr()
     assert train.main([*args, *how]) == 0
-    out = capsys.readouterr().out
-    assert f"resumed from {run} at epoch 2, step {steps}" in out  # not a fresh run of 3
-    assert "note: --epochs 2 -> 3: the learning rate's cosine decay now ends with epoch 3" in out
+    printed = capsys.readouterr()
+    assert f"resumed from {run} at epoch 2, step {steps}" in printed.out  # not a fresh run of 3
+    assert "note: --epochs 2 -> 3: the learning rate's cosine decay now ends with epoch 3" in printed.err
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert read_metadata(run / "last.safetensors")["training"]["epochs"] == 3
@@ -82,7 +82,7 @@ def test_a_removed_best_checkpoint_is_written_again_on_resume(
     assert train.main([*args, "--epochs", "2"]) == 1  # nothing left to run: said as it is
     assert "best.safetensors is missing and no epoch since gave a finite validation SSIM" in capsys.readouterr().err
     assert train.main([*args, "--epochs", "3"]) == 0
-    assert "best.safetensors is missing; the next validated epoch writes it again" in capsys.readouterr().out
+    assert "best.safetensors is missing; the next validated epoch writes it again" in capsys.readouterr().err
     assert (run / "best.safetensors").is_file()
 
 
@@ -215,9 +215,9 @@ def test_validating_on_the_training_folder_is_said(
     """Before: accepted without a word, though its validation SSIM then measures fit, not generalisation."""
     args = ["--data", str(fixture_oasis), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY]
     assert train.main([*args, "--train-split", "test", "--val-split", "./keras_png_slices_test"]) == 0
-    assert "note: --train-split and --val-split are the same folder" in capsys.readouterr().out
+    assert "note: --train-split and --val-split are the same folder" in capsys.readouterr().err
     assert train.main([*args, "--overwrite"]) == 0  # the default splits: no note
-    assert "same folder" not in capsys.readouterr().out
+    assert "same folder" not in capsys.readouterr().err
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -274,7 +274,7 @@ def test_recorded_metrics_keep_each_folder_apart(
         assert evaluate.main([*run, "--out", str(tmp_path / "r.json")]) == 0
     assert sorted(read_metadata(checkpoint)["metrics"]) == sorted(keys)
     assert read_metadata(checkpoint)["metrics"]["test"]["images"] == 5
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("note: the metrics recorded as 'test' were of") == 1
     assert f"were of {(fixture_oasis / 'keras_png_slices_test').resolve()}; now of {copy.resolve()}" in out
 
@@ -426,9 +426,11 @@ def test_short_training_on_genuine_oasis(shared_oasis: Path, tmp_path: Path) -> 
 
 
 def _refused(code: int, capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
+    """Exit 2 with one error line (notes may come before it, on stderr too)."""
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    lines = [line for line in err.splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in err, err
 
@@ -574,7 +576,7 @@ def test_resume_with_nothing_to_resume_says_so(
 ) -> None:
     run = tmp_path / "empty"
     assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", "1", "--resume", *TINY]) == 0
-    assert f"note: nothing to resume in {run}; starting a new run there" in capsys.readouterr().out
+    assert f"note: nothing to resume in {run}; starting a new run there" in capsys.readouterr().err
     assert (run / "best.safetensors").is_file()
 
 
