@@ -20,7 +20,6 @@ VMs, so compare within a run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import re
 import statistics
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from app.arguments import positive_int
-from benchmarks.bench_service import Upload, drive, endpoint_list, make_uploads
+from benchmarks.bench_service import Upload, drive_server, endpoint_list, make_uploads
 from benchmarks.common import (
     REPO_ROOT,
     abba,
@@ -105,17 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_block(server: Server, endpoint: str, uploads: list[Upload], concurrency: int, requests: int) -> Block:
     """One closed-loop block; every answer must be a 200."""
-    driven = asyncio.run(
-        drive(
-            server.base_url,
-            endpoint,
-            uploads,
-            concurrency=concurrency,
-            total=requests,
-            timeout_s=120,
-            server_pid=server.pid,
-        )
-    )
+    driven = drive_server(server, endpoint, uploads, concurrency=concurrency, total=requests, timeout_s=120)
     failed = [o for o in driven.outcomes if o.status != 200]
     if failed:
         raise RuntimeError(f"/{endpoint}: {len(failed)} of {requests} requests failed, e.g. {failed[0]}")

@@ -17,14 +17,13 @@ fast spells alike. Each round compares the p50 of the batching server's block wi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from app.arguments import non_negative_int, positive_int
-from benchmarks.bench_service import Upload, drive, endpoint_list, make_uploads
+from benchmarks.bench_service import Upload, drive_server, endpoint_list, make_uploads
 from benchmarks.common import (
     abba,
     benchmark_parser,
@@ -55,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def lone_caller_p50_s(server: Server, endpoint: str, uploads: list[Upload], requests: int) -> float:
     """Median latency of ``requests`` sequential requests by one caller; every answer must be a 200."""
-    driven = asyncio.run(
-        drive(server.base_url, endpoint, uploads, concurrency=1, total=requests, timeout_s=60, server_pid=server.pid)
-    )
+    driven = drive_server(server, endpoint, uploads, concurrency=1, total=requests, timeout_s=60)
     failed = [o for o in driven.outcomes if o.status != 200]
     if failed:
         raise RuntimeError(f"/{endpoint}: {len(failed)} of {requests} requests failed, e.g. {failed[0]}")

@@ -270,6 +270,23 @@ async def drive(
         return Driven(outcomes, wall, proc_cpu_s(server_pid) - cpu_at_start[0], self_cpu_s() - cpu_at_start[1])
 
 
+def drive_server(
+    server: Server, endpoint: str, uploads: Sequence[Upload], *, concurrency: int, total: int, timeout_s: float
+) -> Driven:
+    """``drive`` against a running ``Server``, from synchronous code (each block runs its own event loop)."""
+    return asyncio.run(
+        drive(
+            server.base_url,
+            endpoint,
+            uploads,
+            concurrency=concurrency,
+            total=total,
+            timeout_s=timeout_s,
+            server_pid=server.pid,
+        )
+    )
+
+
 def check_endpoint(base_url: str, endpoint: str, upload: Upload, times: int = 3) -> str | None:
     """A few untimed requests (the server's first forward passes are slow); the problem, or None."""
     path, headers, key = ENDPOINTS[endpoint]
@@ -379,17 +396,7 @@ def run_level(
     wall = server_cpu = client_cpu = 0.0
     before = reference(endpoint) if reference is not None else None
     for size in [total // blocks + (1 if k < total % blocks else 0) for k in range(blocks)]:
-        driven = asyncio.run(
-            drive(
-                server.base_url,
-                endpoint,
-                uploads,
-                concurrency=concurrency,
-                total=size,
-                timeout_s=timeout_s,
-                server_pid=server.pid,
-            )
-        )
+        driven = drive_server(server, endpoint, uploads, concurrency=concurrency, total=size, timeout_s=timeout_s)
         block, block_wall = driven.outcomes, driven.wall_s
         server_cpu += driven.server_cpu_s
         client_cpu += driven.client_cpu_s
