@@ -11,7 +11,7 @@ one get about the same share of the machine's slow and fast spells; the ratios a
 On each device (the CPU, and on a CUDA machine the GPU too; ``--no-cpu`` / ``--no-cuda`` leave one out):
 - baseline: eager, fp32, full images (crop 0), contiguous memory;
 - default: the ``TrainConfig`` defaults (precision, channels_last, crop, compile as declared there; the default
-  precision is bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs), and the same in the other precision;
+  precision is bf16 on CUDA and on CPUs where it pays, fp32 on other CPUs), and the same in the other precision;
 - with --compile-too: the default plus torch.compile.
 Every ratio is against the first device's baseline.
 

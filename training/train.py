@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save, to_bytes
-from models.device import cpu_has_amx, pick_device
+from models.device import cpu_prefers_bf16, pick_device
 from models.files import WriteError, write_atomically, write_together
 from models.vqvae import VQVAE
 from training import run_folder
@@ -65,11 +65,13 @@ class RunState:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the training step, or None for plain fp32.
 
-    ``auto`` is bf16 on CUDA devices that have it and on CPUs with AMX, and fp32 on other CPUs. AVX-512 BF16
-    alone does not say whether bf16 pays: a training step of the default model was 1.69x faster in bf16 on a 2-core
-    AMD EPYC with it, and 1.41x and 1.57x slower on a 2-core Intel Xeon with it but without AMX. On a 16-core Intel
-    Xeon with AMX it was 1.78x faster (``python -m benchmarks.bench_train``; docs/bench_train*.txt,
-    docs/cuda_h200_suite.txt). ``--precision bf16`` asks for it anywhere.
+    ``auto`` is bf16 on CUDA devices that have it and on CPUs where it pays (``models.device.cpu_prefers_bf16``:
+    AMX, or AVX-512 BF16 with a bf16 matrix product at least 1.5x as fast as fp32), and fp32 on other CPUs. AVX-512
+    BF16 alone does not say whether bf16 pays: a training step of the default model was 1.53x and 1.69x faster in
+    bf16 on a 2-core AMD EPYC with it, and 1.41x and 1.57x slower on a 2-core Intel Xeon with it but without AMX; a
+    matrix product there ran at 4.2x and at 0.5x the fp32 rate. On a 16-core Intel Xeon with AMX it was 1.78x faster
+    (``python -m benchmarks.bench_train``; docs/bench_train*.txt, docs/cuda_h200_suite.txt). ``--precision bf16``
+    asks for it anywhere.
     """
     if precision == "fp32":
         return None
@@ -79,7 +81,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device.type == "cpu" and cpu_has_amx():
+    if device.type == "cpu" and cpu_prefers_bf16():
         return torch.bfloat16
     return None
 

@@ -37,6 +37,7 @@ from benchmarks import (
 )
 from benchmarks.common import load_slices, write_json
 from benchmarks.server import running_server
+from models import device
 from models.checkpoint import METADATA_KEY, save
 from models.config import PRESETS
 from models.vqvae import VQVAE
@@ -290,11 +291,11 @@ def test_bench_train(fixture_oasis: Path, tmp_path: Path, capsys: pytest.Capture
     assert names[:2] == ["cpu baseline", "cpu vqvae-train default"]
     assert (variants[0]["precision"], variants[0]["channels_last"], variants[0]["crop"]) == ("fp32", False, 64)
     assert (variants[1]["channels_last"], variants[1]["crop"]) == (True, 128)
-    on_amx = train.cpu_has_amx()  # auto: bf16 on CPUs with AMX, fp32 on others
-    assert variants[1]["precision"] == ("bfloat16" if on_amx else "fp32")
-    other = "fp32" if on_amx else "bf16"
+    bf16_default = device.cpu_prefers_bf16()  # auto: bf16 on CPUs where it pays, fp32 on others
+    assert variants[1]["precision"] == ("bfloat16" if bf16_default else "fp32")
+    other = "fp32" if bf16_default else "bf16"
     assert names[2:] == [f"cpu default in {other}"]
-    assert variants[2]["precision"] == ("fp32" if on_amx else "bfloat16")
+    assert variants[2]["precision"] == ("fp32" if bf16_default else "bfloat16")
     assert all(v["images_per_s"] > 0 and v["pixels_per_s"] > 0 for v in variants)
     assert all(len(v["round_step_seconds"]) == 2 and v["steps"] >= 2 for v in variants)
     assert "faults/step" in text and all(v["minor_faults_per_step"] >= 0 for v in variants)

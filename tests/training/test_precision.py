@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import device
 from models.checkpoint import read_metadata
 from training import train
 from training.config import TrainConfig
@@ -20,9 +21,9 @@ CPU = torch.device("cpu")
 def test_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert autocast_dtype("fp32", CPU) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
-    monkeypatch.setattr(train, "cpu_has_amx", lambda: False)
-    assert autocast_dtype("auto", CPU) is None  # bf16 was slower than fp32 on a CPU with AVX-512 BF16 but no AMX
-    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(train, "cpu_prefers_bf16", lambda: False)
+    assert autocast_dtype("auto", CPU) is None
+    monkeypatch.setattr(train, "cpu_prefers_bf16", lambda: True)
     assert autocast_dtype("auto", CPU) is torch.bfloat16
     assert autocast_dtype("fp32", CPU) is None
     if torch.cuda.is_available():
@@ -114,10 +115,42 @@ def test_amx_needs_the_cpu_flag_and_the_kernels_grant(tmp_path: Path, monkeypatc
     with_amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\nbogomips\t: 4000\n"
     monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: True, raising=False)
     cpuinfo.write_text(with_amx)
-    assert train.cpu_has_amx(cpuinfo)
+    assert device.cpu_has_amx(cpuinfo)
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")  # the CPU where bf16 was slower
-    assert not train.cpu_has_amx(cpuinfo)
-    assert not train.cpu_has_amx(tmp_path / "absent")  # no /proc: not Linux
+    assert not device.cpu_has_amx(cpuinfo)
+    assert not device.cpu_has_amx(tmp_path / "absent")  # no /proc: not Linux
     monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: False, raising=False)  # listed, but not granted
     cpuinfo.write_text(with_amx)
-    assert not train.cpu_has_amx(cpuinfo)
+    assert not device.cpu_has_amx(cpuinfo)
+
+
+@pytest.mark.parametrize(
+    ("flags", "speedup", "prefers"),
+    [
+        ("fpu sse2 avx512f", None, False),  # no bf16 instructions: no probe
+        ("fpu sse2 avx512f avx512_bf16", 0.5, False),  # the 2-core Xeon, where bf16 trained 1.4-1.6x slower
+        ("fpu sse2 avx512f avx512_bf16", 4.2, True),  # the 2-core AMD EPYC, where it trained 1.5-1.7x faster
+        ("fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile", None, True),  # AMX (granted): no probe
+    ],
+)
+def test_auto_precision_on_a_cpu_follows_what_bf16_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, speedup: float | None, prefers: bool
+) -> None:
+    """Before, ``auto`` was fp32 on every CPU without AMX, also on the AMD EPYC where bf16 trained 1.5x faster."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: True, raising=False)
+
+    def probe() -> float:
+        assert speedup is not None, "probed a CPU it need not"
+        return speedup
+
+    monkeypatch.setattr(device, "cpu_bf16_matmul_speedup", probe)
+    assert device.cpu_prefers_bf16(cpuinfo) is prefers
+
+
+def test_the_bf16_probe_measures_this_cpu() -> None:
+    """A real measurement: positive and finite; cached, so that every caller in a process agrees."""
+    speedup = device.cpu_bf16_matmul_speedup()
+    assert 0 < speedup < 100
+    assert device.cpu_bf16_matmul_speedup() == speedup
