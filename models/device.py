@@ -62,7 +62,7 @@ def _cpu_flags(cpuinfo: Path) -> set[str]:
 @functools.cache
 def cpu_bf16_matmul_speedup(side: int = 1024, repeats: int = 5) -> float:
     """fp32 time over bf16 time of a ``side`` x ``side`` matrix product on this CPU, best of ``repeats`` each,
-    taken in turns; about 0.1 s, once per process. It tells whether bf16 training pays far better than the flags
+    taken in turns; 0.1-0.4 s, once per process. It tells whether bf16 training pays far better than the flags
     do: AVX-512 BF16 ran it at 0.5x the fp32 rate on one CPU and at 4.2x on another."""
     floats = torch.rand(side, side)
     halves = floats.to(torch.bfloat16)

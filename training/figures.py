@@ -3,6 +3,7 @@ rate-distortion."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,12 @@ from matplotlib.backend_bases import FigureCanvasBase
 from models.files import write_atomically
 
 FIGURE_FORMATS = tuple(sorted(FigureCanvasBase.get_supported_filetypes()))  # what a figure's file name may end in
+
+
+def printable(name: str) -> str:
+    """A file name as a title can show it: bytes that are not UTF-8 (which Linux allows in names, and Python holds
+    as surrogates) as escapes. matplotlib refused such a title, and the run ended with a traceback after training."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def loss_curves_figure(history: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -53,7 +60,7 @@ def panels_figure(
     fig, axes = plt.subplots(2, len(picks), figsize=(2.4 * len(picks), 5.2), squeeze=False)
     for col, (label, i) in enumerate(picks):
         axes[0, col].imshow(originals[i], cmap="gray", vmin=0, vmax=1)
-        axes[0, col].set_title(f"{label}\n{names[i]}", fontsize=7)
+        axes[0, col].set_title(f"{label}\n{printable(names[i])}", fontsize=7)
         axes[1, col].imshow(reconstructions[i], cmap="gray", vmin=0, vmax=1)
         axes[1, col].set_title(f"SSIM {ssims[i]:.3f}", fontsize=8)
     for ax in axes.ravel():

@@ -138,9 +138,9 @@ class Trainer:
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
-        self.autocast_dtype = autocast_dtype(config.precision, self.device)
-        if config.threads > 0:
+        if config.threads > 0:  # before the precision: auto's probe measures with the run's threads
             torch.set_num_threads(config.threads)
+        self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.malloc_retain_mb > 0:  # process-wide, like the thread count: see models.allocator
             retain_freed_memory(config.malloc_retain_mb * 1024 * 1024)
         torch.manual_seed(config.seed)
@@ -243,6 +243,12 @@ class Trainer:
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
         self.check_same_images(weights, metadata)
+        trained_in = metadata.get("training", {}).get("precision")
+        if trained_in is not None and trained_in != self.precision:  # allowed: how fast it runs, like --device
+            note(
+                f"the run trained in {trained_in} so far, and goes on in {self.precision} "
+                f"(--precision {self.config.precision})"
+            )
         self.model.load_state_dict(model.state_dict())
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)

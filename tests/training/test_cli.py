@@ -225,6 +225,34 @@ def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     assert "keras_png_slices_train: data folder does not exist" in capsys.readouterr().err
 
 
+def test_a_file_name_that_is_not_utf8_trains_and_is_drawn(fixture_oasis: Path, tmp_path: Path) -> None:
+    """Linux allows any bytes in a name. Before, the fingerprint, and then the reconstruction panels' titles, ended
+    such a run with a traceback after its first epoch."""
+    data = tmp_path / "data"
+    shutil.copytree(fixture_oasis, data)
+    for split in ("keras_png_slices_train", "keras_png_slices_validate"):
+        first = sorted((data / split).iterdir())[0]
+        os.rename(bytes(first), os.fsencode(first.parent) + b"/caf\xe9_" + os.fsencode(first.name))
+    args = ["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--max-val-images", "8", *TINY]
+    assert train.main(args) == 0
+    assert (tmp_path / "run" / "reconstructions_validate.png").is_file()
+    figures = tmp_path / "figures"
+    run = ["--checkpoint", str(tmp_path / "run" / "best.safetensors"), "--data", str(data), "--split", "validate"]
+    assert evaluate.main([*run, "--figures", str(figures), "--out", str(tmp_path / "report.json")]) == 0
+    assert (figures / "reconstructions.png").is_file()
+
+
+def test_resume_in_another_precision_says_so(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Allowed (how fast it runs, like --device), but the run's record would name the last precision alone."""
+    args = ["--data", str(fixture_oasis), "--out", str(tmp_path), "--max-val-images", "2", *TINY]
+    assert train.main([*args, "--epochs", "1", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert train.main([*args, "--epochs", "2", "--precision", "bf16", "--resume"]) == 0
+    assert "note: the run trained in fp32 so far, and goes on in bfloat16 (--precision bf16)" in capsys.readouterr().err
+
+
 def test_evaluate_writes_report_and_records_metrics(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
