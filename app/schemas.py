@@ -21,7 +21,8 @@ Side = Annotated[int, Field(strict=True, ge=1, le=MAX_IMAGE_SIDE)]
 
 NOTES_TEXT = (
     "how the upload was read, where it matters for the answer; empty for almost every image. Today one note: a "
-    "16-bit image whose values reach 4095 at most (12-bit data) is read on the 16-bit scale and is nearly black"
+    "16-bit image whose values reach 4095 at most (12-bit data) is read on the 16-bit scale and is nearly black "
+    "(nearly white, for a MinIsWhite TIFF)"
 )
 
 
