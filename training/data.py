@@ -135,17 +135,24 @@ def resolve_folder(data: Path, split: str | None) -> Path:
     return folder
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name. Hidden files are not images: macOS leaves a
-    ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run."""
+def folder_listing(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, sub-folders) directly in ``folder``, each sorted by name, in one pass over it (its entries'
+    types come with the listing: no file is stat'ed twice). Hidden entries are left out: macOS leaves a
+    ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run. A folder with no
+    image file is a DataError whose hint names its sub-folders, whose images are not read."""
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder does not exist")
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    files, below = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                files.append(folder / entry.name)
+            elif entry.is_dir():
+                below.append(folder / entry.name)
     if not files:
-        below = sub_folders(folder)
-        oasis = sorted(split for split, name in OASIS_SPLITS.items() if (folder / name).is_dir())
+        oasis = sorted(split for split, name in OASIS_SPLITS.items() if folder / name in below)
         if oasis:
             hint = f"; it is an OASIS root: name a split ({', '.join(oasis)})"
         elif below:
@@ -153,15 +160,10 @@ def image_files(folder: Path) -> list[Path]:
         else:
             hint = ""
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{hint}")
-    return files
+    return sorted(files), sorted(below)
 
 
 _SUB_FOLDERS_NOTED: set[Path] = set()  # folders whose sub-folders this process has named in a note
-
-
-def sub_folders(folder: Path) -> list[Path]:
-    """The folder's own sub-folders, hidden ones left out: images in them are not read."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def image_folders(data: Path, *splits: str | None) -> list[Path]:
@@ -180,7 +182,7 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     """Every image file directly in ``folder`` (sorted by name, ``limit`` of them spread over it), decoded into
     memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer, and one for
     sub-folders, whose images are not read (before, they were left out without a word)."""
-    files = image_files(folder)
+    files, below = folder_listing(folder)
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
     caught: list[warnings.WarningMessage] = []
@@ -198,7 +200,6 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
             f"{len(narrow)} of {len(files)} images in {folder} hold integer values only up to "
             f"{widest.narrow.top} (12 bits or fewer), e.g. {widest.path.name}: {narrow_range_effect(widest.narrow)}"
         )
-    below = sub_folders(folder)
     if below and folder.resolve() not in _SUB_FOLDERS_NOTED:  # once: training and validation may be one folder
         _SUB_FOLDERS_NOTED.add(folder.resolve())
         note(f"{folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are read")
