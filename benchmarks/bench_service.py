@@ -139,17 +139,24 @@ def memory_text(memory: dict[str, float], key: str) -> str:
     return f"{memory[key]:.0f}" if key in memory else "?"
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (/proc/<pid>/stat); NaN off Linux."""
+def proc_cpu_s(pid: int, *, main_threads: bool = False) -> float:
+    """User + system CPU seconds of a process and its descendants (/proc/<pid>/stat); NaN off Linux. With
+    ``main_threads``, of their main threads only: a server's event loops, without its model threads."""
     total = float("nan")
     for member in process_tree(pid):
+        stat = Path(f"/proc/{member}/task/{member}/stat" if main_threads else f"/proc/{member}/stat")
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
             seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             continue
         total = seconds if math.isnan(total) else total + seconds
     return total
+
+
+def server_cpu_s(pid: int) -> tuple[float, float]:
+    """(all threads, event loops) CPU seconds of a server (``proc_cpu_s``)."""
+    return proc_cpu_s(pid), proc_cpu_s(pid, main_threads=True)
 
 
 def self_cpu_s() -> float:
@@ -220,6 +227,7 @@ class Driven:
     outcomes: list[Outcome]
     wall_s: float
     server_cpu_s: float
+    server_loop_cpu_s: float  # of that, the event loops' threads (the rest: the model's)
     client_cpu_s: float
 
 
@@ -263,11 +271,18 @@ async def drive(
             while (index := next(counter)) < total:
                 outcomes.append(await one_request(client, path, headers, uploads[index % len(uploads)]))
 
-        cpu_at_start = proc_cpu_s(server_pid), self_cpu_s()
+        server_at_start, client_at_start = server_cpu_s(server_pid), self_cpu_s()
         started = time.perf_counter()
         await asyncio.gather(*(caller(client) for client in clients))
         wall = time.perf_counter() - started
-        return Driven(outcomes, wall, proc_cpu_s(server_pid) - cpu_at_start[0], self_cpu_s() - cpu_at_start[1])
+        server_total, server_loop = server_cpu_s(server_pid)
+        return Driven(
+            outcomes,
+            wall,
+            server_total - server_at_start[0],
+            server_loop - server_at_start[1],
+            self_cpu_s() - client_at_start,
+        )
 
 
 def drive_server(
@@ -367,6 +382,7 @@ class LevelFigures:
     retry_after: int  # 503s that carried Retry-After
     mean_batch: float | None
     server_cpu_s: float
+    server_loop_cpu_s: float
     client_cpu_s: float
     server_memory_mb: dict[str, float] = field(default_factory=dict)
     blocks: list[Block] = field(default_factory=list)
@@ -393,12 +409,13 @@ def run_level(
     batches_before = batch_counters(server.base_url)
     outcomes: list[Outcome] = []
     measured: list[Block] = []
-    wall = server_cpu = client_cpu = 0.0
+    wall = server_cpu = server_loop_cpu = client_cpu = 0.0
     before = reference(endpoint) if reference is not None else None
     for size in [total // blocks + (1 if k < total % blocks else 0) for k in range(blocks)]:
         driven = drive_server(server, endpoint, uploads, concurrency=concurrency, total=size, timeout_s=timeout_s)
         block, block_wall = driven.outcomes, driven.wall_s
         server_cpu += driven.server_cpu_s
+        server_loop_cpu += driven.server_loop_cpu_s
         client_cpu += driven.client_cpu_s
         wall += block_wall
         outcomes += block
@@ -428,6 +445,7 @@ def run_level(
         retry_after=sum(1 for o in outcomes if o.status == 503 and o.retry_after),
         mean_batch=mean_batch,
         server_cpu_s=server_cpu,
+        server_loop_cpu_s=server_loop_cpu,
         client_cpu_s=client_cpu,
         server_memory_mb=proc_memory_mb(server.pid),
         blocks=measured,
@@ -516,7 +534,7 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
     print(
         f"{'round':>5} {'endpoint':<12} {'conc':>4} {'reqs':>5} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'batch':>5} {'blk':>3} {'ref b1 ms':>9} {'ref img/s':>9} {'/ best':>7} {'p50/b1':>7} "
-        f"{'srv cpu':>8} {'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7} {'PSS MB':>7}"
+        f"{'srv cpu':>8} {'loop ms':>7} {'cli cpu':>8} {'RSS MB':>7} {'peak MB':>7} {'PSS MB':>7}"
     )
     for lv in levels:
         ref = level_reference(lv)
@@ -528,8 +546,8 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
             f"{1000 * lv.latency_s['p50']:>8.1f} {1000 * lv.latency_s['p95']:>8.1f} {1000 * lv.latency_s['p99']:>8.1f} "
             f"{batch:>5} {len(lv.blocks):>3} {1000 * ref.batch1_p50_s:>9.1f} {ref.best_images_per_s:>9.1f} "
             f"{throughput_ratio(lv):>6.2f}x {latency_ratio(lv):>6.2f}x {lv.server_cpu_s:>7.1f}s "
-            f"{lv.client_cpu_s:>7.1f}s {memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7} "
-            f"{memory_text(memory, 'Pss'):>7}"
+            f"{1000 * lv.server_loop_cpu_s / lv.requests:>7.2f} {lv.client_cpu_s:>7.1f}s "
+            f"{memory_text(memory, 'VmRSS'):>7} {memory_text(memory, 'VmHWM'):>7} {memory_text(memory, 'Pss'):>7}"
         )
         if lv.errors:
             print(f"{'':<24}statuses {lv.statuses}, no answer {lv.failures}")
@@ -538,7 +556,10 @@ def print_levels(levels: Sequence[LevelFigures]) -> None:
         "the level was run in, with the in-process reference measured before each and after the last; ref = the "
         "mean of those (batch-1 p50, best-batch images/s); / best and p50/b1 = medians over the blocks of req/s "
         "over ref img/s and of p50 over ref b1, each block against the references on either side of it; "
-        "cpu = CPU seconds of server and of this client during the timed requests; RSS, peak and PSS = the "
+        "cpu = CPU seconds of server and of this client during the timed requests; loop ms = the server's "
+        "event-loop thread's CPU ms per request (HTTP, multipart, PNG decode, JSON; for /reconstruct also the PNG "
+        "encode; the rest of srv cpu is the "
+        "model's threads); RSS, peak and PSS = the "
         "server's memory after the level, summed over its processes (PSS shares out pages they have in common)"
     )
 

@@ -145,6 +145,10 @@ def test_bench_service(
     assert all(b["requests"] == 4 for b in blocks[:3]) and blocks[3]["requests"] == 12
     assert all(b["reference"]["batch1_p50_s"] > 0 and b["reference"]["best_images_per_s"] > 0 for b in blocks)
     assert all(lv["errors"] == 0 and lv["throughput_rps"] > 0 for lv in levels)
+    # /proc counts CPU in clock ticks (10 ms): a level of a few requests may show none, all levels together do
+    assert all(0 <= lv["server_loop_cpu_s"] <= lv["server_cpu_s"] for lv in levels)
+    assert 0 < sum(lv["server_loop_cpu_s"] for lv in levels) < sum(lv["server_cpu_s"] for lv in levels)
+    assert "loop ms" in text
     assert all(lv["server_memory_mb"].get("VmHWM", 1) > 0 for lv in levels)
     assert all(0 < lv["server_memory_mb"].get("Pss", 1) <= lv["server_memory_mb"].get("VmRSS", 1) for lv in levels)
     assert figures["overload"]["requests"] == 12 and figures["overload"]["blocks"] == []
@@ -249,6 +253,22 @@ def test_an_unknown_endpoint_is_refused_before_anything_starts(script: Any, caps
         script.main(["--endpoints", "encode,decode"])
     assert stopped.value.code == 2
     assert "unknown endpoints ['decode']" in capsys.readouterr().err
+
+
+def test_proc_cpu_counts_the_main_thread_apart() -> None:
+    """A process whose main thread sleeps while another thread spins: its CPU is nearly all the other thread's."""
+    spin = "import threading, time\ndef spin():\n    end = time.thread_time() + 0.6\n"
+    spin += "    while time.thread_time() < end: pass"
+    script = f"{spin}\nworker = threading.Thread(target=spin); worker.start(); worker.join(); print('spun', flush=True)"
+    process = subprocess.Popen([sys.executable, "-c", f"{script}\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "spun"
+        total, main_thread = bench_service.server_cpu_s(process.pid)
+        assert total >= 0.6
+        assert main_thread < total - 0.5  # the interpreter's start-up only
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_process_tree_sums_a_process_and_its_children() -> None:
