@@ -9,6 +9,7 @@ import math
 import pickle
 import subprocess
 import sys
+import textwrap
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -107,6 +108,14 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str:
     if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
         return "unknown"
     return lines[1]
+
+
+def _failure(exc: BaseException) -> str:
+    """Why the resume state did not load, in a short line cut between words. An unpickling error is named by its
+    kind alone: torch's text advises ``weights_only=False``, which would run code from the file."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return type(exc).__name__
+    return textwrap.shorten(f"{type(exc).__name__}: {exc}", width=160, placeholder=" ...")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -257,8 +266,10 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             self.state = RunState(**json.loads(state["run"]))
         except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-            raise CheckpointError(f"{state_path}: unreadable resume state ({reason}); use another --out") from exc
+            raise CheckpointError(
+                f"{state_path}: unreadable resume state, damaged or not written by vqvae-train ({_failure(exc)}); "
+                "start the run over with --overwrite, or use another --out"
+            ) from exc
         weights_step = metadata.get("training", {}).get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
             raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another

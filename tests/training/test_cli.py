@@ -453,14 +453,15 @@ def test_short_training_on_genuine_oasis(shared_oasis: Path, tmp_path: Path) -> 
     assert metadata["metrics"]["validate"]["images"] == 4
 
 
-def _refused(code: int, capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
-    """Exit 2 with one error line (notes may come before it, on stderr too)."""
+def _refused(code: int, capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    """Exit 2 with one error line (notes may come before it, on stderr too); returns stderr."""
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in err, err
+    return err
 
 
 def test_train_refuses_an_out_it_cannot_write_before_loading_data(
@@ -481,7 +482,7 @@ def test_train_refuses_an_out_it_cannot_write_before_loading_data(
 @pytest.mark.parametrize(
     ("remove", "damage", "said"),
     [
-        (None, b"not a torch file", "last.pt: unreadable resume state"),
+        (None, b"not a torch file", "last.pt: unreadable resume state, damaged or not written by vqvae-train"),
         (None, b"", "last.pt: unreadable resume state"),
         ("last.safetensors", None, "incomplete resume state, no last.safetensors"),
         ("last.pt", None, "incomplete resume state, no last.pt"),
@@ -508,6 +509,24 @@ def test_resume_from_a_damaged_or_half_state_is_refused(
     best = (run / "best.safetensors").read_bytes()
     _refused(train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]), capsys, said)
     assert (run / "best.safetensors").read_bytes() == best
+
+
+def test_a_resume_state_that_is_no_torch_file_is_refused_with_a_way_on(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: torch's unpickling error, cut off mid-word, advising weights_only=False (which would run code from
+    the file), and no word of --overwrite."""
+    run = tmp_path / "resume"
+    run.mkdir()
+    for name in ("last.safetensors", "best.safetensors"):
+        (run / name).write_bytes((trained / name).read_bytes())
+    (run / "last.pt").write_text("garbage\n")
+    err = _refused(
+        train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]),
+        capsys,
+        "(UnpicklingError); start the run over with --overwrite, or use another --out",
+    )
+    assert "weights_only" not in err
 
 
 def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
