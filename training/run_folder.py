@@ -7,8 +7,12 @@ for this run's result when no epoch of it produced one. So a run folder is claim
 
 from __future__ import annotations
 
+import pickle
+import textwrap
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from models.checkpoint import CheckpointError, read_metadata
 from models.files import leftover_partials
@@ -16,6 +20,7 @@ from training.config import TrainConfig
 from training.outputs import OutputError, note
 
 RESUME_STATE = ("last.safetensors", "last.pt")  # weights and optimizer state of the same step: both or neither
+RESUME_KEYS = ("optimizer", "generator", "torch_rng", "run")  # what last.pt holds (Trainer.save_last)
 CHECKPOINTS = ("best.safetensors", *RESUME_STATE)
 RUN_FILES = (*CHECKPOINTS, "history.json", "history.csv", "loss_curves.png", "reconstructions_validate.png")
 # What a save stopped mid-write (killed) by earlier versions left: NAME.partial, and last.partial for last.pt before
@@ -74,6 +79,37 @@ def saved_settings(out: Path) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise CheckpointError(f"{path}: records no training settings to resume with; use another --out")
     return settings
+
+
+def load_resume_state(config: TrainConfig) -> dict[str, Any] | None:
+    """With ``--resume``, the run's ``last.pt`` (optimizer, RNG states, history), read before the data loads and
+    without running code from it (``weights_only``); None when there is nothing to resume (``check`` has made sure
+    that ``last.pt`` and ``last.safetensors`` are both there or neither). Raises ``CheckpointError``."""
+    path = config.out / RESUME_STATE[1]
+    if not config.resume or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise unreadable_state(path, exc) from exc
+    missing = [key for key in RESUME_KEYS if key not in state] if isinstance(state, dict) else list(RESUME_KEYS)
+    if missing:
+        raise unreadable_state(path, KeyError(", ".join(missing)))
+    return state
+
+
+def unreadable_state(path: Path, exc: BaseException) -> CheckpointError:
+    """The error for a ``last.pt`` that is damaged, or not one vqvae-train wrote. An unpickling error is named by
+    its kind alone: torch's text advises ``weights_only=False``, which would run code from the file."""
+    reason = (
+        type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError)
+        else textwrap.shorten(f"{type(exc).__name__}: {exc}", width=160, placeholder=" ...")
+    )
+    return CheckpointError(
+        f"{path}: unreadable resume state, damaged or not written by vqvae-train ({reason}); start the run over "
+        "with --overwrite, or use another --out"
+    )
 
 
 def check_settings(config: TrainConfig) -> None:

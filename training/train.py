@@ -6,10 +6,8 @@ import csv
 import io
 import json
 import math
-import pickle
 import subprocess
 import sys
-import textwrap
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -110,14 +108,6 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str:
     return lines[1]
 
 
-def _failure(exc: BaseException) -> str:
-    """Why the resume state did not load, in a short line cut between words. An unpickling error is named by its
-    kind alone: torch's text advises ``weights_only=False``, which would run code from the file."""
-    if isinstance(exc, pickle.UnpicklingError):
-        return type(exc).__name__
-    return textwrap.shorten(f"{type(exc).__name__}: {exc}", width=160, placeholder=" ...")
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -140,6 +130,7 @@ class Trainer:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         run_folder.check_settings(config)
+        self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
         for folder in image_folders(config.data, config.train_split, config.val_split):
             check_apart(
                 config.out, folder, "the run's PNG figures would be read as images, and --resume would refuse it"
@@ -259,17 +250,16 @@ class Trainer:
                 f"(--precision {self.config.precision})"
             )
         self.model.load_state_dict(model.state_dict())
+        state, self.resume_state = self.resume_state, None  # read by run_folder.load_resume_state
+        if state is None:
+            raise CheckpointError(f"{state_path}: the resume state went missing after the run started")
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.state = RunState(**json.loads(state["run"]))
-        except (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
-            raise CheckpointError(
-                f"{state_path}: unreadable resume state, damaged or not written by vqvae-train ({_failure(exc)}); "
-                "start the run over with --overwrite, or use another --out"
-            ) from exc
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a last.pt of another kind of run
+            raise run_folder.unreadable_state(state_path, exc) from exc
         weights_step = metadata.get("training", {}).get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
             raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another

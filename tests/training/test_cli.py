@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from models import files
@@ -511,20 +512,41 @@ def test_resume_from_a_damaged_or_half_state_is_refused(
     assert (run / "best.safetensors").read_bytes() == best
 
 
-def test_a_resume_state_that_is_no_torch_file_is_refused_with_a_way_on(
-    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"garbage\n", "(UnpicklingError); start the run over with --overwrite, or use another --out"),
+        (None, "(KeyError: 'optimizer, generator, torch_rng, run'); start the run over with --overwrite"),
+    ],
+)
+def test_a_resume_state_that_is_not_vqvae_trains_is_refused_before_the_data_loads(
+    trained: Path,
+    fixture_oasis: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes | None,
+    said: str,
 ) -> None:
-    """Before: torch's unpickling error, cut off mid-word, advising weights_only=False (which would run code from
-    the file), and no word of --overwrite."""
+    """Before: refused once the data had loaded, with torch's unpickling error cut off mid-word, advising
+    weights_only=False (which would run code from the file), and no word of --overwrite."""
     run = tmp_path / "resume"
     run.mkdir()
     for name in ("last.safetensors", "best.safetensors"):
         (run / name).write_bytes((trained / name).read_bytes())
-    (run / "last.pt").write_text("garbage\n")
+    if content is None:  # a torch file, but not a resume state
+        torch.save({"weights": torch.zeros(2)}, run / "last.pt")
+    else:
+        (run / "last.pt").write_bytes(content)
+
+    def no_data(*args: object) -> None:
+        raise AssertionError("the data loaded before the resume state was checked")
+
+    monkeypatch.setattr(train, "load_split", no_data)
     err = _refused(
         train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]),
         capsys,
-        "(UnpicklingError); start the run over with --overwrite, or use another --out",
+        said,
     )
     assert "weights_only" not in err
 
