@@ -1,11 +1,15 @@
-"""uvicorn's HTTP protocol with two things the service needs that uvicorn lacks: a deadline for each request's
-headers, and JSON for the errors that uvicorn gives itself.
+"""uvicorn's HTTP protocol with three things the service needs that uvicorn lacks: a deadline for each request's
+headers, a bound on their size, and JSON for the errors that uvicorn gives itself.
 
 uvicorn closes an idle keep-alive connection after a response (``timeout_keep_alive``), and any byte received
 cancels that timer. A client that connects and sends nothing, or trickles its headers, held its connection, and so a
 file descriptor, for as long as it liked: a reviewer's 21,000 such connections exhausted the server's 20,000
 descriptors, and every other caller got nothing. ``VQVAE_BODY_TIMEOUT_S`` (``app.middleware``) starts only once the
 headers are in, since the app sees nothing before that.
+
+uvicorn's httptools protocol sets no bound on a request's headers (its h11 one does: 16 KiB): a reviewer's header of
+120 MB was answered 200, the server grew by 224 MB, and other callers waited seconds while it was parsed. A request
+whose request line and headers pass ``MAX_HEADER_BYTES`` now gets a 431 and its connection is closed.
 
 A request that is not valid HTTP never reaches the app either: uvicorn answered it with a ``text/plain`` 400, where
 every other error of the service is JSON ``{"detail": ...}``.
@@ -24,6 +28,14 @@ from app.middleware import error_body
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)  # "app.*": vqvae-serve logs it beside uvicorn's access log
+
+
+# Request line and headers of one request, in bytes. Browsers send a few KiB; nginx takes at most 32 KiB by
+# default (4 buffers of 8 KiB), Node.js 16 KiB.
+MAX_HEADER_BYTES = 64 * 1024
+# After such a refusal the connection's input is read and dropped for this long before it is closed: closing it with
+# input unread makes the kernel reset the connection, and the client, still sending, lost the answer to the reset.
+LINGER_S = 2.0
 
 
 @functools.cache
@@ -50,6 +62,10 @@ def _late_headers_answer(timeout_s: float) -> bytes:
     )
 
 
+HEADERS_TOO_LARGE_ANSWER = _closing_answer(
+    "431 Request Header Fields Too Large",
+    f"the request line and headers are over {MAX_HEADER_BYTES // 1024} KiB; the service reads no more",
+)
 INVALID_REQUEST_ANSWER = _closing_answer(
     "400 Bad Request", "not a valid HTTP/1.1 request: its request line or headers could not be parsed"
 )
@@ -58,17 +74,36 @@ INVALID_REQUEST_ANSWER = _closing_answer(
 class ServiceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
     ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or of the previous answer, or it gets a 408 and is
-    closed; and a request that cannot be parsed gets a JSON 400 (uvicorn logs it)."""
+    closed; a request whose headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a request that cannot
+    be parsed gets a JSON 400 (uvicorn logs it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._in_headers = False  # between a request's first byte and the end of its headers
+        self._header_bytes = 0  # bytes received meanwhile (whole reads: at most one read more than the headers)
+        self._closing: asyncio.TimerHandle | None = None  # set once refused: input is dropped until then
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing is not None:
+            return  # refused: see LINGER_S
+        super().data_received(data)  # parses what it can: the callbacks below say where the request stands
+        if not self._in_headers or self.transport.is_closing():
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm()
         super().on_headers_complete()
 
@@ -85,6 +120,8 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._closing is not None:
+            self._closing.cancel()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -98,11 +135,20 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._header_deadline = None
-        if self.transport.is_closing():
-            return
+        if not self.transport.is_closing():
+            self._refuse(
+                _late_headers_answer(header_timeout_s()), f"headers not in full within {header_timeout_s():g} s: 408"
+            )
+
+    def _refuse(self, answer: bytes, what: str) -> None:
+        """Answer a request whose headers never reached the app, and close its connection."""
+        self._disarm()
         if self.cycle is None or self.cycle.response_complete:  # no answer of ours is under way on this connection
-            self.transport.write(_late_headers_answer(header_timeout_s()))
+            self.transport.write(answer)
         # The access log has no line for it: no request was ever complete enough to reach the app.
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-        logger.info("%s - headers not in full within %g s: 408, connection closed", client, header_timeout_s())
-        self.transport.close()
+        logger.info("%s - %s, connection closed", client, what)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the client reads the answer, then the end
+        self.transport.resume_reading()  # drained, even if uvicorn had paused reading
+        self._closing = self.loop.call_later(LINGER_S, self.transport.close)

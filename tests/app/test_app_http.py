@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import itertools
 import os
@@ -24,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
-from app.http_protocol import ServiceProtocol
+from app.http_protocol import MAX_HEADER_BYTES, ServiceProtocol
 from benchmarks.server import Server, free_port, model_loads, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -281,6 +282,38 @@ def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_s
     assert f"headers not in full within {HEADER_TIMEOUT_S:g} s: 408, connection closed" in (
         header_deadline_server.log.read_text(errors="replace")
     )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",  # one header of 1 MiB
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Many: a\r\n" * 100_000 + b"\r\n",  # 100,000 small ones
+        b"GET /healthz?" + b"q" * (1 << 20) + b" HTTP/1.1\r\nHost: t\r\n\r\n",  # a request line of 1 MiB
+    ],
+    ids=["one-large", "many-small", "long-url"],
+)
+def test_headers_over_the_bound_get_a_json_431(header_deadline_server: Server, head: bytes) -> None:
+    """Before: answered 200 whatever their size (uvicorn's httptools protocol has no bound): a 120 MB header grew
+    the server by 224 MB and held other callers for seconds while it was parsed."""
+    with raw_connection(header_deadline_server) as sock:
+        with contextlib.suppress(OSError):  # the server may close before it has all of it
+            sock.sendall(head)
+        answer = read_answer(sock)
+    assert answer.status_code == 431 and answer.headers["content-type"] == "application/json"
+    assert answer.headers["connection"] == "close"
+    assert f"over {MAX_HEADER_BYTES // 1024} KiB" in answer.json()["detail"]
+    assert "431, connection closed" in header_deadline_server.log.read_text(errors="replace")
+
+
+def test_headers_under_the_bound_are_read(header_deadline_server: Server) -> None:
+    cookie = b"Cookie: " + b"c" * (MAX_HEADER_BYTES // 2) + b"\r\n"  # sent a byte-slice at a time, read in parts
+    head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + cookie + b"Connection: close\r\n\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        for start in range(0, len(head), 4096):
+            sock.sendall(head[start : start + 4096])
+        answer = read_answer(sock)
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.parametrize(
