@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from app.jpeg_markers import MAX_SCANS, MAX_SEGMENTS, count_markers
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
@@ -90,6 +91,7 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
     if not data:
         raise UnsupportedImageError("the uploaded file is empty")
     _check_bmp_dimensions(data)
+    _check_jpeg_markers(data)
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours: its message names its limit
@@ -166,6 +168,23 @@ def _check_bmp_dimensions(data: bytes) -> None:
         raise UnsupportedImageError(
             f"the BMP header gives invalid image dimensions {width}x{height}: the width must be positive and the "
             f"height not zero, nor below {_BMP_LOWEST_HEIGHT} (corrupt or crafted file?)"
+        )
+
+
+def _check_jpeg_markers(data: bytes) -> None:
+    """400 for a JPEG of more scans or segments than an encoder writes, before Pillow parses or decodes it: each
+    scan is decoded over the whole image, so a crafted file's cost grew with its scans, not its pixels."""
+    if not data.startswith(_SIGNATURES["JPEG"]):
+        return
+    found = count_markers(data)
+    if found.scans > MAX_SCANS:
+        raise UnsupportedImageError(
+            f"the JPEG holds over {MAX_SCANS} scans, each decoded over the whole image; encoders write at most a "
+            "dozen or so (a crafted file?)"
+        )
+    if found.segments > MAX_SEGMENTS:
+        raise UnsupportedImageError(
+            f"the JPEG holds over {MAX_SEGMENTS} segments (markers); encoders write a few dozen (a crafted file?)"
         )
 
 

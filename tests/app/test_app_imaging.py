@@ -22,6 +22,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
+from app.jpeg_markers import MAX_SCANS, MAX_SEGMENTS, count_markers
 from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
 from training.data import DataError, read_grayscale
@@ -187,6 +188,56 @@ def test_pillows_own_bomb_guard_names_our_limit_not_only_pillows(image_file: Ima
     """Before: the message quoted Pillow's 178956970 pixels only, which is not this service's limit."""
     with pytest.raises(ImageTooLargeError, match="the limit is 1000 pixels"):
         open_image(with_header_size(image_file(noise(8, 8)), 40000, 40000), max_pixels=1000, min_size=8)
+
+
+def repeated_last_scan(jpeg: bytes, copies: int) -> bytes:
+    """A progressive JPEG whose last scan (12 bytes: its header and nearly no data) is repeated ``copies`` times."""
+    last_scan = jpeg[-14:-2]
+    assert last_scan.startswith(b"\xff\xda")
+    return jpeg[:-2] + last_scan * copies + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"progressive": True, "optimize": True}])
+def test_jpegs_as_encoders_write_them_are_within_the_marker_bounds(
+    noise: Noise, mode: str, options: dict[str, bool]
+) -> None:
+    image = Image.fromarray(noise(64, 48)).convert(mode)
+    image.getexif()[ExifTags.Base.Orientation] = 1
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=image.getexif(), **options)
+    found = count_markers(buffer.getvalue())
+    assert 1 <= found.scans <= 10 and found.segments <= 30, found
+    assert decode(buffer.getvalue()).shape == (64, 48)
+
+
+def test_a_jpeg_of_more_scans_than_encoders_write_is_refused_before_decoding() -> None:
+    """Before: decoded, each scan over the whole image: 50,000 scans of a 1024x1024 image (606 KB) took 18 s."""
+    buffer = io.BytesIO()
+    Image.new("L", (1024, 1024)).save(buffer, format="JPEG", progressive=True)
+    within = repeated_last_scan(buffer.getvalue(), MAX_SCANS - count_markers(buffer.getvalue()).scans)
+    assert count_markers(within).scans == MAX_SCANS
+    assert decode(within).shape == (1024, 1024)
+    with pytest.raises(UnsupportedImageError, match=f"over {MAX_SCANS} scans") as caught:
+        open_image(repeated_last_scan(buffer.getvalue(), 50_000), **LIMITS)
+    assert caught.value.status_code == 400
+
+
+def test_a_jpeg_of_more_segments_than_encoders_write_is_refused(image_file: ImageFile, noise: Noise) -> None:
+    jpeg = image_file(noise(16, 16), "JPEG")
+    comments = b"\xff\xfe\x00\x03x" * MAX_SEGMENTS  # COM segments of one byte each
+    with pytest.raises(UnsupportedImageError, match=f"over {MAX_SEGMENTS} segments"):
+        open_image(jpeg[:2] + comments + jpeg[2:], **LIMITS)
+    assert decode(jpeg[:2] + comments[: 5 * 5] + jpeg[2:]).shape == (16, 16)
+
+
+def test_markers_inside_an_exif_thumbnail_are_not_counted(image_file: ImageFile, noise: Noise) -> None:
+    thumbnail = image_file(noise(16, 16), "JPEG")
+    app1 = b"Exif\x00\x00" + thumbnail * 40  # 40 JPEGs' markers inside one segment
+    jpeg = image_file(noise(16, 16), "JPEG")
+    assert count_markers(jpeg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:]) == (
+        count_markers(jpeg)._replace(segments=count_markers(jpeg).segments + 1)
+    )
 
 
 def with_bmp_size(bmp: bytes, width: int, height: int) -> bytes:
