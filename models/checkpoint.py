@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,12 @@ from models.vqvae import VQVAE
 
 FORMAT_VERSION = 1
 METADATA_KEY = "vqvae"
+# What training and vqvae-eval write nests 4 deep (metrics -> split -> ssim -> mean); the service's /model answer
+# fails past a few hundred levels (pydantic's serialization depth), json.loads past about a thousand (RecursionError).
+MAX_METADATA_DEPTH = 32
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class CheckpointError(ValueError):
@@ -68,16 +76,33 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint (corrupt or truncated?): {exc}") from exc
     if raw is None:
         raise CheckpointError(f"{path}: safetensors file has no '{METADATA_KEY}' metadata; not a VQ-VAE checkpoint")
-    try:
-        metadata = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON: {exc}") from exc
+    metadata = _parse_metadata(path, raw)
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: checkpoint metadata must be a JSON object")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format_version {version!r} (expected {FORMAT_VERSION})")
     return metadata
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep the JSON ``text`` nests arrays and objects, counted without parsing it: json.loads recurses once a
+    level, so a header nested 100,000 deep raised RecursionError. Strings are dropped first, their escapes (``\\"``)
+    before them: their brackets are text. Linear, with no recursion and no Python loop over the characters."""
+    outside_strings = "".join(_ESCAPE.sub("", text).split('"')[::2])
+    brackets = _NOT_A_BRACKET.sub("", outside_strings)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def _parse_metadata(path: Path, raw: str) -> Any:
+    """The metadata's JSON value, refused when nested deeper than ``MAX_METADATA_DEPTH``: deeper, it crashed
+    json.loads, or loaded and then turned every GET /model into a 500."""
+    if _nesting_depth(raw) > MAX_METADATA_DEPTH:
+        raise CheckpointError(f"{path}: checkpoint metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON: {exc}") from exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,10 +22,11 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from app.inference import StartupError
 from app.negotiation import MAX_ACCEPT_CHARS, AcceptTooLongError, choose
 from app.routes import codec
 from app.settings import DEFAULT_CHECKPOINT, Settings
-from models.checkpoint import load, read_metadata, save
+from models.checkpoint import MAX_METADATA_DEPTH, load, read_metadata, save
 from models.grayscale import to_uint8, to_unit_float
 from models.quality import psnr, ssim
 from models.vqvae import VQVAE
@@ -220,6 +221,33 @@ async def test_model_metadata_names_no_folder_of_the_machine_that_made_the_check
     }
     assert body["test_metrics"] == {"checkpoint": "best.safetensors", "data": "test"}
     assert body["metrics"] == {"test": body["test_metrics"], "test (2)": {"images": 5}, "test (3)": {"images": 6}}
+
+
+def _metrics_nested(levels: int) -> dict[str, Any]:
+    """Metadata whose test SSIM is a list ``levels`` deep; the whole is ``levels + 3`` deep."""
+    value: Any = 0.5
+    for _ in range(levels):
+        value = [value]
+    return {"metrics": {"test": {"ssim": value}}}
+
+
+async def test_model_answers_for_metadata_at_the_depth_bound_and_deeper_is_refused_at_start(
+    serve: Serve, model: VQVAE, tmp_path: Path
+) -> None:
+    """Before, metadata ~300 levels deep loaded, and then every GET /model was a 500 (pydantic's serialization
+    depth; a RecursionError at 800). Now the service answers at the bound, and refuses to start past it."""
+    bound = save(model, tmp_path / "bound.safetensors", _metrics_nested(MAX_METADATA_DEPTH - 3))
+    async with serve(checkpoint=bound) as client:
+        answer = await client.get("/model")
+    assert answer.status_code == 200
+    assert answer.json()["test_metrics"] == _metrics_nested(MAX_METADATA_DEPTH - 3)["metrics"]["test"]
+    deeper = save(model, tmp_path / "deeper.safetensors", _metrics_nested(MAX_METADATA_DEPTH - 2))
+    with pytest.raises(StartupError) as caught:
+        async with serve(checkpoint=deeper):
+            pass
+    assert str(caught.value) == (
+        f"cannot load checkpoint: {deeper}: checkpoint metadata is nested more than {MAX_METADATA_DEPTH} levels deep"
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from models import checkpoint
-from models.checkpoint import CheckpointError, load, read_metadata, save
+from models.checkpoint import MAX_METADATA_DEPTH, CheckpointError, load, read_metadata, save
 from models.config import PRESETS, VQVAEConfig
 from models.files import partial_path
 from models.vqvae import VQVAE
@@ -123,17 +123,53 @@ def test_tensors_not_matching_config(saved: tuple[VQVAE, Path], tmp_path: Path) 
 
 
 def _crafted(
-    source: Path, target: Path, *, config: dict[str, object] | None = None, drop: str = "", add: str = ""
+    source: Path,
+    target: Path,
+    *,
+    config: dict[str, object] | None = None,
+    drop: str = "",
+    add: str = "",
+    extra: str = "",
 ) -> Path:
-    """A copy of ``source`` with its header's config updated, one tensor dropped or one added."""
+    """A copy of ``source`` with its header's config updated, one tensor dropped or one added, and ``extra`` (raw
+    JSON text, ``"name": value``: json.dumps cannot write what some tests need) added to its metadata."""
     with safe_open(str(source), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}  # noqa: SIM118
         header = json.loads(handle.metadata()["vqvae"])
     header["config"].update(config or {})
     if add:
         tensors[add] = torch.zeros(1)
-    save_file(tensors, str(target), metadata={"vqvae": json.dumps(header)})
+    text = json.dumps(header)
+    if extra:
+        text = f"{text[:-1]}, {extra}}}"
+    save_file(tensors, str(target), metadata={"vqvae": text})
     return target
+
+
+def _nested(levels: int) -> str:
+    """A JSON array ``levels`` deep: ``[[1]]`` for 2."""
+    return "[" * levels + "1" + "]" * levels
+
+
+def test_metadata_at_the_depth_bound_loads_and_one_level_deeper_is_refused(
+    saved: tuple[VQVAE, Path], tmp_path: Path
+) -> None:
+    """Before, 33 levels (or 300) loaded, and then every GET /model of the service was a 500: pydantic's
+    serialization depth. Brackets in strings are text, not levels."""
+    text = r"[[[[{{\\\"[[[[" * 20  # an escaped backslash, then an escaped quote: the string goes on
+    bound = f'"x": {_nested(MAX_METADATA_DEPTH - 1)}, "note": "{text}"'  # the metadata object is the first level
+    assert load(_crafted(saved[1], tmp_path / "bound.safetensors", extra=bound))[1]["note"] == json.loads(f'"{text}"')
+    deeper = _crafted(saved[1], tmp_path / "deeper.safetensors", extra=f'"x": {_nested(MAX_METADATA_DEPTH)}')
+    with pytest.raises(CheckpointError) as caught:
+        load(deeper)
+    assert str(caught.value) == f"{deeper}: checkpoint metadata is nested more than {MAX_METADATA_DEPTH} levels deep"
+
+
+def test_metadata_too_deep_for_json_loads_is_one_checkpoint_error(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
+    """Before: RecursionError from json.loads, a traceback from vqvae-serve and vqvae-eval."""
+    path = _crafted(saved[1], tmp_path / "abyss.safetensors", extra=f'"x": {_nested(100_000)}')
+    with pytest.raises(CheckpointError, match=r"abyss\.safetensors: checkpoint metadata is nested more than"):
+        read_metadata(path)
 
 
 @pytest.mark.parametrize(
