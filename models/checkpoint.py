@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,17 @@ def _nesting_depth(text: str) -> int:
 
 def _parse_metadata(path: Path, raw: str) -> Any:
     """The metadata's JSON value, refused when nested deeper than ``MAX_METADATA_DEPTH``: deeper, it crashed
-    json.loads, or loaded and then turned every GET /model into a 500."""
+    json.loads, or loaded and then turned every GET /model into a 500. An integer too long for Python to read was a
+    bare ValueError: a traceback from vqvae-serve, an error naming no file from vqvae-eval."""
     if _nesting_depth(raw) > MAX_METADATA_DEPTH:
         raise CheckpointError(f"{path}: checkpoint metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # Python's limit on int() of a long digit string; its text advises raising the limit
+        limit = sys.get_int_max_str_digits()
+        raise CheckpointError(f"{path}: checkpoint metadata holds an integer of more than {limit} digits") from exc
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from training.synthetic import synthetic_slice
 
@@ -26,6 +28,16 @@ def write_slices(folder: Path, count: int, seed: int, size: tuple[int, int] = (6
     for i in range(count):
         Image.fromarray(synthetic_slice(rng, size)).save(folder / f"case_{seed:03d}_slice_{i}.nii.png")
     return folder
+
+
+def add_to_metadata(source: Path, target: Path, member: str) -> Path:
+    """A copy of checkpoint ``source`` at ``target`` with ``member`` (raw JSON text, ``"name": value``) added to its
+    metadata: json.dumps cannot write what some tests need (100,000 levels deep)."""
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        text = handle.metadata()["vqvae"]
+    save_file(tensors, str(target), metadata={"vqvae": f"{text[:-1]}, {member}}}"})
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from models.checkpoint import MAX_METADATA_DEPTH, CheckpointError, load, read_me
 from models.config import PRESETS, VQVAEConfig
 from models.files import partial_path
 from models.vqvae import VQVAE
+from tests.conftest import add_to_metadata
 
 
 @pytest.fixture
@@ -123,26 +124,16 @@ def test_tensors_not_matching_config(saved: tuple[VQVAE, Path], tmp_path: Path) 
 
 
 def _crafted(
-    source: Path,
-    target: Path,
-    *,
-    config: dict[str, object] | None = None,
-    drop: str = "",
-    add: str = "",
-    extra: str = "",
+    source: Path, target: Path, *, config: dict[str, object] | None = None, drop: str = "", add: str = ""
 ) -> Path:
-    """A copy of ``source`` with its header's config updated, one tensor dropped or one added, and ``extra`` (raw
-    JSON text, ``"name": value``: json.dumps cannot write what some tests need) added to its metadata."""
+    """A copy of ``source`` with its header's config updated, one tensor dropped or one added."""
     with safe_open(str(source), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}  # noqa: SIM118
         header = json.loads(handle.metadata()["vqvae"])
     header["config"].update(config or {})
     if add:
         tensors[add] = torch.zeros(1)
-    text = json.dumps(header)
-    if extra:
-        text = f"{text[:-1]}, {extra}}}"
-    save_file(tensors, str(target), metadata={"vqvae": text})
+    save_file(tensors, str(target), metadata={"vqvae": json.dumps(header)})
     return target
 
 
@@ -158,8 +149,8 @@ def test_metadata_at_the_depth_bound_loads_and_one_level_deeper_is_refused(
     serialization depth. Brackets in strings are text, not levels."""
     text = r"[[[[{{\\\"[[[[" * 20  # an escaped backslash, then an escaped quote: the string goes on
     bound = f'"x": {_nested(MAX_METADATA_DEPTH - 1)}, "note": "{text}"'  # the metadata object is the first level
-    assert load(_crafted(saved[1], tmp_path / "bound.safetensors", extra=bound))[1]["note"] == json.loads(f'"{text}"')
-    deeper = _crafted(saved[1], tmp_path / "deeper.safetensors", extra=f'"x": {_nested(MAX_METADATA_DEPTH)}')
+    assert load(add_to_metadata(saved[1], tmp_path / "bound.safetensors", bound))[1]["note"] == json.loads(f'"{text}"')
+    deeper = add_to_metadata(saved[1], tmp_path / "deeper.safetensors", f'"x": {_nested(MAX_METADATA_DEPTH)}')
     with pytest.raises(CheckpointError) as caught:
         load(deeper)
     assert str(caught.value) == f"{deeper}: checkpoint metadata is nested more than {MAX_METADATA_DEPTH} levels deep"
@@ -167,7 +158,7 @@ def test_metadata_at_the_depth_bound_loads_and_one_level_deeper_is_refused(
 
 def test_metadata_too_deep_for_json_loads_is_one_checkpoint_error(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
     """Before: RecursionError from json.loads, a traceback from vqvae-serve and vqvae-eval."""
-    path = _crafted(saved[1], tmp_path / "abyss.safetensors", extra=f'"x": {_nested(100_000)}')
+    path = add_to_metadata(saved[1], tmp_path / "abyss.safetensors", f'"x": {_nested(100_000)}')
     with pytest.raises(CheckpointError, match=r"abyss\.safetensors: checkpoint metadata is nested more than"):
         read_metadata(path)
 
@@ -231,6 +222,17 @@ def test_shapes_are_compared_before_the_model_is_allocated(
     with pytest.raises(CheckpointError, match=r"tensor 'quantizer\.codebook' has shape"):
         load(path)
     assert devices == ["meta"]
+
+
+def test_an_integer_too_long_to_read_is_one_checkpoint_error(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
+    """Before: ValueError "Exceeds the limit (4300 digits) for integer string conversion", naming no file."""
+    path = add_to_metadata(saved[1], tmp_path / "digits.safetensors", f'"steps": {"9" * 5000}')
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert (
+        str(caught.value)
+        == f"{path}: checkpoint metadata holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    )
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from models import files
 from models.checkpoint import load, read_metadata, save
-from tests.conftest import write_slices
+from tests.conftest import add_to_metadata, write_slices
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
 from training.data import DEFAULT_DATA_ROOT
@@ -549,6 +549,26 @@ def test_a_resume_state_that_is_not_vqvae_trains_is_refused_before_the_data_load
         said,
     )
     assert "weights_only" not in err
+
+
+@pytest.mark.parametrize(
+    ("member", "said"),
+    [
+        ('"steps": ' + "9" * 5000, "checkpoint metadata holds an integer of more than"),
+        ('"x": ' + "[" * 100_000 + "]" * 100_000, "checkpoint metadata is nested more than 32 levels deep"),
+    ],
+)
+def test_eval_and_resume_refuse_metadata_json_cannot_read_in_one_line(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], member: str, said: str
+) -> None:
+    """Before: a RecursionError traceback from both; for the long integer, a ValueError naming no file."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.pt", "history.json"))
+    last = add_to_metadata(trained / "last.safetensors", run / "last.safetensors", member)
+    capsys.readouterr()
+    _refused(evaluate.main(["--checkpoint", str(last), "--data", str(fixture_oasis)]), capsys, f"{last}: {said}")
+    resumed = train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY])
+    _refused(resumed, capsys, f"{last}: {said}")
 
 
 def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
