@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import stat
 import sys
 from itertools import accumulate
@@ -81,8 +82,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: checkpoint metadata must be a JSON object")
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format_version {version!r} (expected {FORMAT_VERSION})")
+    if type(version) is not int or version != FORMAT_VERSION:  # not True, nor 1.0, which equal 1
+        shown = reprlib.repr(version)  # a crafted value may run to thousands of characters
+        raise CheckpointError(f"{path}: unsupported checkpoint format_version {shown} (expected {FORMAT_VERSION})")
     return metadata
 
 

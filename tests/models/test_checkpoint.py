@@ -235,6 +235,21 @@ def test_an_integer_too_long_to_read_is_one_checkpoint_error(saved: tuple[VQVAE,
     )
 
 
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [("true", "True"), ("1.0", "1.0"), ("1" + "0" * 4000, "1" + "0" * 17 + "..." + "0" * 19)],
+)
+def test_format_version_must_be_the_integer_1(
+    saved: tuple[VQVAE, Path], tmp_path: Path, version: str, shown: str
+) -> None:
+    """Before, ``true`` and ``1.0`` were taken for 1 (they compare equal to it), and a crafted number was shown
+    whole."""
+    path = add_to_metadata(saved[1], tmp_path / "version.safetensors", f'"format_version": {version}')
+    with pytest.raises(CheckpointError) as caught:
+        read_metadata(path)
+    assert str(caught.value) == f"{path}: unsupported checkpoint format_version {shown} (expected 1)"
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_a_saved_checkpoint_gets_the_umasks_mode(tmp_path: Path, umask: int, mode: int) -> None:
     """safetensors writes its files 0600 whatever the umask: a checkpoint trained as root could not be read by the
