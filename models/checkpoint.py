@@ -27,6 +27,10 @@ MAX_METADATA_DEPTH = 32
 _ESCAPE = re.compile(r"\\.", re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# The dtypes, as safetensors names them, that a tensor may be stored in: every VQVAE tensor is float32, and
+# load_state_dict casts into it. F16 and BF16 widen exactly; F64 rounds, and a value past float32's range becomes
+# infinite, which _check_finite then refuses. Any other (integers, bool, complex, float8) is no model's weights.
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 class CheckpointError(ValueError):
@@ -143,26 +147,40 @@ def _first_mismatch(expected: dict[str, torch.Size], declared: dict[str, torch.S
     return f"unexpected tensor {unexpected[0]!r}" if unexpected else None
 
 
+def _first_foreign_dtype(dtypes: dict[str, str]) -> str | None:
+    """The first tensor stored in a dtype not in ``WEIGHT_DTYPES``, said in words, or None. Before, integer, bool,
+    complex (its imaginary part dropped) and float8_e5m2 tensors loaded as weights, and float8_e4m3fn crashed
+    _check_finite (torch has no isfinite for it)."""
+    for name, dtype in dtypes.items():
+        if dtype not in WEIGHT_DTYPES:
+            return f"tensor {name!r} is stored as {dtype}, not as a float dtype of weights ({', '.join(WEIGHT_DTYPES)})"
+    return None
+
+
 def _read_tensors(path: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """The file's tensors, read only after the shapes in its header match ``expected``."""
+    """The file's tensors, read only after the dtypes and shapes in its header are those of a model's weights and
+    match ``expected``."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            declared = {name: torch.Size(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
-            mismatch = _first_mismatch(expected, declared)
-            if mismatch is None:
-                tensors = {name: handle.get_tensor(name) for name in declared}
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+            foreign = _first_foreign_dtype({name: part.get_dtype() for name, part in slices.items()})
+            mismatch = _first_mismatch(expected, {name: torch.Size(part.get_shape()) for name, part in slices.items()})
+            if foreign is None and mismatch is None:
+                tensors = {name: handle.get_tensor(name) for name in slices}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {_one_line(exc)}") from exc
+    if foreign is not None:
+        raise CheckpointError(f"{path}: {foreign}")
     if mismatch is not None:
         raise CheckpointError(f"{path}: tensors do not match the config in the checkpoint: {mismatch}")
-    _check_finite(path, tensors)
     return tensors
 
 
 def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse NaN or infinite weights: a file damaged in its tensor data (whose header still parses), or a run that
     diverged. Before, such a model loaded, and the service answered 200s with all-zero codes, blank images and an
-    SSIM of null."""
+    SSIM of null. Checked in the model, after the cast to its float32: a float64 past float32's range is infinite
+    there."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -174,9 +192,9 @@ def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, dict[str, Any]]:
     """Rebuild the model from the file alone -> (model in eval mode, metadata).
 
-    A wrongly typed config value, or tensor names or shapes that differ from the config's model, is a one-line
-    CheckpointError raised before the real model is allocated, so a crafted header cannot make ``load`` allocate
-    much more than the file itself holds.
+    A wrongly typed config value, a tensor stored in no float dtype, or tensor names or shapes that differ from the
+    config's model, is a one-line CheckpointError raised before the real model is allocated, so a crafted header
+    cannot make ``load`` allocate much more than the file itself holds.
     """
     path = Path(path)
     metadata = read_metadata(path)
@@ -184,4 +202,5 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, d
     tensors = _read_tensors(path, shapes)
     model = VQVAE(config)
     model.load_state_dict(tensors, strict=True)  # same names and shapes; values are cast to the model's dtypes
+    _check_finite(path, model.state_dict())
     return model.to(device).eval(), metadata

@@ -124,15 +124,22 @@ def test_tensors_not_matching_config(saved: tuple[VQVAE, Path], tmp_path: Path) 
 
 
 def _crafted(
-    source: Path, target: Path, *, config: dict[str, object] | None = None, drop: str = "", add: str = ""
+    source: Path,
+    target: Path,
+    *,
+    config: dict[str, object] | None = None,
+    drop: str = "",
+    add: str = "",
+    replace: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """A copy of ``source`` with its header's config updated, one tensor dropped or one added."""
+    """A copy of ``source`` with its header's config updated, one tensor dropped, one added or some replaced."""
     with safe_open(str(source), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}  # noqa: SIM118
         header = json.loads(handle.metadata()["vqvae"])
     header["config"].update(config or {})
     if add:
         tensors[add] = torch.zeros(1)
+    tensors.update(replace or {})
     save_file(tensors, str(target), metadata={"vqvae": json.dumps(header)})
     return target
 
@@ -248,6 +255,60 @@ def test_format_version_must_be_the_integer_1(
     with pytest.raises(CheckpointError) as caught:
         read_metadata(path)
     assert str(caught.value) == f"{path}: unsupported checkpoint format_version {shown} (expected 1)"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "stored"),
+    [
+        (torch.int64, "I64"),
+        (torch.int8, "I8"),
+        (torch.uint8, "U8"),
+        (torch.uint16, "U16"),
+        (torch.uint32, "U32"),
+        (torch.bool, "BOOL"),
+        (torch.complex64, "C64"),  # before, loaded with its imaginary part dropped
+        (torch.float8_e5m2, "F8_E5M2"),
+        (torch.float8_e4m3fn, "F8_E4M3"),  # before, NotImplementedError from isfinite
+    ],
+)
+def test_a_tensor_stored_as_no_float_dtype_of_weights_is_refused(
+    saved: tuple[VQVAE, Path], tmp_path: Path, dtype: torch.dtype, stored: str
+) -> None:
+    """Before, all loaded as weights (cast to float32), but float8_e4m3fn, which crashed _check_finite."""
+    model, source = saved
+    codebook = model.state_dict()["quantizer.codebook"].to(dtype)
+    path = _crafted(source, tmp_path / "typed.safetensors", replace={"quantizer.codebook": codebook})
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert str(caught.value) == (
+        f"{path}: tensor 'quantizer.codebook' is stored as {stored}, not as a float dtype of weights "
+        "(F32, F16, BF16, F64)"
+    )
+
+
+def test_half_and_double_tensors_load_as_float32_unless_past_its_range(
+    saved: tuple[VQVAE, Path], tmp_path: Path
+) -> None:
+    """float16 and bfloat16 widen exactly, float64 rounds. Before, a float64 past float32's range loaded as an
+    infinite weight: _check_finite looked at the float64 tensor, before the cast."""
+    model, source = saved
+    weights = model.state_dict()
+    dtypes = {
+        "quantizer.codebook": torch.float64,
+        "encoder.net.0.weight": torch.float16,
+        "decoder.net.0.bias": torch.bfloat16,
+    }
+    replace = {name: weights[name].to(dtype) for name, dtype in dtypes.items()}
+    loaded = load(_crafted(source, tmp_path / "mixed.safetensors", replace=replace))[0].state_dict()
+    for name, tensor in replace.items():
+        assert loaded[name].dtype == torch.float32 and torch.equal(loaded[name], tensor.float())
+    codebook = weights["quantizer.codebook"].double()
+    codebook[0, 0] = 1e300
+    huge = _crafted(source, tmp_path / "huge.safetensors", replace={"quantizer.codebook": codebook})
+    with pytest.raises(
+        CheckpointError, match=r"huge\.safetensors: tensor 'quantizer\.codebook' holds 1 NaN or infinite"
+    ):
+        load(huge)
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
