@@ -22,7 +22,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from app.cli import main
 from app.http_protocol import MAX_HEADER_BYTES, ServiceProtocol
@@ -616,14 +619,35 @@ def test_metrics_add_up_over_worker_processes(
     assert batches == 12
 
 
+def serve_checkpoint(path: Path) -> subprocess.CompletedProcess[str]:
+    """``vqvae-serve --checkpoint path`` on any free port (8000 may be taken here), run to its end."""
+    script = "import sys; from app.cli import main; sys.exit(main())"
+    return run_in_repo([sys.executable, "-c", script, "--checkpoint", str(path), "--port", "0"])
+
+
 def test_serve_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
-    command = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())", "--checkpoint"]
-    result = run_in_repo([*command, str(missing), "--port", "0"])  # any free port: 8000 may be taken here
+    result = serve_checkpoint(missing)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"vqvae-serve: cannot load checkpoint: {missing}: checkpoint file not found"
     ]
+
+
+def test_serve_refuses_float8_weights_in_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    """Before: a traceback, NotImplementedError: "isfinite" not implemented for 'Float8_e4m3fn'."""
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name).to(torch.float8_e4m3fn) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    float8 = tmp_path / "float8.safetensors"
+    save_file(tensors, str(float8), metadata=metadata)
+    result = serve_checkpoint(float8)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert re.fullmatch(
+        rf"vqvae-serve: cannot load checkpoint: {re.escape(str(float8))}: tensor '[\w.]+' is stored as F8_E4M3, .+",
+        line,
+    ), line
 
 
 def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_torch(
