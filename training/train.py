@@ -108,6 +108,15 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str:
     return lines[1]
 
 
+def recorded(metadata: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``metadata[key][key]...``, or {} where a level is absent or not an object: what a checkpoint of an older
+    version lacks. Before, a section of another type (``"data": []``) ended ``--resume`` in an AttributeError."""
+    section: Any = metadata
+    for key in keys:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -243,7 +252,7 @@ class Trainer:
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
         self.check_same_images(weights, metadata)
-        trained_in = metadata.get("training", {}).get("precision")
+        trained_in = recorded(metadata, "training").get("precision")
         if trained_in is not None and trained_in != self.precision:  # allowed: how fast it runs, like --device
             note(
                 f"the run trained in {trained_in} so far, and goes on in {self.precision} "
@@ -260,7 +269,7 @@ class Trainer:
             self.state = RunState(**json.loads(state["run"]))
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a last.pt of another kind of run
             raise run_folder.unreadable_state(state_path, exc) from exc
-        weights_step = metadata.get("training", {}).get("steps")
+        weights_step = recorded(metadata, "training").get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
             raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another
                 f"{weights} is of step {weights_step} but {state_path} of step {self.state.step}: not one saved "
@@ -279,7 +288,7 @@ class Trainer:
         what validation compares. Before, only the counts were compared. Runs saved before fingerprints were
         recorded are checked by their counts alone."""
         for split, images in (("train", len(self.train_set)), ("validate", len(self.val_set))):
-            saved = metadata.get("data", {}).get(split, {})
+            saved = recorded(metadata, "data", split)
             if saved.get("images") is not None and saved["images"] != images:
                 raise CheckpointError(
                     f"{weights}: the run had {saved['images']} {split} images, its data folder now gives {images}; "

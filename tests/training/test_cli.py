@@ -571,6 +571,17 @@ def test_eval_and_resume_refuse_metadata_json_cannot_read_in_one_line(
     _refused(resumed, capsys, f"{last}: {said}")
 
 
+def test_resume_takes_a_data_record_of_another_type_as_absent(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As for a checkpoint from before the data were recorded. Before: an AttributeError traceback."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.pt", "history.json"))
+    add_to_metadata(trained / "last.safetensors", run / "last.safetensors", '"data": []')  # the last key wins
+    assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY, "--epochs", "3"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_evaluate_refuses_outputs_it_cannot_write_before_scoring(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
