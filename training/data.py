@@ -31,6 +31,12 @@ OASIS_SPLITS = {
     "test": "keras_png_slices_test",
 }
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "oasis"
+# The most pixels (width x height) of an image that vqvae-train and vqvae-eval read, checked from its header before any
+# pixel is decoded: a 140 KB PNG claiming 12000x12000 took vqvae-eval 77 s and 19.7 GB of memory (Pillow only warns
+# up to twice its own 89.5 million). 4096x4096 is 256 OASIS slices, or 64 slices of 512x512; reconstructing one such
+# image takes the shipped model about 3 GB (README, VQVAE_MAX_PIXELS, the service's own limit, 1024x1024 by default).
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 
 class DataError(ValueError):
@@ -82,13 +88,13 @@ class SliceSet:
 
 def read_grayscale(path: Path) -> np.ndarray:
     """One image file -> uint8 (H, W), by the same grayscale rule as the service (models.grayscale), and no
-    smaller than the service accepts (``models.limits.MIN_SIDE``).
+    smaller than the service accepts (``models.limits.MIN_SIDE``) nor larger than ``MAX_PIXELS``.
 
     Opened from its bytes, as the service opens an upload: opened from a path, Pillow 13 read an uncompressed TIFF
     whose orientation swaps its sides (5 to 8) as stored, not turned, and dropped the tag.
     """
     try:
-        with Image.open(io.BytesIO(path.read_bytes()), formats=ACCEPTED_FORMATS) as image:
+        with open_checked(path) as image:
             image.load()
             pixels = to_grey_levels(image).copy()  # writable
             narrow = narrow_range(image)
@@ -96,7 +102,9 @@ def read_grayscale(path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: cannot read image: not a {'/'.join(ACCEPTED_FORMATS)} file, or a damaged one"
         ) from exc
-    except (Image.DecompressionBombError, *DECODE_ERRORS) as exc:  # Pillow's errors for damaged data, all of them
+    except DataError:
+        raise  # open_checked's own, which DECODE_ERRORS (ValueError) would otherwise reword
+    except DECODE_ERRORS as exc:  # Pillow's errors for damaged data, all of them
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape
@@ -104,6 +112,27 @@ def read_grayscale(path: Path) -> np.ndarray:
     if narrow is not None:
         warnings.warn(NarrowRangeWarning(path, narrow), stacklevel=2)
     return pixels
+
+
+def open_checked(path: Path) -> Image.Image:
+    """``path`` opened from its bytes with no pixel decoded yet, refused from its header when it has more than
+    ``MAX_PIXELS``; the caller closes it. Pillow's own decompression-bomb warning (from 89.5 million pixels) is
+    silenced and its error (from twice that) reworded, so that the limit named is the one that applies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(path.read_bytes()), formats=ACCEPTED_FORMATS)
+        except Image.DecompressionBombError as exc:
+            claimed = f"over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels"
+            raise DataError(f"{path}: image header claims {claimed}, over the limit of {MAX_PIXELS} pixels") from exc
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise DataError(
+            f"{path}: image is {width}x{height} = {width * height} pixels, over the limit of {MAX_PIXELS} pixels "
+            f"({MAX_SIDE}x{MAX_SIDE})"
+        )
+    return image
 
 
 class NarrowRangeWarning(UserWarning):

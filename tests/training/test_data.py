@@ -1,4 +1,5 @@
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image, TiffImagePlugin
 from benchmarks.crafted_png import with_header_size
 from tests.conftest import write_slices
 from training.data import (
+    MAX_PIXELS,
+    MAX_SIDE,
     CropSampler,
     DataError,
     NarrowRangeWarning,
@@ -83,13 +86,37 @@ def test_colour_16_bit_and_mixed_sizes_are_kept(tmp_path: Path) -> None:
         slices.stacked()
 
 
-def test_a_decompression_bomb_is_a_data_error(tmp_path: Path) -> None:
-    """Before: Pillow's DecompressionBombError (not an OSError or a ValueError) ended in a traceback."""
+def _claiming(folder: Path, width: int, height: int) -> Path:
+    """``folder/bomb.png``: an 8x8 PNG whose header claims ``width`` x ``height`` (a decompression bomb's)."""
     small = io.BytesIO()
     Image.new("L", (8, 8)).save(small, format="PNG")
-    (tmp_path / "bomb.png").write_bytes(with_header_size(small.getvalue(), 40000, 40000))
-    with pytest.raises(DataError, match=r"bomb\.png: cannot read image \(Image size \(1600000000 pixels\) exceeds"):
+    (folder / "bomb.png").write_bytes(with_header_size(small.getvalue(), width, height))
+    return folder / "bomb.png"
+
+
+def test_a_decompression_bomb_is_a_data_error(tmp_path: Path) -> None:
+    """Before: Pillow's DecompressionBombError (not an OSError or a ValueError) ended in a traceback; then its own
+    message, which named its limit, not the one that applies."""
+    _claiming(tmp_path, 40000, 40000)
+    with pytest.raises(
+        DataError, match=rf"bomb\.png: image header claims over \d+ pixels, over the limit of {MAX_PIXELS}"
+    ):
         load_folder(tmp_path)
+
+
+@pytest.mark.parametrize(("width", "height"), [(MAX_SIDE + 1, MAX_SIDE), (10000, 10000), (1, MAX_PIXELS + 1)])
+def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path: Path, width: int, height: int) -> None:
+    """Before: decoded whatever their size (a 140 KB PNG of 12000x12000 took vqvae-eval 77 s and 19.7 GB), with only
+    Pillow's DecompressionBombWarning from 89.5 million pixels. Now refused before a pixel is decoded (these files
+    hold 8x8 pixels: decoding them would fail otherwise), with no warning of Pillow's."""
+    _claiming(tmp_path, width, height)
+    said = rf"bomb\.png: image is {width}x{height} = {width * height} pixels, over the limit of {MAX_PIXELS} pixels"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's warning would be raised, and not be the DataError expected
+        with pytest.raises(DataError, match=said):
+            load_folder(tmp_path)
+    Image.new("L", (MAX_SIDE, MAX_SIDE), 3).save(tmp_path / "bomb.png")  # at the limit: read
+    assert load_folder(tmp_path).images[0].shape == (MAX_SIDE, MAX_SIDE)
 
 
 def test_signed_samples_below_zero_are_a_data_error(tmp_path: Path) -> None:

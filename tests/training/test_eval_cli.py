@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from benchmarks.crafted_png import with_header_size
 from models.checkpoint import save
 from models.config import PRESETS
 from models.vqvae import VQVAE
 from tests.conftest import write_slices
 from training import evaluate
+from training.data import MAX_PIXELS
 
 
 @pytest.fixture
@@ -47,3 +51,22 @@ def test_ctrl_c_while_scoring_exits_130_without_a_report(
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(fixture_oasis)]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_an_image_over_the_pixel_limit_is_one_error_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a 140 KB PNG of 12000x12000 was decoded and run through the model (77 s, 19.7 GB of memory), with only
+    Pillow's DecompressionBombWarning. This one claims 12000x12000 in its header and holds 8x8 pixels."""
+    small = io.BytesIO()
+    Image.new("L", (8, 8)).save(small, format="PNG")
+    write_slices(tmp_path / "bomb", 2, seed=5)
+    (tmp_path / "bomb" / "x.png").write_bytes(with_header_size(small.getvalue(), 12000, 12000))
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "bomb"), "--split", "", "--out", str(out)]
+    assert evaluate.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path / 'bomb' / 'x.png'}: image is 12000x12000 = 144000000 pixels, over the limit of "
+        f"{MAX_PIXELS} pixels (4096x4096)"
+    ]
+    assert not out.exists()
