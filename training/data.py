@@ -6,8 +6,11 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -150,49 +153,102 @@ def resolve_folder(data: Path, split: str | None) -> Path:
     is one: a researcher's own ``train`` and ``test`` folders. Before, only ``./train`` reached them.
     """
     folder = data / OASIS_SPLITS.get(split, split) if split else data
-    if split in OASIS_SPLITS and not folder.exists() and (data / split).is_dir():
-        folder = data / split
-    if not folder.exists():
+    with _readable(data):
+        if split in OASIS_SPLITS and not folder.exists() and (data / split).is_dir():
+            folder = data / split
+        found, is_folder = folder.exists(), folder.is_dir()
+    if not found:
         hint = (
             f" (expected the OASIS folder {OASIS_SPLITS[split]}, or a folder {split}, under {data})"
             if split in OASIS_SPLITS
             else ""
         )
         raise DataError(f"{folder}: data folder does not exist{hint}")
-    if not folder.is_dir():
+    if not is_folder:
         raise DataError(f"{folder}: not a folder")
     return folder
 
 
-def folder_listing(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, sub-folders) directly in ``folder``, each sorted by name, in one pass over it (its entries'
+@contextmanager
+def _readable(folder: Path) -> Iterator[None]:
+    """An OSError while ``folder`` is looked into as a DataError naming it: one of mode 000 (PermissionError from
+    ``Path.exists`` or ``os.scandir``) ended both CLIs in a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot read the data folder ({exc.strerror or exc})") from exc
+
+
+class Listing(NamedTuple):
+    """What ``folder_listing`` finds directly in a folder, each sorted by name."""
+
+    files: list[Path]  # image files
+    below: list[Path]  # sub-folders
+    broken: list[Path]  # image names that lead to no file: symbolic links to nothing, or in a loop
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """An entry's kind: "file", "folder", "broken" (a symbolic link to nothing, in a loop, or past a folder it may not
+    enter) or "other". ``is_file`` says False of a link to nothing, and raises OSError (ELOOP) for one in a loop."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "folder"
+    except OSError:
+        return "broken"
+    return "broken" if entry.is_symlink() else "other"
+
+
+def folder_listing(folder: Path) -> Listing:
+    """The image files, sub-folders and broken image links directly in ``folder``, in one pass over it (its entries'
     types come with the listing: no file is stat'ed twice). Hidden entries are left out: macOS leaves a
     ``._name.png`` of metadata beside each file it copies to a foreign disk, which stopped a run. A folder with no
     image file is a DataError whose hint names its sub-folders, whose images are not read."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data folder does not exist")
-    files, below = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                files.append(folder / entry.name)
-            elif entry.is_dir():
-                below.append(folder / entry.name)
-    if not files:
-        oasis = sorted(split for split, name in OASIS_SPLITS.items() if folder / name in below)
-        if oasis:
-            hint = f"; it is an OASIS root: name a split ({', '.join(oasis)})"
-        elif below:
-            hint = f"; only images directly in it are read, not those of its {len(below)} sub-folders"
-        else:
-            hint = ""
-        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{hint}")
-    return sorted(files), sorted(below)
+    found: dict[str, list[Path]] = {"file": [], "folder": [], "broken": [], "other": []}
+    with _readable(folder):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data folder does not exist")
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    found[_entry_kind(entry)].append(folder / entry.name)
+    images = [[p for p in found[kind] if p.suffix.lower() in IMAGE_SUFFIXES] for kind in ("file", "broken")]
+    listing = Listing(sorted(images[0]), sorted(found["folder"]), sorted(images[1]))
+    if not listing.files:
+        raise DataError(
+            f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{_no_images_hint(listing)}"
+        )
+    return listing
 
 
-_SUB_FOLDERS_NOTED: set[Path] = set()  # folders whose sub-folders this process has named in a note
+def _no_images_hint(listing: Listing) -> str:
+    """What a folder with no image file holds instead, for its error: OASIS splits, sub-folders or broken links."""
+    oasis = sorted(split for split, name in OASIS_SPLITS.items() if any(p.name == name for p in listing.below))
+    if oasis:
+        return f"; it is an OASIS root: name a split ({', '.join(oasis)})"
+    if listing.below:
+        return f"; only images directly in it are read, not those of its {len(listing.below)} sub-folders"
+    if listing.broken:
+        return f"; {_broken_text(listing.broken)}"
+    return ""
+
+
+def _broken_text(broken: list[Path]) -> str:
+    return (
+        f"{len(broken)} image name(s) are symbolic links that lead to no file (to nothing, or in a loop), "
+        f"e.g. {broken[0].name}; they are skipped"
+    )
+
+
+_NOTED: set[tuple[str, Path]] = set()  # (what, folder) of the notes this process has given about a folder
+
+
+def _note_once(what: str, folder: Path, text: str) -> None:
+    """``note(text)``, once a process for ``what`` of ``folder``: training and validation may be one folder."""
+    if (what, folder.resolve()) not in _NOTED:
+        _NOTED.add((what, folder.resolve()))
+        note(text)
 
 
 def image_folders(data: Path, *splits: str | None) -> list[Path]:
@@ -209,9 +265,10 @@ def image_folders(data: Path, *splits: str | None) -> list[Path]:
 
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     """Every image file directly in ``folder`` (sorted by name, ``limit`` of them spread over it), decoded into
-    memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer, and one for
-    sub-folders, whose images are not read (before, they were left out without a word)."""
-    files, below = folder_listing(folder)
+    memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer, one for
+    sub-folders, whose images are not read, and one for image names that are broken symbolic links, which are skipped
+    (before, both were left out without a word, and a link in a loop ended the command in a traceback)."""
+    files, below, broken = folder_listing(folder)
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
     caught: list[warnings.WarningMessage] = []
@@ -229,9 +286,14 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
             f"{len(narrow)} of {len(files)} images in {folder} hold integer values only up to "
             f"{widest.narrow.top} (12 bits or fewer), e.g. {widest.path.name}: {narrow_range_effect(widest.narrow)}"
         )
-    if below and folder.resolve() not in _SUB_FOLDERS_NOTED:  # once: training and validation may be one folder
-        _SUB_FOLDERS_NOTED.add(folder.resolve())
-        note(f"{folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are read")
+    if below:
+        _note_once(
+            "below",
+            folder,
+            f"{folder} has {len(below)} sub-folder(s), e.g. {below[0].name}; only the images directly in it are read",
+        )
+    if broken:
+        _note_once("broken", folder, f"{folder}: {_broken_text(broken)}")
     return SliceSet(images, [p.name for p in files], folder)
 
 

@@ -1,4 +1,5 @@
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -204,3 +205,41 @@ def test_the_fingerprint_takes_any_file_name_and_tells_images_apart() -> None:
     assert len(named.fingerprint()) == 64
     assert named.fingerprint() != SliceSet([image + 1], ["caf\udce9.png"], Path(".")).fingerprint()
     assert named.fingerprint() != SliceSet([image], ["cafe.png"], Path(".")).fingerprint()
+
+
+def test_broken_symbolic_links_are_skipped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a link in a loop ended vqvae-train and vqvae-eval in an ``OSError: [Errno 40] Too many levels of
+    symbolic links`` traceback, and a link to nothing was left out without a word. Both are skipped, in one note."""
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    (tmp_path / "gone.png").symlink_to("nowhere.png")
+    (tmp_path / "notes").symlink_to("notes")  # not an image name: left out, as any other file
+    with pytest.raises(DataError, match=r"no image files .* 2 image name\(s\) are symbolic links that lead to no file"):
+        load_folder(tmp_path)
+    Image.new("L", (16, 16), 9).save(tmp_path / "a.png")
+    assert load_folder(tmp_path).names == ["a.png"]
+    load_folder(tmp_path)  # again (training and validation may be one folder): the note was given
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path}: 2 image name(s) are symbolic links that lead to no file (to nothing, or in a loop), "
+        "e.g. gone.png; they are skipped"
+    ]
+
+
+def _denied(*args: object, **kwargs: object) -> None:
+    raise PermissionError(13, "Permission denied")
+
+
+def test_an_unreadable_folder_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a PermissionError traceback from ``os.scandir`` (a folder of mode 000; simulated, since tests may run
+    as root, whom mode 000 does not stop)."""
+    write_slices(tmp_path, 1, seed=1)
+    monkeypatch.setattr(os, "scandir", _denied)
+    with pytest.raises(DataError, match=rf"^{tmp_path}: cannot read the data folder \(Permission denied\)$"):
+        load_folder(tmp_path)
+
+
+def test_an_unreadable_oasis_root_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a PermissionError traceback from ``Path.exists`` in ``resolve_folder`` (``--data`` of mode 000 with a
+    split; simulated, as above)."""
+    monkeypatch.setattr(Path, "exists", _denied)
+    with pytest.raises(DataError, match=rf"^{tmp_path}: cannot read the data folder \(Permission denied\)$"):
+        load_split(tmp_path, "test")

@@ -70,3 +70,36 @@ def test_an_image_over_the_pixel_limit_is_one_error_line(
         f"{MAX_PIXELS} pixels (4096x4096)"
     ]
     assert not out.exists()
+
+
+def test_a_symbolic_link_in_a_loop_is_skipped_with_a_note(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``OSError: [Errno 40] Too many levels of symbolic links``, a traceback, from listing the folder."""
+    data = write_slices(tmp_path / "d", 2, seed=6)
+    (data / "loop.png").symlink_to("loop.png")
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--split", "", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["images"] == 2
+    assert f"note: {data}: 1 image name(s) are symbolic links that lead to no file" in capsys.readouterr().err
+
+
+def test_an_unreadable_data_root_is_one_error_line(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a PermissionError traceback from ``Path.exists`` (``--data`` of mode 000 with ``--split test``;
+    simulated: tests may run as root, whom mode 000 does not stop)."""
+    real_exists = Path.exists
+
+    def exists(path: Path) -> bool:
+        if path.parent == tmp_path / "root":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "root"), "--out", str(out)]
+    assert evaluate.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path / 'root'}: cannot read the data folder (Permission denied)"
+    ]
