@@ -13,7 +13,7 @@ from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.config import PRESETS, VQVAEConfig
 from models.cpus import max_torch_threads
 from models.quality_torch import MIN_SIZE
-from training.data import DEFAULT_DATA_ROOT
+from training.data import DEFAULT_DATA_ROOT, MAX_SIDE
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # Upper bounds that refuse typos before any data loads: --codebook-size 100000000 ended in a RuntimeError traceback at
@@ -23,6 +23,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 MAX_CODEBOOK_SIZE = 65_536
 # The presets use 4 and 8 numbers a code, and their widest layers 192 channels: 1,024 leaves room for experiments.
 MAX_EMBEDDING_DIM = 1_024
+# --batch-size 1000000000 and --crop 1000000 ended in "DefaultCPUAllocator: can't allocate memory" tracebacks. A crop
+# is at most the side of the largest image read (training.data.MAX_SIDE). The presets train on 16 crops a step, the GPU
+# runs on 64; a default step took 16.8 MB a 128x128 crop on the CPU in fp32 (peak RSS of 16 and 64 crops), so 1,024
+# crops take some 17 GB, and leave 7 steps an epoch of the 6,400 OASIS training slices.
+MAX_BATCH_SIZE = 1_024
 # What a resumed run may set otherwise than the run it continues; TrainConfig.changes_from says why.
 MAY_CHANGE_ON_RESUME = frozenset(
     {
@@ -93,8 +98,12 @@ class TrainConfig:
             f"{name} ({flag(name)}) must be {rule}, got {getattr(self, name)!r}"
             for name, ok, rule in (
                 ("epochs", self.epochs >= 1, "at least 1"),
-                ("batch_size", self.batch_size >= 1, "at least 1"),
-                ("crop", self.crop == 0 or self.crop >= MIN_SIZE, f"0 (full images) or at least {MIN_SIZE} (SSIM)"),
+                ("batch_size", 1 <= self.batch_size <= MAX_BATCH_SIZE, f"from 1 to {MAX_BATCH_SIZE}"),
+                (
+                    "crop",
+                    self.crop == 0 or MIN_SIZE <= self.crop <= MAX_SIDE,
+                    f"0 (full images) or from {MIN_SIZE} (SSIM) to {MAX_SIDE}",
+                ),
                 ("lr", lr_ok, "a finite number above 0"),
                 # against lr only when lr itself is valid: "--lr 0" named the --min-lr the caller never set
                 ("min_lr", 0 <= self.min_lr <= (self.lr if lr_ok else math.inf), f"from 0 to lr ({self.lr})"),

@@ -335,9 +335,14 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
     ("flags", "said"),
     [
         (["--epochs", "0"], "epochs (--epochs) must be at least 1, got 0"),
-        (["--batch-size", "0"], "batch_size (--batch-size) must be at least 1, got 0"),
-        (["--crop", "8"], "crop (--crop) must be 0 (full images) or at least 11 (SSIM), got 8"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be from 1 to 1024, got 0"),
+        (
+            ["--batch-size", "1000000000"],
+            "batch_size (--batch-size) must be from 1 to 1024, got 1000000000",
+        ),  # a traceback
+        (["--crop", "8"], "crop (--crop) must be 0 (full images) or from 11 (SSIM) to 4096, got 8"),
         (["--crop", "-5"], "crop (--crop) must be 0"),
+        (["--crop", "1000000"], "crop (--crop) must be 0 (full images) or from 11 (SSIM) to 4096, got 1000000"),  # too
         (["--lr", "0"], "lr (--lr) must be a finite number above 0, got 0.0"),
         (["--lr", "nan"], "lr (--lr) must be a finite number above 0, got nan"),
         (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr (0.002), got 0.1"),
@@ -378,8 +383,11 @@ def test_a_setting_out_of_range_is_refused_up_front(
 
 
 def test_the_largest_codebook_and_code_are_accepted() -> None:
-    model = train.parse_args(["--codebook-size", "65536", "--embedding-dim", "1024"]).model_config()
-    assert (model.codebook_size, model.embedding_dim) == (65536, 1024)
+    config = train.parse_args(
+        ["--codebook-size", "65536", "--embedding-dim", "1024", "--crop", "4096", "--batch-size", "1024"]
+    )
+    model = config.model_config()
+    assert (model.codebook_size, model.embedding_dim, config.crop, config.batch_size) == (65536, 1024, 4096, 1024)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--limit", "0"), ("--limit", "-1")])
