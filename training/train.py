@@ -9,7 +9,8 @@ import math
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,29 @@ from training.stop_signals import StopSignals, Terminated, exit_code
 class DivergedError(RuntimeError):
     """The loss or the gradient norm stopped being finite; raised before the optimizer step, so the parameters are
     untouched (the quantizer's EMA codebook updates inside the forward pass and may not be; nothing is saved)."""
+
+
+_CPU_ALLOCATOR = "DefaultCPUAllocator"
+
+
+class OutOfMemory(RuntimeError):
+    """Memory the run could not get; the message is the allocator's first line and a way on."""
+
+
+@contextmanager
+def memory_errors() -> Iterator[None]:
+    """An allocation that failed, as OutOfMemory: on the CPU torch says so only in a RuntimeError's text
+    ("DefaultCPUAllocator: can't allocate memory", as for --crop 1000000 before it had a bound), on CUDA with
+    torch.OutOfMemoryError, numpy with MemoryError. Each was a traceback. (An allocation the kernel granted and
+    cannot back is another matter: the OOM killer ends the process.)"""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = first[first.find(_CPU_ALLOCATOR) :] if _CPU_ALLOCATOR in first else first  # not c10's "[enforce fail"
+        raise OutOfMemory(f"out of memory: {first}; try a smaller --batch-size or --crop") from exc
 
 
 LOSS_VALUES = 4  # what a step returns: loss, reconstruction loss, VQ loss, perplexity
@@ -490,10 +514,14 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
-        trainer = Trainer(config)
+        with memory_errors():
+            trainer = Trainer(config)
     except (DataError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OutOfMemory as exc:  # padding every image to the crop size (--crop 0 and one very long image, say)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(
         f"training {sum(p.numel() for p in trainer.model.parameters()):,} parameters on {trainer.device}: "
         f"{len(trainer.train_set)} train / {len(trainer.val_set)} validation images, "
@@ -502,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     finished = config.out / "best.safetensors"
     try:
-        with trainer.stop_signals.installed():
+        with trainer.stop_signals.installed(), memory_errors():
             trainer.run()
             if finished.exists():
                 trainer.final_figures()
@@ -514,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except WriteError as exc:  # a full disk, say: the files of the last finished epoch are whole (written atomically)
+    except (WriteError, OutOfMemory) as exc:  # a full disk, say: the last finished epoch's files are whole (atomic)
         print(f"error: {exc}; {trainer.saved_state()}", file=sys.stderr)
         return 1
     if not finished.exists():

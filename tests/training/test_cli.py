@@ -701,3 +701,36 @@ def test_evaluate_into_a_closed_pipe_exits_without_a_traceback(
     assert process.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert json.loads((tmp_path / "report.json").read_text())["ssim"]["mean"] > 0  # written before the table
+
+
+@pytest.mark.parametrize(
+    ("owner", "where", "said"),
+    [
+        (train, "CropSampler", ""),
+        (train.Trainer, "loop_step", "; no epoch's state was saved, so there is nothing to resume"),
+    ],
+)
+def test_memory_that_cannot_be_allocated_is_one_error_line(
+    owner: object,
+    where: str,
+    said: str,
+    fixture_oasis: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: torch's "DefaultCPUAllocator: can't allocate memory" RuntimeError ended vqvae-train in a traceback,
+    whether padding the images to the crop size (--crop 0 with an 8x2000000 image) or in a step. Simulated: a real
+    one depends on the machine's memory and the kernel's overcommit policy."""
+    enforce = "[enforce fail at alloc_cpu.cpp:127] err == 0. "
+    refused = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4000000000000 bytes. Error code 12"
+
+    def fails(*args: object) -> None:
+        raise RuntimeError(f"{enforce}{refused} (Cannot allocate memory)")
+
+    monkeypatch.setattr(owner, where, fails)
+    assert train.main(["--data", str(fixture_oasis), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if not line.startswith("note: ")] == [
+        f"error: out of memory: {refused} (Cannot allocate memory); try a smaller --batch-size or --crop{said}"
+    ]
