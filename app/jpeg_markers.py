@@ -17,9 +17,11 @@ MAX_SCANS = 100
 MAX_SEGMENTS = 1000
 _SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
 _STANDALONE = {0x01, _SOI, *range(0xD0, 0xD8)}  # TEM, SOI, RST0-7: no length field
-# After a scan's header, its entropy-coded data runs to the next marker: an 0xFF that is not a stuffed 0x00, a
-# restart marker (inside the data) or a fill byte (before a marker).
-_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# The next marker as libjpeg finds it (``next_marker``): any bytes before an 0xFF are skipped as junk, fill bytes
+# (0xFF runs) before the marker's code, and a stuffed 0xFF00. No quantifier: the search stays linear on any input.
+_MARKER = re.compile(rb"\xff[^\x00\xff]")
+# A scan's entropy-coded data runs to its first marker that is not a restart marker (RST0-7 sit inside the data).
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class MarkerCount(NamedTuple):
@@ -28,30 +30,27 @@ class MarkerCount(NamedTuple):
 
 
 def count_markers(data: bytes) -> MarkerCount:
-    """Scans (SOS) and segments of the JPEG in ``data``, walked by their lengths, so that an EXIF thumbnail's own
-    markers are not counted; the walk stops once either passes its bound, at the end of the image, or where the
-    file is cut short or corrupt (Pillow reports that)."""
+    """Scans (SOS) and segments of the JPEG in ``data``, walked as libjpeg reads them: by their lengths, so that an
+    EXIF thumbnail's own markers are not counted; past junk between segments, and past a length under 2 (which
+    skips nothing), as libjpeg goes on past both. A walk that stopped there, as the first version did, let a crafted
+    file hide 50,000 scans behind 4 bytes. It stops once either count passes its bound, at the end of the image (EOI,
+    where libjpeg stops too), or at the end of the data."""
     scans = segments = 0
-    at, end = 2, len(data)  # after SOI
-    while at < end and data[at] == 0xFF and scans <= MAX_SCANS and segments <= MAX_SEGMENTS:
-        while at < end and data[at] == 0xFF:  # fill bytes may precede a marker
-            at += 1
-        if at >= end:
+    at = 2  # after SOI
+    while scans <= MAX_SCANS and segments <= MAX_SEGMENTS:
+        found = _MARKER.search(data, at)
+        if found is None:
             break
-        marker = data[at]
-        at += 1
+        marker, at = data[found.start() + 1], found.end()
         segments += 1
         if marker == _EOI:
             break
         if marker in _STANDALONE:
             continue
-        length = int.from_bytes(data[at : at + 2], "big")
-        if length < 2:  # cut short or corrupt
-            break
-        at += length
+        at += max(int.from_bytes(data[at : at + 2], "big"), 2)  # the length counts its own 2 bytes
         if marker == _SOS:
             scans += 1
-            found = _NEXT_MARKER.search(data, at)
+            found = _SCAN_END.search(data, at)
             if found is None:
                 break
             at = found.start()
