@@ -74,29 +74,38 @@ INVALID_REQUEST_ANSWER = _closing_answer(
 class ServiceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
     ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or of the previous answer, or it gets a 408 and is
-    closed; a request whose headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a request that cannot
-    be parsed gets a JSON 400 (uvicorn logs it)."""
+    closed; a request whose request line and headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a
+    request that cannot be parsed gets a JSON 400 (uvicorn logs it).
+
+    The headers are measured twice: once parsed (``on_headers_complete``: the exact bound), and while they arrive,
+    in the reads that hold nothing but one request's headers, so that headers that never end are refused once past
+    the bound rather than read without end. A read that also holds the end of an earlier request counts only once
+    parsed: a pipelined request's reads must not count the body before it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._in_headers = False  # between a request's first byte and the end of its headers
-        self._header_bytes = 0  # bytes received meanwhile (whole reads: at most one read more than the headers)
-        self._closing: asyncio.TimerHandle | None = None  # set once refused: input is dropped until then
+        self._message = 0  # requests begun on this connection
+        self._header_bytes = 0  # the current request's bytes in reads of its headers alone
+        self._refused = False  # from then on, input is dropped and no request reaches the app
+        self._answer_after: bytes | None = None  # a refusal's answer, once the answer under way is complete
+        self._closing: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        if self._closing is not None:
-            return  # refused: see LINGER_S
+        if self._refused:
+            return  # see LINGER_S
+        message, in_headers = self._message, self._in_headers
         super().data_received(data)  # parses what it can: the callbacks below say where the request stands
-        if not self._in_headers or self.transport.is_closing():
+        if self._refused or not (self._in_headers and in_headers and message == self._message):
             return
-        self._header_bytes += len(data)
+        self._header_bytes += len(data)  # a read within one request's headers, and they go on
         if self._header_bytes > MAX_HEADER_BYTES:
             self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers, self._header_bytes = True, 0
+        self._in_headers, self._header_bytes, self._message = True, 0, self._message + 1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -105,12 +114,30 @@ class ServiceProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._disarm()
+        if self._refused:
+            return
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # "name: value\r\n"
+        if size > MAX_HEADER_BYTES:
+            self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:  # a refused request has no cycle of its own
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts a pipelined request, if one is queued: its headers are all in
-        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-            self._arm()
+        if self._answer_after is not None:
+            answer, self._answer_after = self._answer_after, None
+            self._answer_and_close(answer)
+        elif not self._refused and (self.cycle is None or self.cycle.response_complete):
+            if not self.transport.is_closing():
+                self._arm()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
@@ -135,19 +162,29 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._header_deadline = None
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._refused:
             self._refuse(
                 _late_headers_answer(header_timeout_s()), f"headers not in full within {header_timeout_s():g} s: 408"
             )
 
     def _refuse(self, answer: bytes, what: str) -> None:
-        """Answer a request whose headers never reached the app, and close its connection."""
+        """Answer a request whose headers never reached the app, and close its connection: at once, or once an
+        earlier request's answer under way is complete (requests parsed behind that one get none)."""
         self._disarm()
-        if self.cycle is None or self.cycle.response_complete:  # no answer of ours is under way on this connection
-            self.transport.write(answer)
+        self._refused = True
+        self.pipeline.clear()
         # The access log has no line for it: no request was ever complete enough to reach the app.
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         logger.info("%s - %s, connection closed", client, what)
+        if self.cycle is None or self.cycle.response_complete:
+            self._answer_and_close(answer)
+        else:
+            self._answer_after = answer
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the client reads the answer, then the end
         self.transport.resume_reading()  # drained, even if uvicorn had paused reading

@@ -291,7 +291,7 @@ class Trainer:
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.state = RunState(**json.loads(state["run"]))
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a last.pt of another kind of run
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a last.pt of another run
             raise run_folder.unreadable_state(state_path, exc) from exc
         weights_step = recorded(metadata, "training").get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came

@@ -309,6 +309,55 @@ def test_headers_over_the_bound_get_a_json_431(header_deadline_server: Server, h
     assert "431, connection closed" in header_deadline_server.log.read_text(errors="replace")
 
 
+def test_headers_over_the_bound_in_one_read_get_a_431(header_deadline_server: Server) -> None:
+    """A review's case: headers of 100,000 bytes sent at once were parsed in one read, never counted, answered 200."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(head)
+        answer = read_answer(sock)
+    assert answer.status_code == 431, answer.text
+
+
+def noise_png(image_file: Any, side: int) -> bytes:
+    """A PNG that hardly compresses: about ``side * side`` bytes."""
+    return bytes(image_file(np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)))
+
+
+def test_a_pipelined_request_after_a_large_body_is_not_counted_with_it(
+    header_deadline_server: Server, image_file: Any
+) -> None:
+    """A review's case: the second request's headers, begun in the read that ended the first's 66 KB body, were
+    counted with that body, and refused; and the refusal cut off the first's answer under way."""
+    form = upload_form(noise_png(image_file, 260))
+    first = upload_head(len(form)) + form
+    assert len(form) > MAX_HEADER_BYTES
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        time.sleep(0.3)  # the rest of the headers in a read of their own
+        sock.sendall(b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"200"], data[:300]
+
+
+def test_an_answer_under_way_is_completed_before_a_pipelined_431(
+    header_deadline_server: Server, image_file: Any
+) -> None:
+    """The refused request's 431 follows the earlier request's whole answer. Before: uvloop refused the earlier
+    answer's write after the 431's write_eof, and the caller got neither."""
+    form = upload_form(image_file(ramp(512)))
+    oversized = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (2 * MAX_HEADER_BYTES) + b"\r\n\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(upload_head(len(form)) + form + oversized)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"431"], data[:300]
+    assert b'"indices"' in data
+
+
 def test_headers_under_the_bound_are_read(header_deadline_server: Server) -> None:
     cookie = b"Cookie: " + b"c" * (MAX_HEADER_BYTES // 2) + b"\r\n"  # sent a byte-slice at a time, read in parts
     head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + cookie + b"Connection: close\r\n\r\n"

@@ -579,6 +579,21 @@ def test_eval_and_resume_refuse_metadata_json_cannot_read_in_one_line(
     _refused(resumed, capsys, f"{last}: {said}")
 
 
+def test_a_resume_state_whose_optimizer_is_not_one_is_one_error_line(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's case: the optimizer state None ended --resume in an AttributeError traceback."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.safetensors", "history.json"))
+    state = torch.load(trained / "last.pt", weights_only=True)
+    torch.save({**state, "optimizer": None}, run / "last.pt")
+    _refused(
+        train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]),
+        capsys,
+        "last.pt: unreadable resume state, damaged or not written by vqvae-train (AttributeError",
+    )
+
+
 def test_resume_takes_a_data_record_of_another_type_as_absent(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
