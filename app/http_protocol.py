@@ -135,9 +135,12 @@ class ServiceProtocol(HttpToolsProtocol):
         if self._answer_after is not None:
             answer, self._answer_after = self._answer_after, None
             self._answer_and_close(answer)
-        elif not self._refused and (self.cycle is None or self.cycle.response_complete):
-            if not self.transport.is_closing():
-                self._arm()
+        elif (
+            not self._refused
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.transport.is_closing()
+        ):
+            self._arm()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
