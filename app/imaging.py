@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from app.jpeg_markers import MAX_SCANS, MAX_SEGMENTS, count_markers
+from app.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
@@ -185,6 +185,11 @@ def _check_jpeg_markers(data: bytes) -> None:
     if found.segments > MAX_SEGMENTS:
         raise UnsupportedImageError(
             f"the JPEG holds over {MAX_SEGMENTS} segments (markers); encoders write a few dozen (a crafted file?)"
+        )
+    if found.extraneous > MAX_EXTRANEOUS:
+        raise UnsupportedImageError(
+            f"the JPEG holds over {MAX_EXTRANEOUS} bytes between its segments that belong to none; encoders write none "
+            "(a crafted or damaged file?)"
         )
 
 

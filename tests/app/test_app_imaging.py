@@ -22,7 +22,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
-from app.jpeg_markers import MAX_SCANS, MAX_SEGMENTS, count_markers
+from app.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
 from training.data import DataError, read_grayscale
@@ -235,6 +235,29 @@ def test_a_jpeg_of_more_scans_than_encoders_write_is_refused_before_decoding(bef
     with pytest.raises(UnsupportedImageError, match=f"over {MAX_SCANS} scans") as caught:
         open_image(repeated_last_scan(buffer.getvalue(), 50_000, before), **LIMITS)
     assert caught.value.status_code == 400
+
+
+def test_scans_hidden_in_a_segment_libjpeg_skips_inside_a_scan_are_counted() -> None:
+    """A review's case: with a restart interval set, libjpeg skips a marker under 0xC0 inside a scan and decodes the
+    scans after it; the walk took the marker's length and skipped them: 54,000 hidden scans, 8 s of decoding."""
+    buffer = io.BytesIO()
+    Image.new("L", (1024, 1024)).save(buffer, format="JPEG", progressive=True)
+    jpeg = buffer.getvalue()
+    payload = jpeg[-14:-2] * 500
+    hidden = b"\xff\x02" + (len(payload) + 2).to_bytes(2, "big") + payload
+    restart_interval = b"\xff\xdd\x00\x04\x00\x01"
+    with pytest.raises(UnsupportedImageError, match=f"over {MAX_SCANS} scans"):
+        open_image(jpeg[:2] + restart_interval + jpeg[2:-2] + hidden + b"\xff\xd9", **LIMITS)
+
+
+def test_a_jpeg_with_more_bytes_between_segments_than_the_bound_is_refused(image_file: ImageFile, noise: Noise) -> None:
+    """A review's case: 20 MiB of fill bytes after the first segment took Pillow's header parser 5 s."""
+    jpeg = image_file(noise(16, 16), "JPEG")
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    filled = jpeg[:after_app0] + b"\xff" * (MAX_EXTRANEOUS + 1) + jpeg[after_app0:]
+    with pytest.raises(UnsupportedImageError, match=f"over {MAX_EXTRANEOUS} bytes between its segments"):
+        open_image(filled, **LIMITS)
+    assert decode(jpeg[:after_app0] + b"\xff" * 64 + jpeg[after_app0:]).shape == (16, 16)
 
 
 def test_a_jpeg_of_more_segments_than_encoders_write_is_refused(image_file: ImageFile, noise: Noise) -> None:
