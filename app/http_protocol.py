@@ -133,6 +133,8 @@ class ServiceProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts a pipelined request, if one is queued: its headers are all in
         if self._answer_after is not None:
+            if self._answering():
+                return  # the requests before the refused one are answered first, in order
             answer, self._answer_after = self._answer_after, None
             self._answer_and_close(answer)
         elif (
@@ -144,9 +146,15 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
+        if self._refused:
+            return  # what followed a refused request in its read: it gets no answer of its own
         self._disarm()
         self.transport.write(INVALID_REQUEST_ANSWER)
         self.transport.close()
+
+    def handle_websocket_upgrade(self) -> None:
+        if not self._refused:  # a refused request asking to upgrade has no scope to upgrade with
+            super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -171,18 +179,21 @@ class ServiceProtocol(HttpToolsProtocol):
             )
 
     def _refuse(self, answer: bytes, what: str) -> None:
-        """Answer a request whose headers never reached the app, and close its connection: at once, or once an
-        earlier request's answer under way is complete (requests parsed behind that one get none)."""
+        """Answer a request whose headers never reached the app, and close its connection: at once, or once the
+        requests before it on the connection (pipelined) are answered. Requests after it get no answer."""
         self._disarm()
         self._refused = True
-        self.pipeline.clear()
         # The access log has no line for it: no request was ever complete enough to reach the app.
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         logger.info("%s - %s, connection closed", client, what)
-        if self.cycle is None or self.cycle.response_complete:
-            self._answer_and_close(answer)
-        else:
+        if self._answering():
             self._answer_after = answer
+        else:
+            self._answer_and_close(answer)
+
+    def _answering(self) -> bool:
+        """An answer is under way on this connection, or a request parsed before is waiting for one."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _answer_and_close(self, answer: bytes) -> None:
         if self.transport.is_closing():

@@ -358,6 +358,46 @@ def test_an_answer_under_way_is_completed_before_a_pipelined_431(
     assert b'"indices"' in data
 
 
+def test_requests_pipelined_before_an_oversized_one_are_answered_first(header_deadline_server: Server) -> None:
+    """A review's case: the requests queued before the refused one were dropped, and the 431 took the place of the
+    first one's answer."""
+    oversized = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 10) + b"\r\n\r\n"
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + b"GET /model HTTP/1.1\r\nHost: t\r\n\r\n" + oversized
+        )
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"200", b"200", b"431"], data[:300]
+    assert b'"sha256"' in data  # /model's answer, in its place
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\nZZZZ\r\n",  # a parse error later in the same read
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n",
+    ],
+    ids=["parse-error-after", "websocket-upgrade"],
+)
+def test_what_follows_a_refused_request_in_its_read_is_dropped_quietly(
+    header_deadline_server: Server, rest: bytes
+) -> None:
+    """A review's cases: uvicorn went on parsing after the 431 and wrote a 400 after the connection's end, or tried
+    to upgrade a request it never set up: an ERROR traceback in the log for each."""
+    padding = b"".join(b"X-P%d: %s\r\n" % (i, b"v" * 8000) for i in range(9))
+    log_before = header_deadline_server.log.read_text(errors="replace")
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(b"POST /encode HTTP/1.1\r\nHost: t\r\n" + padding + rest)
+        answer = read_answer(sock)
+    assert answer.status_code == 431
+    time.sleep(0.5)
+    new_lines = header_deadline_server.log.read_text(errors="replace")[len(log_before) :]
+    assert "Traceback" not in new_lines and "Fatal error" not in new_lines, new_lines
+
+
 def test_headers_under_the_bound_are_read(header_deadline_server: Server) -> None:
     cookie = b"Cookie: " + b"c" * (MAX_HEADER_BYTES // 2) + b"\r\n"  # sent a byte-slice at a time, read in parts
     head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + cookie + b"Connection: close\r\n\r\n"
