@@ -101,7 +101,7 @@ class ServiceProtocol(HttpToolsProtocol):
             return
         self._header_bytes += len(data)  # a read within one request's headers, and they go on
         if self._header_bytes > MAX_HEADER_BYTES:
-            self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
+            self._refuse_too_large()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -118,7 +118,7 @@ class ServiceProtocol(HttpToolsProtocol):
             return
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # "name: value\r\n"
         if size > MAX_HEADER_BYTES:
-            self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
+            self._refuse_too_large()
             return
         super().on_headers_complete()
 
@@ -137,11 +137,7 @@ class ServiceProtocol(HttpToolsProtocol):
                 return  # the requests before the refused one are answered first, in order
             answer, self._answer_after = self._answer_after, None
             self._answer_and_close(answer)
-        elif (
-            not self._refused
-            and (self.cycle is None or self.cycle.response_complete)
-            and not self.transport.is_closing()
-        ):
+        elif not self._refused and not self._answering() and not self.transport.is_closing():
             self._arm()
 
     def send_400_response(self, msg: str) -> None:
@@ -190,6 +186,9 @@ class ServiceProtocol(HttpToolsProtocol):
             self._answer_after = answer
         else:
             self._answer_and_close(answer)
+
+    def _refuse_too_large(self) -> None:
+        self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
 
     def _answering(self) -> bool:
         """An answer is under way on this connection, or a request parsed before is waiting for one."""
