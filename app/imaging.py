@@ -172,15 +172,15 @@ def _check_bmp_dimensions(data: bytes) -> None:
 
 
 def _check_jpeg_markers(data: bytes) -> None:
-    """400 for a JPEG of more scans or segments than an encoder writes, before Pillow parses or decodes it: each
-    scan is decoded over the whole image, so a crafted file's cost grew with its scans, not its pixels."""
+    """400 for a JPEG of more scans, segments or stray bytes than an encoder writes, before Pillow parses or decodes
+    it: each scan is decoded over the whole image, so a crafted file's cost grew with its scans, not its pixels."""
     if not data.startswith(_SIGNATURES["JPEG"]):
         return
     found = count_markers(data)
     if found.scans > MAX_SCANS:
         raise UnsupportedImageError(
-            f"the JPEG holds over {MAX_SCANS} scans, each decoded over the whole image; encoders write at most a "
-            "dozen or so (a crafted file?)"
+            f"the JPEG holds over {MAX_SCANS} scans, each decoded over the whole image; encoders write 20 at most "
+            "(a crafted file?)"
         )
     if found.segments > MAX_SEGMENTS:
         raise UnsupportedImageError(

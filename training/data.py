@@ -246,8 +246,9 @@ _NOTED: set[tuple[str, Path]] = set()  # (what, folder) of the notes this proces
 
 def _note_once(what: str, folder: Path, text: str) -> None:
     """``note(text)``, once a process for ``what`` of ``folder``: training and validation may be one folder."""
-    if (what, folder.resolve()) not in _NOTED:
-        _NOTED.add((what, folder.resolve()))
+    key = (what, folder.resolve())
+    if key not in _NOTED:
+        _NOTED.add(key)
         note(text)
 
 
