@@ -54,6 +54,11 @@ def _closing_answer(status_line: str, detail: str) -> bytes:
     return head.encode() + body
 
 
+def _without_body(answer: bytes) -> bytes:
+    """The answer to a HEAD request: the same head, no body (RFC 9110, 9.3.2)."""
+    return answer[: answer.index(b"\r\n\r\n") + 4]
+
+
 def _late_headers_answer(timeout_s: float) -> bytes:
     return _closing_answer(
         "408 Request Timeout",
@@ -91,6 +96,7 @@ class ServiceProtocol(HttpToolsProtocol):
         self._refused = False  # from then on, input is dropped and no request reaches the app
         self._answer_after: bytes | None = None  # a refusal's answer, once the answer under way is complete
         self._closing: asyncio.TimerHandle | None = None
+        self._head = False  # the request being read is a HEAD: its refusal has no body
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -106,6 +112,12 @@ class ServiceProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers, self._header_bytes, self._message = True, 0, self._message + 1
+        self._head = False
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        # httptools knows the method once the URL begins; before, ``get_method`` gives its default, DELETE.
+        self._head = self.parser.get_method() == b"HEAD"
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -127,6 +139,7 @@ class ServiceProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._head = False  # a late 408 is for the next request, whose method is not known
         if not self._refused:
             super().on_message_complete()
 
@@ -145,7 +158,7 @@ class ServiceProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
         self._disarm()
-        self.transport.write(INVALID_REQUEST_ANSWER)
+        self.transport.write(_without_body(INVALID_REQUEST_ANSWER) if self._head else INVALID_REQUEST_ANSWER)
         self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
@@ -178,6 +191,8 @@ class ServiceProtocol(HttpToolsProtocol):
         """Answer a request whose headers never reached the app, and close its connection: at once, or once the
         requests before it on the connection (pipelined) are answered. Requests after it get no answer."""
         self._disarm()
+        if self._head:
+            answer = _without_body(answer)
         self._refused = True
         # The access log has no line for it: no request was ever complete enough to reach the app.
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"

@@ -318,6 +318,51 @@ def test_headers_over_the_bound_in_one_read_get_a_431(header_deadline_server: Se
     assert answer.status_code == 431, answer.text
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",  # measured once parsed
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Many: a\r\n" * 100_000,  # counted while they arrive
+    ],
+    ids=["parsed", "arriving"],
+)
+def test_a_refused_head_request_gets_its_431_without_a_body(header_deadline_server: Server, head: bytes) -> None:
+    """An answer to HEAD has no body (RFC 9110, 9.3.2). Before: the 431's JSON followed its head."""
+    with raw_connection(header_deadline_server) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(head)
+        answer = read_answer(sock)
+    assert answer.status_code == 431 and answer.content == b""
+    assert int(answer.headers["content-length"]) > 0  # the length the GET's body would have
+
+
+def test_a_late_head_request_gets_its_408_without_a_body(header_deadline_server: Server) -> None:
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n")
+        answer = read_answer(sock)
+    assert answer.status_code == 408 and answer.content == b""
+
+
+def test_an_unparsable_head_request_gets_its_400_without_a_body(header_deadline_server: Server) -> None:
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n")
+        answer = read_answer(sock)
+    assert answer.status_code == 400 and answer.content == b""
+
+
+def test_a_408_after_a_head_answer_has_its_body(header_deadline_server: Server) -> None:
+    """The method of the request answered is not the next one's: the late headers' 408 keeps its JSON."""
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200")
+        answer = read_answer(sock)  # nothing more sent: the deadline runs out
+    assert answer.status_code == 408, answer.text
+    assert f"within {HEADER_TIMEOUT_S:g} s" in answer.json()["detail"]
+
+
 def noise_png(image_file: Any, side: int) -> bytes:
     """A PNG that hardly compresses: about ``side * side`` bytes."""
     return bytes(image_file(np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)))
