@@ -240,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_config=_log_config(settings.log_level),
             http=ServiceProtocol,
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            timeout_keep_alive=settings.keep_alive_s,
         )
     return 0
 

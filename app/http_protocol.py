@@ -151,6 +151,10 @@ class ServiceProtocol(HttpToolsProtocol):
             answer, self._answer_after = self._answer_after, None
             self._answer_and_close(answer)
         elif not self._refused and not self._answering() and not self.transport.is_closing():
+            if self._in_headers:
+                # The next request began before this answer was complete: uvicorn's keep-alive timer, armed for
+                # an idle connection, would close it in silence; the header deadline answers it instead.
+                self._unset_keepalive_if_required()
             self._arm()
 
     def send_400_response(self, msg: str) -> None:

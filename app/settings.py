@@ -58,6 +58,16 @@ class Settings(BaseSettings):
         "Ctrl-C); then each gets a 503 and the server exits: 8 s is within `docker stop`'s 10 s before its SIGKILL. "
         "Applied by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app` (at most 3600 s)",
     )
+    keep_alive_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="seconds an idle connection is kept open after an answer, for the client's next request "
+        "(uvicorn's default, 5 s). Behind a proxy or load balancer that reuses connections, set it above the proxy's "
+        "own idle timeout (60 s on an AWS ALB), or the proxy may send a request on a connection the service is "
+        "closing and answer its caller 502. Applied by vqvae-serve (and the Docker image), not by a plain "
+        "`uvicorn app.main:create_app` (whole seconds, at most 3600)",
+    )
     header_timeout_s: float = Field(
         default=20.0,
         gt=0,

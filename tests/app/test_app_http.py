@@ -363,6 +363,44 @@ def test_a_408_after_a_head_answer_has_its_body(header_deadline_server: Server) 
     assert f"within {HEADER_TIMEOUT_S:g} s" in answer.json()["detail"]
 
 
+KEEP_ALIVE_S = 1
+
+
+@pytest.fixture(scope="module")
+def short_keep_alive_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``vqvae-serve`` with VQVAE_KEEP_ALIVE_S under VQVAE_HEADER_TIMEOUT_S (20 s and 5 s by default: the other way)."""
+    env = {
+        "VQVAE_CHECKPOINT": str(checkpoint),
+        "VQVAE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S + 1),
+        "VQVAE_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
+    }
+    logs = tmp_path_factory.mktemp("keep-alive")
+    with running_server(env, logs, log_level="info", startup_timeout_s=60, cli=True) as process:
+        yield process
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_setting(short_keep_alive_server: Server) -> None:
+    with raw_connection(short_keep_alive_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_kept_answer(sock)
+        answered = time.monotonic()
+        assert sock.recv(65536) == b""  # closed in silence, as uvicorn closes an idle kept-alive connection
+        waited_s = time.monotonic() - answered
+    assert KEEP_ALIVE_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 1
+
+
+def test_a_request_begun_before_the_previous_answer_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
+    """A request whose first bytes came before the previous answer was complete: uvicorn armed its keep-alive timer
+    for an idle connection when that answer was done, and closed the connection in silence, before the header
+    deadline could answer 408."""
+    with raw_connection(short_keep_alive_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n")
+        assert read_kept_answer(sock).startswith(b"HTTP/1.1 200")
+        answer = read_answer(sock)
+    assert answer.status_code == 408, answer.text
+    assert f"within {HEADER_TIMEOUT_S + 1:g} s" in answer.json()["detail"]
+
+
 def noise_png(image_file: Any, side: int) -> bytes:
     """A PNG that hardly compresses: about ``side * side`` bytes."""
     return bytes(image_file(np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)))
