@@ -62,8 +62,9 @@ def _without_body(answer: bytes) -> bytes:
 def _late_headers_answer(timeout_s: float) -> bytes:
     return _closing_answer(
         "408 Request Timeout",
-        f"the request's headers did not arrive in full within {timeout_s:g} s of the connection or of "
-        "the previous answer (limit set by VQVAE_HEADER_TIMEOUT_S)",
+        f"the request's headers did not arrive in full within {timeout_s:g} s of the connection's opening or, on a "
+        "kept connection, of the previous answer or the request's first byte, whichever came later (limit set by "
+        "VQVAE_HEADER_TIMEOUT_S)",
     )
 
 
@@ -78,8 +79,9 @@ INVALID_REQUEST_ANSWER = _closing_answer(
 
 class ServiceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
-    ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or of the previous answer, or it gets a 408 and is
-    closed; a request whose request line and headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a
+    ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or, on a kept connection, of the previous answer or the
+    request's first byte, whichever came later (an idle connection is uvicorn's keep-alive timer's), or it gets a 408
+    and is closed; a request whose request line and headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a
     request that cannot be parsed gets a JSON 400 (uvicorn logs it).
 
     The headers are measured twice: once parsed (``on_headers_complete``: the exact bound), and while they arrive,
@@ -113,6 +115,8 @@ class ServiceProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers, self._header_bytes, self._message = True, 0, self._message + 1
         self._head = False
+        if self._header_deadline is None and not self._answering():
+            self._arm()  # the first byte after an idle spell; a connection's first request has had it since opening
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -139,7 +143,6 @@ class ServiceProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._head = False  # a late 408 is for the next request, whose method is not known
         if not self._refused:
             super().on_message_complete()
 
@@ -150,12 +153,13 @@ class ServiceProtocol(HttpToolsProtocol):
                 return  # the requests before the refused one are answered first, in order
             answer, self._answer_after = self._answer_after, None
             self._answer_and_close(answer)
-        elif not self._refused and not self._answering() and not self.transport.is_closing():
-            if self._in_headers:
-                # The next request began before this answer was complete: uvicorn's keep-alive timer, armed for
-                # an idle connection, would close it in silence; the header deadline answers it instead.
-                self._unset_keepalive_if_required()
+        elif self._in_headers and not self._refused and not self._answering() and not self.transport.is_closing():
+            # The next request began before this answer was complete: its headers have the deadline from now.
+            # uvicorn's keep-alive timer, just armed for an idle connection, would close it in silence.
+            self._unset_keepalive_if_required()
             self._arm()
+        # Otherwise the connection is idle: uvicorn's keep-alive timer closes it (VQVAE_KEEP_ALIVE_S), and the
+        # deadline starts with the next request's first byte (``on_message_begin``).
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""

@@ -72,8 +72,9 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         le=600,
-        description="seconds a connection may take to send a request's headers in full, from its opening or from the "
-        "previous answer (408 and closed after): a client that sends nothing, or trickles its headers, would "
+        description="seconds a connection may take to send a request's headers in full, from its opening or, on a kept "
+        "connection, from the previous answer or the request's first byte, whichever came later (408 and closed "
+        "after): a client that sends nothing, or trickles its headers, would "
         "otherwise hold a connection, and a file descriptor, forever. Applied by vqvae-serve (and the Docker image), "
         "not by a plain `uvicorn app.main:create_app` (at most 600 s)",
     )
