@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
@@ -83,6 +84,22 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_steps: int = 0
     epoch_sums: list[float] = field(default_factory=lambda: [0.0] * LOSS_VALUES)
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # a field of another version or run: not this record
+
+
+_RUN_STATE = TypeAdapter(RunState)
+
+
+def parse_run_state(text: str) -> RunState:
+    """``last.pt``'s run record -> RunState, every field of its type. Before, ``RunState(**json.loads(text))``
+    took any value: a step of ``"x"`` went on to fail in arithmetic, or to say "of step x" in a message."""
+    try:
+        return _RUN_STATE.validate_json(text, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the record"
+        raise ValueError(f"run record: {where}: {first['msg']}") from None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -290,7 +307,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
-            self.state = RunState(**json.loads(state["run"]))
+            self.state = parse_run_state(state["run"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a last.pt of another run
             raise run_folder.unreadable_state(state_path, exc) from exc
         weights_step = recorded(metadata, "training").get("steps")

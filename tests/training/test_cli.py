@@ -594,6 +594,29 @@ def test_a_resume_state_whose_optimizer_is_not_one_is_one_error_line(
     )
 
 
+@pytest.mark.parametrize(
+    ("run", "said"),
+    [
+        ({"step": "x"}, "run record: step: Input should be a valid integer"),
+        ({"history": [1]}, "run record: history.0: Input should be an object"),
+        ({"from_another_version": 1}, "run record: from_another_version: Unexpected keyword argument"),
+    ],
+)
+def test_a_resume_state_whose_run_record_has_other_types_is_one_error_line(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], run: dict, said: str
+) -> None:
+    """A review's case: a step of "x" was taken, and the run stopped on "of step x" in a message of its own."""
+    folder = tmp_path / "run"
+    _copy_run(trained, folder, ("best.safetensors", "last.safetensors", "history.json"))
+    state = torch.load(trained / "last.pt", weights_only=True)
+    torch.save({**state, "run": json.dumps({**json.loads(state["run"]), **run})}, folder / "last.pt")
+    _refused(
+        train.main(["--data", str(fixture_oasis), "--out", str(folder), "--resume", *TINY]),
+        capsys,
+        f"last.pt: unreadable resume state, damaged or not written by vqvae-train (ValueError: {said})",
+    )
+
+
 def test_resume_takes_a_data_record_of_another_type_as_absent(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
