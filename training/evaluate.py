@@ -110,7 +110,12 @@ def score(
         "bits_per_slice": float(np.mean(bits)),
         "compression_ratio": float(np.sum(raw_bits) / np.sum(bits)),
         "grid": list(next(iter(grids))) if len(grids) == 1 else None,  # None: images of different sizes
-        "per_image": [{"name": n, "ssim": s, "psnr": p} for n, s, p in zip(result.names, ssims, psnrs, strict=True)],
+        # An identical reconstruction's PSNR (+inf) as null: JSON has no infinity (Python wrote a bare Infinity,
+        # which JSON.parse and jq refuse), and the service answers it the same way.
+        "per_image": [
+            {"name": n, "ssim": s, "psnr": p if math.isfinite(p) else None}
+            for n, s, p in zip(result.names, ssims, psnrs, strict=True)
+        ],
     }
     return report, result
 
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     # the data folder as an absolute path, so that a report read from another folder names the same one
     report = {"checkpoint": str(args.checkpoint), "data": str(slices.root.resolve()), **report}
     try:  # a full disk, say: the report and figures are written whole or not at all
-        write_atomically(out, lambda partial: partial.write_text(json.dumps(report, indent=2)))
+        write_atomically(out, lambda partial: partial.write_text(json.dumps(report, indent=2, allow_nan=False)))
         print(format_table(report, f"{args.checkpoint} on {slices.root}"))
         print(f"report: {out}")
         if args.figures:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,19 @@ def test_scores_in_torch_equal_the_reference_per_image(mixed_sizes: SliceSet) ->
         assert len({round(v, 6) for v in expected}) == len(expected)  # distinct, so the order is checked too
         assert [r[key] for r in in_torch["per_image"]] == pytest.approx(expected, rel=0, abs=1e-9)
         assert in_torch[key] == pytest.approx(reference[key], rel=0, abs=1e-9)
+
+
+def test_an_identical_reconstruction_has_a_null_psnr_in_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's case: the report held a bare ``Infinity``, which is not JSON (JSON.parse refuses the file)."""
+    model = VQVAE(PRESETS["tiny"])
+    reconstruct = model.reconstruct
+    monkeypatch.setattr(model, "reconstruct", lambda x: (reconstruct(x)[0], torch.zeros_like(x)))  # all black
+    black = np.zeros((16, 16), dtype=np.float32)
+    slices = SliceSet([black, synthetic_slice(np.random.default_rng(0), (16, 16))], ["black", "head"], Path("f"))
+    report, _ = score(model, slices)
+    assert [row["psnr"] is None for row in report["per_image"]] == [True, False]
+    assert report["psnr"]["mean"] > 50  # the summary caps +inf at 100 dB
+    json.loads(json.dumps(report, allow_nan=False))
 
 
 def test_the_reference_scores_nothing_in_torch(mixed_sizes: SliceSet) -> None:
