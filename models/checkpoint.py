@@ -52,6 +52,15 @@ def to_bytes(model: VQVAE, metadata: dict[str, Any] | None = None) -> bytes:
     return serialize(tensors, metadata={METADATA_KEY: json.dumps(header)})
 
 
+def recorded(metadata: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``metadata[key][key]...``, or {} where a level is absent or not an object: what a checkpoint of an older
+    version lacks. Before, a section of another type (``"data": []``) ended ``--resume`` in an AttributeError."""
+    section: Any = metadata
+    for key in keys:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def _check_readable(path: Path) -> None:
     """Say what keeps the file from being read. safetensors calls a file it may not read "No such file or
     directory", and a folder was "checkpoint file not found". A FIFO or a device is refused before it is opened

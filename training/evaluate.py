@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load, save
+from models.checkpoint import CheckpointError, load, recorded, save
 from models.device import bulk_batch_size, pick_device
 from models.files import WriteError, write_atomically
 from models.quality import Summary, psnr, ssim
@@ -148,7 +148,7 @@ def record_metrics(checkpoint: Path, split_name: str, report: dict[str, Any]) ->
     """Store the headline metrics of a split in the checkpoint's own metadata (rewrites the file); a note when
     they replace those of another data folder recorded under the same name (two copies of OASIS, say)."""
     model, metadata = load(checkpoint)
-    metrics = dict(metadata.get("metrics", {}))
+    metrics = dict(recorded(metadata, "metrics"))  # one of another type: replaced
     replaced = metrics.get(split_name, {}).get("data") if isinstance(metrics.get(split_name), dict) else None
     if replaced is not None and report.get("data") is not None and replaced != report["data"]:
         note(f"the metrics recorded as {split_name!r} were of {replaced}; now of {report['data']}")

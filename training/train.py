@@ -22,7 +22,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
-from models.checkpoint import CheckpointError, load, save, to_bytes
+from models.checkpoint import CheckpointError, load, recorded, save, to_bytes
 from models.device import cpu_prefers_bf16, pick_device
 from models.files import WriteError, write_atomically, write_together
 from models.vqvae import VQVAE
@@ -147,15 +147,6 @@ def git_commit(root: Path = PACKAGE_ROOT) -> str:
     if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
         return "unknown"
     return lines[1]
-
-
-def recorded(metadata: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """``metadata[key][key]...``, or {} where a level is absent or not an object: what a checkpoint of an older
-    version lacks. Before, a section of another type (``"data": []``) ended ``--resume`` in an AttributeError."""
-    section: Any = metadata
-    for key in keys:
-        section = section.get(key) if isinstance(section, dict) else None
-    return section if isinstance(section, dict) else {}
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from app.routes.deps import Service, error_responses
 from app.schemas import ModelInfo, SliceBudget
+from models.checkpoint import recorded
 
 router = APIRouter(tags=["model"])
 
@@ -25,8 +26,7 @@ _HIDDEN_KEYS = {"fingerprint"}
 async def model_info(service: Service) -> ModelInfo:
     config, metadata = service.config, service.metadata
     bits = config.bits_for(256, 256)
-    recorded = metadata.get("metrics")
-    metrics = recorded if isinstance(recorded, dict) else {}  # {split: headline report}, from training / vqvae-eval
+    metrics = recorded(metadata, "metrics")  # {split: headline report}, from training / vqvae-eval
     test = metrics.get("test")
     return ModelInfo(
         checkpoint=service.settings.checkpoint.name,

@@ -308,6 +308,15 @@ def test_recorded_metrics_keep_each_folder_apart(
     assert f"were of {(fixture_oasis / 'keras_png_slices_test').resolve()}; now of {copy.resolve()}" in out
 
 
+def test_record_replaces_a_metrics_record_of_another_type(trained: Path, fixture_oasis: Path, tmp_path: Path) -> None:
+    """A review's case: metrics of ``"oops"`` in the checkpoint ended --record in a ValueError traceback, after the
+    report was written. /model takes such a record as absent, and --record now replaces it."""
+    checkpoint = add_to_metadata(trained / "best.safetensors", tmp_path / "m.safetensors", '"metrics": "oops"')
+    run = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--split", "test", "--record"]
+    assert evaluate.main([*run, "--out", str(tmp_path / "r.json")]) == 0
+    assert read_metadata(checkpoint)["metrics"]["test"]["images"] == 8
+
+
 def test_record_refuses_a_limited_evaluation(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A ``--limit`` run replaced the whole split's recorded metrics."""
     with pytest.raises(SystemExit) as stopped:
