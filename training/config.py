@@ -62,7 +62,9 @@ class TrainConfig:
     embedding_dim: int | None = field(default=None, metadata={"help": "override the preset's code dimension"})
     epochs: int = field(default=20, metadata={"help": "passes over the training images (one crop per image)"})
     batch_size: int = 16
-    crop: int = field(default=128, metadata={"help": "random crop size for training (0 = full images)"})
+    crop: int = field(
+        default=128, metadata={"help": "random crop size for training (0 = full images, padded to at least 11x11)"}
+    )
     lr: float = 2e-3
     min_lr: float = 2e-5
     warmup_steps: int = 300

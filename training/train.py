@@ -25,6 +25,7 @@ from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, recorded, save, to_bytes
 from models.device import cpu_prefers_bf16, pick_device
 from models.files import WriteError, write_atomically, write_together
+from models.quality_torch import MIN_SIZE
 from models.vqvae import VQVAE
 from training import run_folder
 from training.config import TrainConfig, parse_args
@@ -200,7 +201,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
-        crop = config.crop or max(max(im.shape) for im in self.train_set.images)
+        # --crop 0: the largest image, padded up to SSIM's window (the loss's SSIM term needs it): training images
+        # of under 11 pixels a side ended in a traceback after the data had loaded.
+        crop = config.crop or max(MIN_SIZE, *(max(im.shape) for im in self.train_set.images))
         crop = -(-crop // self.model.config.stride) * self.model.config.stride
         self.sampler = CropSampler(self.train_set, crop, self.generator)
         self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / config.batch_size))
