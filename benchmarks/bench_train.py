@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.arguments import non_negative_int, non_negative_seconds, positive_int
+from app.arguments import int_from_to, non_negative_int, non_negative_seconds, positive_int
 from benchmarks.common import (
     benchmark_parser,
     load_slices,
@@ -52,7 +52,7 @@ from benchmarks.common import (
 )
 from benchmarks.flops import matmul_gflop_per_s, training_step_gflop
 from models.config import PRESETS
-from training.config import TrainConfig
+from training.config import MAX_BATCH_SIZE, TrainConfig
 from training.outputs import clean_exits
 from training.train import Trainer, autocast_dtype, dtype_name
 
@@ -280,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__, images=64, checkpoint=False)
     defaults = TrainConfig()
     parser.add_argument("--preset", default=defaults.preset, choices=sorted(PRESETS), help="architecture")
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="(default: %(default)s)")
+    parser.add_argument(
+        "--batch-size",
+        type=int_from_to(1, MAX_BATCH_SIZE),
+        default=defaults.batch_size,
+        help=f"(default: %(default)s; at most {MAX_BATCH_SIZE}, as vqvae-train)",
+    )
     parser.add_argument(
         "--steps", type=positive_int, default=1, help="least timed steps per variant and round (default: %(default)s)"
     )

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.arguments import non_negative_int, positive_int
+from app.arguments import int_from_to, positive_int
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
+from models.cpus import max_torch_threads
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, load_folder, resolve_folder
 from training.outputs import OutputError, check_file, check_folder
@@ -259,7 +260,10 @@ def benchmark_parser(
             "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"
         )
     parser.add_argument(
-        "--threads", type=non_negative_int, default=0, help="torch intra-op threads (0 = torch's default)"
+        "--threads",
+        type=int_from_to(0, max_torch_threads()),
+        default=0,
+        help=f"torch intra-op threads (0 = torch's default; at most {max_torch_threads()})",
     )
     parser.add_argument("--json", type=output_file, help="also write the figures as JSON to this file")
     if checkpoint:

@@ -28,6 +28,7 @@ MAX_EMBEDDING_DIM = 1_024
 # runs on 64; a default step took 16.8 MB a 128x128 crop on the CPU in fp32 (peak RSS of 16 and 64 crops), so 1,024
 # crops take some 17 GB, and leave 7 steps an epoch of the 6,400 OASIS training slices.
 MAX_BATCH_SIZE = 1_024
+MAX_SEED = 2**32 - 1
 # What a resumed run may set otherwise than the run it continues; TrainConfig.changes_from says why.
 MAY_CHANGE_ON_RESUME = frozenset(
     {
@@ -114,6 +115,7 @@ class TrainConfig:
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
                 ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or a finite number"),
                 ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all cores) to {max_torch_threads()}"),
+                ("seed", 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"),  # what torch and numpy take
                 ("preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
                 ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
                 (

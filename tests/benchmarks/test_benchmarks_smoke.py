@@ -40,9 +40,10 @@ from benchmarks.server import running_server
 from models import device
 from models.checkpoint import METADATA_KEY, save
 from models.config import PRESETS
+from models.cpus import max_torch_threads
 from models.vqvae import VQVAE
 from training import train
-from training.config import TrainConfig
+from training.config import MAX_BATCH_SIZE, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -542,12 +543,16 @@ SECONDS = ["inf", "nan", "-1"]
 
 @pytest.mark.parametrize(
     ("script", "flag", "text", "message"),
-    [(s, "--threads", "-1", "0 or more") for s in [*CHECKPOINT_SCRIPTS, bench_app, bench_train]]
+    [
+        (s, "--threads", t, f"from 0 to {max_torch_threads()}")
+        for s in [*CHECKPOINT_SCRIPTS, bench_app, bench_train]
+        for t in ["-1", "100000"]  # a review's: 100000 threads ended in a segfault, 10000 in a traceback
+    ]
     + [(bench_model, "--seconds", t, "a finite number of seconds 0 or more") for t in SECONDS]
     + [(bench_model, "--repeats", "0", "at least 1"), (bench_model, "--warmup", "-1", "0 or more")]
     + [(bench_threads, "--seconds", t, "a finite number of seconds 0 or more") for t in SECONDS]
     + [(bench_batching, "--warmup", "-1", "0 or more")]
-    + [(bench_train, "--batch-size", t, "at least 1") for t in ["0", "-4"]]
+    + [(bench_train, "--batch-size", t, f"from 1 to {MAX_BATCH_SIZE}") for t in ["0", "-4", "2000"]]
     + [(bench_train, "--warmup", "-1", "0 or more")]
     + [
         (bench_train, f, t, "a finite number of seconds 0 or more")

@@ -333,6 +333,18 @@ def test_an_invalid_lr_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixt
     assert last.endswith(" error: lr (--lr) must be a finite number above 0, got 0.0")
 
 
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_a_seed_out_of_range_is_named(seed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review's cases: torch's "Seed must be between 0 and 2**32 - 1" and "Overflow when unpacking long long",
+    neither naming --seed, after the run folder's checks."""
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--seed", seed, "--out", str(tmp_path / "run")])
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f" error: seed (--seed) must be from 0 to {2**32 - 1}, got {seed}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
