@@ -7,6 +7,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
+
 
 def _whole_number(text: str) -> int:
     try:
@@ -25,6 +27,17 @@ def _at_least(text: str, minimum: int, rule: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1 (workers, rounds, requests)."""
     return _at_least(text, 1, "at least 1")
+
+
+def worker_count(text: str) -> int:
+    """argparse type for server processes (``vqvae-serve --workers``, ``bench_service --workers``). Each holds a
+    model (about 400 MB): 100000 of them is a typo, not a setting."""
+    value = positive_int(text)
+    if value > max_torch_threads():
+        raise argparse.ArgumentTypeError(
+            f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}"
+        )
+    return value
 
 
 def host_name(text: str) -> str:

@@ -25,12 +25,12 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.config import LOGGING_CONFIG
 
-from app.arguments import host_name, port_number, positive_int
+from app.arguments import host_name, port_number, worker_count
 from app.errors import format_validation_errors
 from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
 from app.settings import Settings
-from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads, usable_cpus
+from models.cpus import THREADS_PER_CPU_LIMIT, usable_cpus
 
 APP_FACTORY = "app.main:create_app"
 
@@ -50,7 +50,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (0: any free one)")
     parser.add_argument(
         "--workers",
-        type=_worker_count,
+        type=worker_count,
         default=1,
         help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
         f"share of the usable CPUs for torch ({THREADS_PER_CPU_LIMIT} per usable CPU at most)",
@@ -59,16 +59,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
     )
     return parser.parse_args(argv)
-
-
-def _worker_count(text: str) -> int:
-    """Each worker holds a model (about 400 MB): 100000 of them is a typo, not a setting."""
-    value = positive_int(text)
-    if value > max_torch_threads():
-        raise argparse.ArgumentTypeError(
-            f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}"
-        )
-    return value
 
 
 def threads_per_worker(workers: int) -> int:

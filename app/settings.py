@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +19,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" 
 # (models.quality); scikit-image computes it down to 1x1, but under 7x7 a window holds too few pixels of the
 # sigma-1.5 Gaussian for the score to say much about structure.
 SSIM_MIN_SIDE = 7
+
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 class Settings(BaseSettings):
@@ -119,7 +123,7 @@ class Settings(BaseSettings):
         default=2.0, ge=0, le=1000, description="how long a batch waits for companions, only under load (at most 1 s)"
     )
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: LogLevel = "info"
 
     @field_validator("torch_threads", "parallel_batches")
     @classmethod

@@ -47,10 +47,10 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from app.arguments import non_negative_seconds, positive_int, positive_seconds
+from app.arguments import non_negative_seconds, positive_int, positive_seconds, worker_count
 from app.cli import threads_per_worker
 from app.imaging import decode_image, encode_png
-from app.settings import Settings
+from app.settings import LOG_LEVELS, Settings
 from benchmarks.bench_model import (
     DEFAULT_BATCH_SIZES,
     OperationFigures,
@@ -628,12 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=worker_count,
         default=1,
         help="server processes (vqvae-serve --workers; each gets 1/N of the CPUs for torch unless "
         "VQVAE_TORCH_THREADS is set); CPU and memory columns then sum over them (default: %(default)s)",
     )
-    parser.add_argument("--server-log-level", default="warning", help="uvicorn log level (warning: no access log)")
+    parser.add_argument(
+        "--server-log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="warning",
+        help="uvicorn log level (warning: no access log)",
+    )
     parser.add_argument("--startup-timeout", type=positive_seconds, default=180.0, help="seconds to wait for /readyz")
     group = parser.add_argument_group("in-process reference (benchmarks.bench_model)")
     group.add_argument("--batch-sizes", type=int_list, default=DEFAULT_BATCH_SIZES, help="sweep (default: 1,...,32)")

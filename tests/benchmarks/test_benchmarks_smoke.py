@@ -494,6 +494,21 @@ def refusal(script: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) ->
     return err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--workers", "100000"], f"argument --workers: at most {max_torch_threads()} "),
+        (["--server-log-level", "loud"], "argument --server-log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_bench_service_refuses_server_options_before_measuring(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's cases: refused only once the server started, after minutes of in-process reference, with a
+    pydantic error of four lines or vqvae-serve's usage block."""
+    assert said in refusal(bench_service, argv, capsys).strip().splitlines()[-1]
+
+
 def bad_checkpoint(kind: str, folder: Path) -> Path:
     path = folder / "bad.safetensors"
     if kind == "text":
