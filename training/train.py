@@ -76,6 +76,7 @@ class RunState:
     ``epoch_sums`` are the steps of the next epoch taken so far and the sums of their loss values: a run stopped in
     the middle of an epoch, or in its validation, resumes with the rest of that epoch, not with all of it again, and
     its history row is the one an uninterrupted run writes. ``seconds`` is the time in training steps.
+    ``precisions``: a run resumed in another precision trained in both, and its record says so.
     """
 
     epoch: int = 0
@@ -85,6 +86,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_steps: int = 0
     epoch_sums: list[float] = field(default_factory=lambda: [0.0] * LOSS_VALUES)
+    precisions: list[str] = field(default_factory=list)  # each precision the run trained in, in order
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # a field of another version or run: not this record
 
@@ -249,7 +251,7 @@ class Trainer:
                 "steps": self.state.step,
                 "seconds": round(self.state.seconds, 1),
                 "device": str(self.device),
-                "precision": self.precision,
+                "precision": ", then ".join(self.state.precisions or [self.precision]),
                 "config": self.config.to_dict(),
             },
             "git_commit": self.commit,
@@ -287,12 +289,6 @@ class Trainer:
         if model.config != self.model.config:
             raise CheckpointError(f"{weights}: architecture differs from this run's preset; use another --out")
         self.check_same_images(weights, metadata)
-        trained_in = recorded(metadata, "training").get("precision")
-        if trained_in is not None and trained_in != self.precision:  # allowed: how fast it runs, like --device
-            note(
-                f"the run trained in {trained_in} so far, and goes on in {self.precision} "
-                f"(--precision {self.config.precision})"
-            )
         self.model.load_state_dict(model.state_dict())
         state, self.resume_state = self.resume_state, None  # read by run_folder.load_resume_state
         if state is None:
@@ -304,6 +300,7 @@ class Trainer:
             self.state = parse_run_state(state["run"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a last.pt of another run
             raise run_folder.unreadable_state(state_path, exc) from exc
+        self.note_precision(recorded(metadata, "training").get("precision"))
         weights_step = recorded(metadata, "training").get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
             raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another
@@ -316,6 +313,17 @@ class Trainer:
             note(f"{best} is missing; the next validated epoch writes it again")
             self.state.best_val_ssim = RunState.best_val_ssim
         return True
+
+    def note_precision(self, recorded_precision: Any) -> None:
+        """Say so when a resumed run goes on in another precision (allowed: how fast it runs, like --device), and
+        keep each precision in the run's record. Runs saved before ``precisions`` was kept recorded the last one."""
+        trained = self.state.precisions or ([recorded_precision] if isinstance(recorded_precision, str) else [])
+        if trained and trained[-1] != self.precision:
+            note(
+                f"the run trained in {', then '.join(trained)} so far, and goes on in {self.precision} "
+                f"(--precision {self.config.precision})"
+            )
+        self.state.precisions = trained if trained and trained[-1] == self.precision else [*trained, self.precision]
 
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
         """The run's images, where the data settings are the run's (``run_folder.check_settings``): images added
@@ -402,6 +410,8 @@ class Trainer:
         if self.try_resume():
             self.saved_step = self.state.step  # the files it resumed from are this step's
             print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}{self.partial_epoch()}")
+        else:
+            self.state.precisions = [self.precision]
         self.started = True
         self.model.train()
         for epoch in range(self.state.epoch + 1, cfg.epochs + 1):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models import files
-from models.checkpoint import load, read_metadata, save
+from models.checkpoint import load, read_metadata, recorded, save
 from tests.conftest import add_to_metadata, write_slices
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
@@ -252,6 +252,13 @@ def test_resume_in_another_precision_says_so(
     capsys.readouterr()
     assert train.main([*args, "--epochs", "2", "--precision", "bf16", "--resume"]) == 0
     assert "note: the run trained in fp32 so far, and goes on in bfloat16 (--precision bf16)" in capsys.readouterr().err
+    # A review's case: the next resume said "trained in fp32 so far", the bf16 epoch forgotten.
+    assert train.main([*args, "--epochs", "3", "--precision", "fp32", "--resume"]) == 0
+    said = "note: the run trained in fp32, then bfloat16 so far, and goes on in fp32 (--precision fp32)"
+    assert said in capsys.readouterr().err
+    assert recorded(read_metadata(tmp_path / "last.safetensors"), "training")["precision"] == (
+        "fp32, then bfloat16, then fp32"
+    )
 
 
 def test_evaluate_writes_report_and_records_metrics(
