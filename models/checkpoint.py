@@ -136,6 +136,8 @@ def _config_and_shapes(path: Path, metadata: dict[str, Any]) -> tuple[VQVAEConfi
     The model is built on the meta device: a crafted config can ask for terabytes, and nothing is allocated until
     the file is known to hold tensors of exactly these shapes.
     """
+    if "config" not in metadata:  # a KeyError said only "invalid architecture config in checkpoint: 'config'"
+        raise CheckpointError(f'{path}: the checkpoint\'s metadata holds no architecture config ("config")')
     try:
         config = VQVAEConfig.from_dict(metadata["config"])
         with torch.device("meta"):

@@ -170,6 +170,19 @@ def test_metadata_too_deep_for_json_loads_is_one_checkpoint_error(saved: tuple[V
         read_metadata(path)
 
 
+def test_a_checkpoint_without_a_config_says_so(saved: tuple[VQVAE, Path], tmp_path: Path) -> None:
+    """A review's case: "invalid architecture config in checkpoint: 'config'", a KeyError's text."""
+    path = tmp_path / "bare.safetensors"
+    with safe_open(str(saved[1]), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        header = json.loads(handle.metadata()["vqvae"])
+    del header["config"]
+    save_file(tensors, str(path), metadata={"vqvae": json.dumps(header)})
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert str(caught.value) == f'{path}: the checkpoint\'s metadata holds no architecture config ("config")'
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
