@@ -125,9 +125,10 @@ class Slices:
         return f"{len(self.images)} slices of {self.shape[0]}x{self.shape[1]} from {self.source}"
 
 
-def data_folder(data: Path | None, split: str | None) -> tuple[Path, str]:
-    """``--data`` and ``--split`` as given, or their defaults: the OASIS root beside the repository, its test split."""
-    return data or DEFAULT_DATA_ROOT, split or DEFAULT_SPLIT
+def data_folder(data: Path | None, split: str | None) -> tuple[Path, str | None]:
+    """``--data`` and ``--split`` as given, or their defaults: the OASIS root beside the repository, its test split.
+    ``--split ''`` is the ``--data`` folder itself, as for ``vqvae-eval`` (it was the test split)."""
+    return data or DEFAULT_DATA_ROOT, DEFAULT_SPLIT if split is None else split or None
 
 
 def load_slices(data: Path | None, split: str | None, count: int) -> Slices:
@@ -255,7 +256,9 @@ def benchmark_parser(
             type=Path,
             help=f"OASIS root (default: {DEFAULT_DATA_ROOT}, and synthetic slices where that does not exist)",
         )
-        parser.add_argument("--split", help=f"split name or sub-folder of --data (default: {DEFAULT_SPLIT})")
+        parser.add_argument(
+            "--split", help=f"split name or sub-folder of --data, '' for --data itself (default: {DEFAULT_SPLIT})"
+        )
         parser.add_argument(
             "--images", type=positive_int, default=images, help="distinct slices (default: %(default)s)"
         )

@@ -64,6 +64,12 @@ def test_load_slices_falls_back_to_synthetic_without_the_default_data(
     assert f"synthetic slices (no data: {tmp_path / 'absent'} does not exist)" in slices.source
 
 
+def test_an_empty_split_is_the_data_folder_itself(fixture_oasis: Path) -> None:
+    """As for vqvae-eval's ``--split ''``. Before, the benchmarks read the test split under it instead."""
+    folder = fixture_oasis / "keras_png_slices_validate"
+    assert load_slices(folder, "", 2).source == str(folder)
+
+
 @pytest.mark.parametrize(("folder", "split"), [("absent", "test"), ("oasis", "tset"), ("default", "test")])
 def test_load_slices_refuses_data_that_was_named_but_is_not_there(
     fixture_oasis: Path,
