@@ -16,7 +16,6 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from app.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
@@ -26,6 +25,7 @@ from models.grayscale import (
     to_grey_levels,
     to_uint8,
 )
+from models.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 
 # zlib settings of the PNGs we send. On 32 reconstructed OASIS test slices (256x256): Pillow's default (level 6)
 # took 2.8-3.2 ms for 17.7 KiB, level 1 1.2-1.6 ms for 19.6 KiB, level 1 with the run-length strategy 1.0-1.3 ms

@@ -22,9 +22,9 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
-from app.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
+from models.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from training.data import DataError, read_grayscale
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
