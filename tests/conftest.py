@@ -1,7 +1,9 @@
-"""Shared fixtures: small synthetic slice folders made by the tests, and the genuine OASIS data when present."""
+"""Shared fixtures: small synthetic slice folders made by the tests, crafted JPEGs, and the genuine OASIS data when
+present."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from models.jpeg_markers import MAX_EXTRANEOUS, MAX_SEGMENTS
 from training.synthetic import synthetic_slice
 
 # An operator's prometheus_client multiprocess folder would make this process's metric values file-backed (chosen
@@ -28,6 +31,29 @@ def write_slices(folder: Path, count: int, seed: int, size: tuple[int, int] = (6
     for i in range(count):
         Image.fromarray(synthetic_slice(rng, size)).save(folder / f"case_{seed:03d}_slice_{i}.nii.png")
     return folder
+
+
+def repeated_last_scan(jpeg: bytes, copies: int, before: bytes = b"") -> bytes:
+    """A progressive JPEG whose last scan (of a blank image: its header and a byte or two of data) is repeated
+    ``copies`` times, after ``before``."""
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    assert len(last_scan) <= 12, last_scan
+    return jpeg[:-2] + before + last_scan * copies + b"\xff\xd9"
+
+
+def crafted_jpegs(side: int = 64) -> dict[str, bytes]:
+    """A progressive grey JPEG of ``side`` x ``side`` made over each bound of ``models.jpeg_markers``, by name: with
+    its last scan repeated 1,000 times ("scans"), 1,000 one-byte comments before its segments ("segments"), and
+    64 KiB and one of fill bytes after its first one ("stray bytes"). libjpeg decodes each of them."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, format="JPEG", progressive=True)  # scans of nearly no data
+    jpeg = buffer.getvalue()
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    return {
+        "scans": repeated_last_scan(jpeg, 1000),
+        "segments": jpeg[:2] + b"\xff\xfe\x00\x03x" * MAX_SEGMENTS + jpeg[2:],
+        "stray bytes": jpeg[:after_app0] + b"\xff" * (MAX_EXTRANEOUS + 1) + jpeg[after_app0:],
+    }
 
 
 def add_to_metadata(source: Path, target: Path, member: str) -> Path:

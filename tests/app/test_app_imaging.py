@@ -25,6 +25,7 @@ from app.imaging import (
 from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
 from models.grayscale import to_uint8
 from models.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
+from tests.conftest import repeated_last_scan
 from training.data import DataError, read_grayscale
 
 LIMITS = {"max_pixels": 4096 * 4096, "min_size": 8}
@@ -188,14 +189,6 @@ def test_pillows_own_bomb_guard_names_our_limit_not_only_pillows(image_file: Ima
     """Before: the message quoted Pillow's 178956970 pixels only, which is not this service's limit."""
     with pytest.raises(ImageTooLargeError, match="the limit is 1000 pixels"):
         open_image(with_header_size(image_file(noise(8, 8)), 40000, 40000), max_pixels=1000, min_size=8)
-
-
-def repeated_last_scan(jpeg: bytes, copies: int, before: bytes = b"") -> bytes:
-    """A progressive JPEG whose last scan (12 bytes: its header and nearly no data) is repeated ``copies`` times,
-    after ``before``."""
-    last_scan = jpeg[-14:-2]
-    assert last_scan.startswith(b"\xff\xda")
-    return jpeg[:-2] + before + last_scan * copies + b"\xff\xd9"
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
