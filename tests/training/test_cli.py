@@ -18,7 +18,8 @@ from PIL import Image
 
 from models import files
 from models.checkpoint import load, read_metadata, recorded, save
-from tests.conftest import add_to_metadata, write_slices
+from models.jpeg_markers import MAX_SCANS
+from tests.conftest import add_to_metadata, crafted_jpegs, write_slices
 from training import evaluate, train
 from training.config import MAY_CHANGE_ON_RESUME, TrainConfig
 from training.data import DEFAULT_DATA_ROOT
@@ -224,6 +225,19 @@ def test_validating_on_the_training_folder_is_said(
 def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *TINY]) == 2
     assert "keras_png_slices_train: data folder does not exist" in capsys.readouterr().err
+
+
+def test_a_jpeg_of_more_scans_than_encoders_write_in_the_data_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: trained on, after decoding each of its scans over the whole image (a crafted file stalled the run:
+    50,000 scans of a 1024x1024 image took 18 s), where the service refused it."""
+    train_split = write_slices(tmp_path / "data" / "keras_png_slices_train", 4, seed=9)
+    write_slices(tmp_path / "data" / "keras_png_slices_validate", 2, seed=10)
+    (train_split / "x.jpg").write_bytes(crafted_jpegs()["scans"])
+    code = train.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY])
+    _refused(code, capsys, f"error: {train_split / 'x.jpg'}: the JPEG holds over {MAX_SCANS} scans")
+    assert not (tmp_path / "run" / "best.safetensors").exists()
 
 
 def test_a_file_name_that_is_not_utf8_trains_and_is_drawn(fixture_oasis: Path, tmp_path: Path) -> None:

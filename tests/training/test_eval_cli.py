@@ -13,8 +13,9 @@ from PIL import Image
 from benchmarks.crafted_png import with_header_size
 from models.checkpoint import save
 from models.config import PRESETS
+from models.jpeg_markers import MAX_SCANS
 from models.vqvae import VQVAE
-from tests.conftest import write_slices
+from tests.conftest import crafted_jpegs, write_slices
 from training import evaluate
 from training.data import MAX_PIXELS
 
@@ -68,6 +69,23 @@ def test_an_image_over_the_pixel_limit_is_one_error_line(
     assert capsys.readouterr().err.splitlines() == [
         f"error: {tmp_path / 'bomb' / 'x.png'}: image is 12000x12000 = 144000000 pixels, over the limit of "
         f"{MAX_PIXELS} pixels (4096x4096)"
+    ]
+    assert not out.exists()
+
+
+def test_a_jpeg_of_more_scans_than_encoders_write_is_one_error_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: decoded, each of its scans over the whole image (a crafted file stalled the command: 50,000 scans of
+    a 1024x1024 image took 18 s), where the service refused it."""
+    data = write_slices(tmp_path / "d", 2, seed=8)
+    (data / "x.jpg").write_bytes(crafted_jpegs()["scans"])
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", "", "--out", str(out)]
+    assert evaluate.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {data / 'x.jpg'}: the JPEG holds over {MAX_SCANS} scans, each decoded over the whole image; "
+        "encoders write 20 at most (a crafted file?)"
     ]
     assert not out.exists()
 
