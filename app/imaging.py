@@ -19,7 +19,9 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
+    MultiFrameError,
     UnmappablePixelsError,
+    check_single_frame,
     narrow_range,
     narrow_range_effect,
     to_grey_levels,
@@ -77,13 +79,14 @@ class Pixels(NamedTuple):
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> Pixels:
-    """Image file content -> float32 (H, W) in [0, 1] and notes; the first frame of multi-frame files."""
+    """Image file content -> float32 (H, W) in [0, 1] and notes; a file of several frames is refused."""
     with open_image(data, max_pixels=max_pixels, min_size=min_size) as image:
         return load_pixels(image)
 
 
 def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
-    """Identify the format and check the size from the header alone (no pixel decoded yet); the caller closes it.
+    """Identify the format and check the size and the frame count from the headers alone (no pixel decoded yet); the
+    caller closes it.
 
     Split from ``load_pixels`` so that the routes can decide by the pixel count where the expensive half runs
     (see ``app.offload``).
@@ -115,6 +118,7 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
         raise UnsupportedImageError(f"could not read the image header (truncated or corrupt file?): {exc}") from exc
     try:
         _check_size(image.width, image.height, max_pixels=max_pixels, min_size=min_size)
+        _check_single_frame(image)
     except ImageError:
         image.close()
         raise
@@ -125,7 +129,7 @@ def load_pixels(image: Image.Image) -> Pixels:
     """An image from ``open_image`` -> float32 (H, W) in [0, 1], on the 256 grey levels, and notes: the decoding
     itself."""
     try:
-        image.load()  # Pillow opens multi-frame files (TIFF stacks) at their first frame
+        image.load()
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except DECODE_ERRORS as exc:
@@ -149,6 +153,15 @@ def narrow_note(image: Image.Image) -> list[str]:
     if narrow is None:
         return []
     return [f"the image holds integer values only up to {narrow.top} (12 bits or fewer): {narrow_range_effect(narrow)}"]
+
+
+def _check_single_frame(image: Image.Image) -> None:
+    """400 for a TIFF stack or an animated PNG (``models.grayscale.check_single_frame``): its first frame alone was
+    answered, 200 with no note, while the caller believed the whole stack handled."""
+    try:
+        check_single_frame(image)
+    except MultiFrameError as exc:
+        raise UnsupportedImageError(str(exc)) from exc
 
 
 def _check_bmp_dimensions(data: bytes) -> None:

@@ -20,6 +20,7 @@ from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
     NarrowRange,
+    check_single_frame,
     narrow_range,
     narrow_range_effect,
     to_grey_levels,
@@ -99,6 +100,7 @@ def read_grayscale(path: Path) -> np.ndarray:
     """
     try:
         with open_checked(path) as image:
+            check_single_frame(image)  # a TIFF stack, an animated PNG: a ValueError, reworded below
             image.load()
             pixels = to_grey_levels(image).copy()  # writable
             narrow = narrow_range(image)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,6 +19,7 @@ from models.vqvae import VQVAE
 from tests.conftest import crafted_jpegs, write_slices
 from training import evaluate
 from training.data import MAX_PIXELS
+from training.synthetic import synthetic_slice
 
 
 @pytest.fixture
@@ -120,4 +122,41 @@ def test_an_unreadable_data_root_is_one_error_line(
     assert evaluate.main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: {tmp_path / 'root'}: cannot read the data folder (Permission denied)"
+    ]
+
+
+def refusal(checkpoint: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """``vqvae-eval`` on the images directly in ``data``, which must exit 2 and write no report: its error lines."""
+    out = data.parent / "r.json"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--split", "", "--out", str(out)]) == 2
+    assert not out.exists()
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("stack.tif", "TIFF"), ("anim.png", "PNG")])
+def test_a_tiff_stack_or_an_animated_png_is_one_error_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, fmt: str
+) -> None:
+    """Before: scored as its first slice, ``images 3`` with no note: the other 4 were dropped without a word."""
+    data = write_slices(tmp_path / "multipage", 2, seed=7)
+    rng = np.random.default_rng(7)
+    first, *rest = (Image.fromarray(synthetic_slice(rng, (64, 64))) for _ in range(5))
+    first.save(data / name, format=fmt, save_all=True, append_images=rest)
+    assert refusal(checkpoint, data, capsys) == [
+        f"error: {data / name}: cannot read image (the {fmt} file holds 5 frames (a stack of slices, or an "
+        "animation), of which only the first would be read; send one slice per file)"
+    ]
+
+
+def test_a_float_tiff_of_0_to_255_is_one_error_line(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: clipped to [0, 1], so read nearly white: SSIM 0.90, PSNR 21.5 and no note (a review's measurement of
+    an OASIS slice; the same slice as floats in [0, 1] is read right)."""
+    data = write_slices(tmp_path / "floats", 2, seed=8)
+    pixels = synthetic_slice(np.random.default_rng(8), (64, 64))
+    Image.fromarray(pixels.astype(np.float32)).save(data / "f.tif")
+    assert refusal(checkpoint, data, capsys) == [
+        f"error: {data / 'f.tif'}: cannot read image (the float image has pixel values from 0 to {pixels.max()}, "
+        "outside [0, 1]; send unsigned 8- or 16-bit integers, or floats in [0, 1])"
     ]
