@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from app.arguments import non_negative_int, positive_int, positive_seconds, seed_number
-from benchmarks.common import output_file, output_folder, print_header, ratio, set_threads, write_json
+from benchmarks.common import (
+    check_outside_data,
+    output_file,
+    output_folder,
+    print_header,
+    ratio,
+    set_threads,
+    write_json,
+)
 from models.checkpoint import load
 from models.config import PRESETS
 from models.device import pick_device
@@ -185,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    splits = (TrainConfig.train_split, TrainConfig.val_split, args.eval_split)  # what each arm reads
+    for output, what in ((args.json, "--json"), (args.out, "--out")):
+        check_outside_data(output, what, args.data, *splits)
     set_threads(args.threads)
     info = print_header("quality reached in the same training time")
     try:  # what can be checked up front; the training splits are read by each arm's Trainer

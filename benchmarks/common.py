@@ -29,9 +29,10 @@ from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
 from models.cpus import max_torch_threads
+from models.files import not_replaceable
 from models.vqvae import VQVAE
-from training.data import DEFAULT_DATA_ROOT, DataError, load_folder, resolve_folder
-from training.outputs import OutputError, check_file, check_folder
+from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_folder, resolve_folder
+from training.outputs import OutputError, check_apart, check_file, check_folder
 from training.synthetic import synthetic_slice
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -282,9 +283,25 @@ def benchmark_parser(
     return parser
 
 
+def check_outside_data(output: Path | None, what: str, data: Path | None, *splits: str | None) -> None:
+    """``output`` is not, nor lies in, a folder the script reads slices from (``--data`` and ``splits``, with
+    ``data_folder``'s defaults): JSON written over a slice, or beside them, damages the data. One error line, exit 2,
+    before anything is measured."""
+    if output is None:
+        return
+    for folder in (found for split in splits for found in image_folders(*data_folder(data, split))):
+        try:
+            check_apart(output, folder, f"{what} would replace a slice or be mixed into the data")
+        except OutputError as exc:
+            fail(str(exc))
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
+    problem = not_replaceable(path)
+    if problem:  # checked up front (``output_file``), but the file system may have changed since
+        fail(f"cannot write the figures to {path}: {problem}", 1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

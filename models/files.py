@@ -76,6 +76,15 @@ def _running(pid: int) -> bool:
     return True
 
 
+def not_replaceable(path: Path) -> str | None:
+    """Why a written file may not take the place of ``path``, or None where it is absent or a regular file (through a
+    symbolic link, which ``write_together`` follows). Renamed over by a process run as root, a device node
+    (``/dev/null``) became a plain file, for every program that uses it; a pipe or socket would go likewise."""
+    if not path.exists() or path.is_file():
+        return None
+    return f"{path} is a folder" if path.is_dir() else f"{path} is not a regular file (a device, pipe or socket)"
+
+
 def write_together(writers: Mapping[Path, Writer]) -> None:
     """Write each file to its partial path, then rename them all into place: a reader, or a run resumed after a
     crash, sees the old files or the new ones, never half of one, and files that belong together (weights and
@@ -83,7 +92,11 @@ def write_together(writers: Mapping[Path, Writer]) -> None:
 
     A failed write removes the partial files, so a full disk does not stay full of them. Leftover partial files
     (a save cut off by a kill) are removed first, so that they do not pile up. One process writes one file from one
-    thread at a time."""
+    thread at a time. A target that is no regular file (``not_replaceable``) is refused before anything is written."""
+    for path in writers:
+        problem = not_replaceable(path)
+        if problem:
+            raise WriteError(f"cannot write {path}: {problem}")
     partials = {path: partial_path(_through_links(path)) for path in writers}
     try:
         for path, write in writers.items():

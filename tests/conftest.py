@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,14 @@ def shared_oasis() -> Path:
 def oasis_root(fixture_oasis: Path) -> Path:
     """The genuine OASIS root when present, else the synthetic miniature: for tests that run either way."""
     return SHARED_OASIS if (SHARED_OASIS / "keras_png_slices_test").is_dir() else fixture_oasis
+
+
+@pytest.fixture
+def device_node(tmp_path: Path) -> Path:
+    """A character device of the test's own in its temporary folder, with /dev/null's numbers (1, 3): an output a
+    writer run as root must refuse, not replace with a plain file. Made here, never the real one."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node (mknod) needs root, and only root's writers could replace one")
+    node = tmp_path / "fakenull"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return node

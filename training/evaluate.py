@@ -22,7 +22,10 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, OASIS_SPLITS, DataError, SliceSet, image_folders, load_split
-from training.outputs import check_apart, check_file, check_folder, clean_exits, note
+from training.outputs import check_apart, check_file, check_files, check_folder, clean_exits, note
+
+PANELS, USAGE = "reconstructions.png", "codebook_usage.png"  # what --figures writes
+FIGURES = (PANELS, USAGE)
 
 
 @dataclass
@@ -174,6 +177,24 @@ def default_report(checkpoint: Path, split: str) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.{tag}.json")
 
 
+def check_outputs(args: argparse.Namespace, out: Path) -> None:
+    """The report ``out`` and the ``--figures`` can be written, and no output replaces another, the checkpoint, or
+    an image, nor goes among the images read."""
+    files = {"the report": out}
+    if args.figures:
+        check_folder(args.figures, "--figures")
+        files |= {f"the figure {name}": args.figures / name for name in FIGURES}
+    check_files(files)
+    for what, path in files.items():
+        check_apart(path, args.checkpoint, f"{what} would replace the weights")
+    for folder in image_folders(args.data, args.split):
+        check_apart(out, folder, "the report would replace an image or be mixed into the data")
+        if args.figures:
+            check_apart(args.figures, folder, "its PNG figures would be mixed into the data")
+    if args.record:
+        check_file(args.checkpoint, "--record into")
+
+
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a VQ-VAE checkpoint on a split (SSIM per DESIGN.md).")
@@ -196,14 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--record stores the metrics of a whole split, which /model serves; drop --limit to record")
     out = args.out or default_report(args.checkpoint, args.split)
     try:
-        check_file(out, "the report")  # before the scoring, not after it
-        check_apart(out, args.checkpoint, "the report would replace the weights")
-        if args.figures:
-            check_folder(args.figures, "--figures")
-            for folder in image_folders(args.data, args.split):
-                check_apart(args.figures, folder, "its PNG figures would be read as slices by the next evaluation")
-        if args.record:
-            check_file(args.checkpoint, "--record into")
+        check_outputs(args, out)  # before the scoring, not after it
         model = load(args.checkpoint, pick_device(args.device))[0].for_inference()
         slices = load_split(args.data, args.split or None, args.limit)
     except (CheckpointError, DataError, ValueError) as exc:
@@ -227,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
                 result.reconstructions,
                 [r["ssim"] for r in report["per_image"]],
                 result.names,
-                args.figures / "reconstructions.png",
+                args.figures / PANELS,
             )
             counts = np.bincount(
                 torch.cat([g.reshape(-1) for g in result.indices]).numpy(), minlength=model.config.codebook_size
             )
-            codebook_usage_figure(counts, args.figures / "codebook_usage.png")
+            codebook_usage_figure(counts, args.figures / USAGE)
             print(f"figures: {args.figures}")
         if args.record:
             record_metrics(args.checkpoint, record_key(slices.root), report)

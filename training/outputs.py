@@ -9,11 +9,12 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TextIO, cast
 
+from models.files import not_replaceable
 from training.stop_signals import exit_code
 
 P = ParamSpec("P")
@@ -45,15 +46,26 @@ def check_folder(path: Path, what: str) -> None:
 
 def check_file(path: Path, what: str) -> None:
     """``path`` can be written: its folder (files are written beside their target and renamed over it), and the
-    file itself where it exists (some writers open it in place)."""
-    if path.is_dir():
-        problem: str | None = f"{path} is a folder"
-    elif path.exists() and not os.access(path, os.W_OK):
+    file itself where it exists (some writers open it in place); no folder or device (``models.files``'s
+    ``not_replaceable``), which its writer would refuse only after the work."""
+    problem = not_replaceable(path)
+    if problem is None and path.exists() and not os.access(path, os.W_OK):
         problem = f"{path}: permission denied"
-    else:
-        problem = _folder_problem(path.parent)
+    problem = problem or _folder_problem(path.parent)
     if problem:
         raise OutputError(f"cannot write {what} {path}: {problem}")
+
+
+def check_files(outputs: Mapping[str, Path]) -> None:
+    """Each of ``outputs`` (what it is: its path) can be written (``check_file``), and no two are one file, by
+    whatever path: the one written later would replace the other (``vqvae-eval --out figs/reconstructions.png
+    --figures figs`` lost its report to the figure)."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        check_file(path, what)
+        earlier = seen.setdefault(path.resolve(), what)
+        if earlier != what:
+            raise OutputError(f"{path} would be both {earlier} and {what}, one replacing the other; choose another")
 
 
 def note(text: str) -> None:
@@ -63,10 +75,13 @@ def note(text: str) -> None:
 
 
 def check_apart(output: Path, source: Path, why: str) -> None:
-    """``output`` is not ``source`` (the same file or folder, by whatever path): writing it there would destroy or
-    pollute what the command reads. ``why`` says what would happen."""
-    if output.resolve() == source.resolve():
-        raise OutputError(f"{output} is {source}, which this command reads: {why}; choose another")
+    """``output`` is not ``source``, nor inside it (a file or folder, by whatever path): writing it there would
+    destroy or pollute what the command reads (a report written over a slice, or beside the slices of a folder read).
+    ``why`` says what would happen."""
+    target, read = output.resolve(), source.resolve()
+    if target == read or read in target.parents:
+        where = "is" if target == read else "is in"
+        raise OutputError(f"{output} {where} {source}, which this command reads: {why}; choose another")
 
 
 def clean_exits(main: Callable[P, int]) -> Callable[P, int]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from models.files import WriteError, write_atomically
 from training.codecs import CODECS, codec_curve
-from training.data import DEFAULT_DATA_ROOT, DataError, load_split
+from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_split
 from training.figures import FIGURE_FORMATS, rate_distortion_figure
-from training.outputs import check_file, clean_exits, note
+from training.outputs import check_apart, check_files, clean_exits, note
 
 DEFAULT_BUDGETS = [320, 640, 1280, 2048, 3072, 4096]
 
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         points = [{"label": label, **operating_point(path)} for label, path in zip(labels, args.reports, strict=True)]
-        check_file(args.json, "--json")  # before the codecs' minutes of work, not after them
-        check_file(args.figure, "--figure")
+        check_outputs(args)  # before the codecs' minutes of work, not after them
         slices = load_split(args.data, args.split or None)
         for label, path in zip(labels, args.reports, strict=True):
             folder = scored_folder(path)
@@ -91,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{point['label']}: {point['bits']:.0f} bits ({point['bits'] / 8:.0f} B), mean SSIM {point['ssim']:.4f}")
     print(f"figure: {args.figure}; table: {args.json}")
     return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` and ``--figure`` can be written, are not one file, and replace no report read nor go among the
+    images the codecs measure."""
+    outputs = {"--json": args.json, "--figure": args.figure}
+    check_files(outputs)
+    for what, path in outputs.items():
+        for report in args.reports:
+            check_apart(path, report, f"{what} would replace that report")
+        for folder in image_folders(args.data, args.split):
+            check_apart(path, folder, f"{what} would replace an image or be mixed into the data")
 
 
 def operating_point(report: Path) -> dict[str, float]:

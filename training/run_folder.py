@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import CheckpointError, read_metadata
-from models.files import leftover_partials
+from models.files import leftover_partials, not_replaceable
 from training.config import TrainConfig
 from training.outputs import OutputError, note
 
@@ -36,8 +36,8 @@ def held_checkpoints(out: Path) -> list[str]:
 def check(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to start over an earlier run unless told to continue it (``--resume``) or replace it
     (``--overwrite``); say so when ``--resume`` finds nothing to continue."""
-    blocked = [name for name in (*RUN_FILES, *LEGACY_PARTIALS) if (out / name).exists() and not (out / name).is_file()]
-    if blocked:  # a folder where a run file goes: the run would fail at its first save, after a whole epoch
+    blocked = [name for name in (*RUN_FILES, *LEGACY_PARTIALS) if not_replaceable(out / name)]
+    if blocked:  # a folder there failed the first save, after a whole epoch; a device (/dev/null), root replaced
         raise OutputError(f"{out / blocked[0]} is not a file, where the run writes one; move it or use another --out")
     held = held_checkpoints(out)
     if resume:

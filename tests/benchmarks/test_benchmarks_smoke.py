@@ -11,6 +11,7 @@ import mmap
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ from training.config import MAX_BATCH_SIZE, TrainConfig
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(VQVAE(PRESETS["tiny"]), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+QUICK_MODEL = ["--batch-sizes", "1", "--seconds", "0", "--repeats", "1", "--warmup", "0"]  # bench_model at its least
 
 
 def data_args(root: Path, images: int = 4) -> list[str]:
@@ -548,6 +552,56 @@ def test_an_unwritable_json_path_is_refused_up_front(
     )
     err = refusal(script, ["--json", str(path)], capsys)
     assert f"error: argument --json: cannot write to {path}" in err and problem in err
+
+
+def test_a_device_node_as_json_is_refused(
+    fixture_oasis: Path, tiny_checkpoint: Path, device_node: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, as root: the script measured, said ``figures written to`` the device node (``/dev/null``), exit 0,
+    and the figures went nowhere. ``write_json`` refuses one too, should it appear after the arguments were read."""
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis, 1), *QUICK_MODEL]
+    err = refusal(bench_model, [*argv, "--json", str(device_node)], capsys)
+    assert f"cannot write to {device_node}: {device_node} is not a regular file" in err
+    with pytest.raises(SystemExit) as stopped:
+        write_json(device_node, {"figures": 1})
+    assert stopped.value.code == 1 and f"{device_node} is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISCHR(device_node.stat().st_mode)
+
+
+@pytest.mark.parametrize(("script", "options"), [(bench_model, QUICK_MODEL), (bench_validation, ["--rounds", "1"])])
+def test_json_among_the_slices_read_is_refused_up_front(
+    script: Any,
+    options: list[str],
+    fixture_oasis: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: ``bench_model --data D --split S --json D/S/a.png`` measured, then wrote its JSON over the slice."""
+    victim = shutil.copytree(fixture_oasis / "keras_png_slices_test", tmp_path / "victim")
+    before = {path: path.read_bytes() for path in victim.iterdir()}
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--split", "victim", "--images", "1"]
+    for target in (min(before), victim / "new.json"):
+        err = refusal(script, [*argv, *options, "--json", str(target)], capsys)
+        assert (
+            err == f"error: {target} is in {victim}, which this command reads: --json would replace a slice or "
+            "be mixed into the data; choose another\n"
+        )
+    assert {path: path.read_bytes() for path in victim.iterdir()} == before
+
+
+@pytest.mark.parametrize(("flag", "folder"), [("--out", "keras_png_slices_train"), ("--json", "keras_png_slices_test")])
+def test_bench_time_to_quality_refuses_outputs_among_the_slices_it_reads(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, folder: str
+) -> None:
+    """Before: its runs trained into a sub-folder of the training split, or its JSON went into the scored one."""
+    data = shutil.copytree(fixture_oasis, tmp_path / "oasis")
+    target = data / folder / "runs"
+    argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu", "--arms", "4x32", "--seconds", "0.1"]
+    argv += ["--calibration-steps", "1", "--calibration-warmup", "0", "--max-val-images", "2"]
+    err = refusal(bench_time_to_quality, [*argv, flag, str(target)], capsys)
+    assert f"error: {target} is in {data / folder}, which this command reads: {flag} would" in err
+    assert not target.exists()
 
 
 def test_write_json_fails_in_one_line_where_the_file_cannot_be_written(

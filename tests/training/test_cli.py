@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -191,12 +192,78 @@ def test_outputs_that_would_overwrite_or_pollute_the_inputs_are_refused(
     assert "the report would replace the weights" in capsys.readouterr().err
     assert checkpoint.read_bytes() == weights
     assert evaluate.main([*evaluate_args, "--figures", str(test_split), "--out", str(tmp_path / "r.json")]) == 2
-    assert "its PNG figures would be read as slices" in capsys.readouterr().err
+    assert "its PNG figures would be mixed into the data" in capsys.readouterr().err
     train_split = fixture_oasis / "keras_png_slices_train"
     before = sorted(train_split.iterdir())
     assert train.main(["--data", str(fixture_oasis), "--out", str(train_split), "--epochs", "1", *TINY]) == 2
     assert f"{train_split} is {train_split}, which this command reads" in capsys.readouterr().err
     assert sorted(train_split.iterdir()) == before
+
+
+def test_outputs_among_the_images_read_are_refused(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``vqvae-eval --out victim/case.png`` replaced the slice with the report, exit 0, and ``--out
+    victim/new.json`` or ``--figures victim/figs`` put files into the data: only ``--out`` the checkpoint and
+    ``--figures`` the folder itself were refused. ``vqvae-train --out`` a sub-folder of a split it reads put its run
+    there. Paths are compared resolved, so a symbolic link to the folder is no way around it."""
+    victim = shutil.copytree(fixture_oasis / "keras_png_slices_test", tmp_path / "victim")
+    (tmp_path / "alias").symlink_to(victim)
+    before = {path: path.read_bytes() for path in victim.iterdir()}
+    a_slice = min(before)
+    evaluate_args = ["--checkpoint", str(trained / "best.safetensors"), "--data", str(victim), "--split", ""]
+    for out in (a_slice, victim / "new.json", tmp_path / "alias" / "new.json"):
+        _refused(evaluate.main([*evaluate_args, "--out", str(out)]), capsys, f"{out} is in ", "the report would")
+    figures = ["--figures", str(victim / "figs"), "--out", str(tmp_path / "r.json")]
+    _refused(evaluate.main([*evaluate_args, *figures]), capsys, f"{victim / 'figs'} is in {victim}, which this")
+    assert {path: path.read_bytes() for path in victim.iterdir()} == before
+    data = tmp_path / "data"
+    for split in ("train", "validate"):
+        shutil.copytree(fixture_oasis / f"keras_png_slices_{split}", data / f"keras_png_slices_{split}")
+    run = data / "keras_png_slices_train" / "run"
+    _refused(
+        train.main(["--data", str(data), "--out", str(run), "--epochs", "1", *TINY]),
+        capsys,
+        f"{run} is in {data / 'keras_png_slices_train'}, which this command reads",
+    )
+    assert not run.exists()
+
+
+def test_outputs_that_would_replace_each_other_are_refused(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``vqvae-eval --out figs/reconstructions.png --figures figs`` wrote the report, then the figure over
+    it, exit 0: the report was lost. A checkpoint where a figure goes would have been replaced by it."""
+    figures = tmp_path / "figs"
+    base = ["--checkpoint", str(trained / "best.safetensors"), "--data", str(fixture_oasis), "--limit", "1"]
+    for name in ("reconstructions.png", "codebook_usage.png"):
+        args = [*base, "--out", str(figures / name), "--figures", str(figures)]
+        _refused(evaluate.main(args), capsys, f"{figures / name} would be both the report and the figure {name}")
+    assert not figures.exists()
+    figures.mkdir()
+    checkpoint = figures / "reconstructions.png"
+    checkpoint.write_bytes((trained / "best.safetensors").read_bytes())
+    args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--figures", str(figures)]
+    _refused(evaluate.main([*args, "--out", str(tmp_path / "r.json")]), capsys, "reconstructions.png would replace")
+    assert checkpoint.read_bytes() == (trained / "best.safetensors").read_bytes()
+
+
+def test_a_device_node_as_an_output_is_refused_before_scoring(
+    trained: Path, fixture_oasis: Path, device_node: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, as root: ``vqvae-eval --out`` a device node (``/dev/null``) printed ``report: …``, exit 0, and the
+    report was renamed over the node, which became a plain file. Through a symbolic link, or as a figure, too."""
+    base = ["--checkpoint", str(trained / "best.safetensors"), "--data", str(fixture_oasis), "--limit", "1"]
+    figures = tmp_path / "figs"
+    figures.mkdir()
+    (figures / "codebook_usage.png").symlink_to(device_node)
+    link = tmp_path / "link.json"
+    link.symlink_to(device_node)
+    for target in (device_node, link):
+        _refused(evaluate.main([*base, "--out", str(target)]), capsys, f"{target} is not a regular file")
+    args = [*base, "--out", str(tmp_path / "r.json"), "--figures", str(figures)]
+    _refused(evaluate.main(args), capsys, f"cannot write the figure codebook_usage.png {figures}/codebook_usage.png: ")
+    assert stat.S_ISCHR(device_node.stat().st_mode) and not (tmp_path / "r.json").exists()
 
 
 def test_a_report_records_its_data_folder_as_an_absolute_path(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,52 @@ def test_an_output_it_cannot_write_is_refused_before_the_codecs_run(
     assert rate_distortion.main(args) == 2
     err = capsys.readouterr().err
     assert f"cannot write {flag} {outputs[flag]}: {outputs[flag]} is a folder" in err and "Traceback" not in err
+
+
+def test_a_device_node_as_an_output_is_refused_before_the_codecs_run(
+    fixture_oasis: Path,
+    device_node: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, as root: the codecs ran, then the table was renamed over the device node (``/dev/null``), exit 0."""
+    monkeypatch.setattr(rate_distortion, "codec_curve", lambda *args: pytest.fail("the codecs ran"))
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    args = ["--reports", str(report), "--data", str(fixture_oasis), "--figure", str(tmp_path / "rd.png")]
+    assert rate_distortion.main([*args, "--json", str(device_node)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write --json {device_node}: {device_node} is not a regular file" in err and "Traceback" not in err
+    assert stat.S_ISCHR(device_node.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    ("table", "figure", "said"),
+    [
+        ("ours.json", "rd.png", "ours.json is {tmp}/ours.json, which this command reads: --json would replace that"),
+        ("rd.png", "rd.png", "rd.png would be both --json and --figure"),
+        ("data/rd.json", "rd.png", "data/rd.json is in {tmp}/data, which this command reads: --json would replace"),
+        ("rd.json", "data/rd.png", "data/rd.png is in {tmp}/data, which this command reads: --figure would"),
+    ],
+)
+def test_outputs_over_an_input_or_each_other_are_refused_before_the_codecs_run(
+    fixture_oasis: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    table: str,
+    figure: str,
+    said: str,
+) -> None:
+    """Before: the codecs ran, then the table replaced the report it was given, or the figure the table, or either
+    went among the slices the codecs measured."""
+    monkeypatch.setattr(rate_distortion, "codec_curve", lambda *args: pytest.fail("the codecs ran"))
+    report = _report(tmp_path / "ours.json", 2560, 0.9)
+    shutil.copytree(fixture_oasis / "keras_png_slices_test", tmp_path / "data")
+    args = ["--reports", str(report), "--data", str(tmp_path / "data"), "--split", ""]
+    assert rate_distortion.main([*args, "--json", str(tmp_path / table), "--figure", str(tmp_path / figure)]) == 2
+    err = capsys.readouterr().err
+    assert said.format(tmp=tmp_path) in err and err.count("\n") == 1, err
 
 
 def test_a_table_that_fails_while_written_is_a_one_line_error(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,18 @@ def test_a_file_written_through_a_symbolic_link_keeps_the_link(tmp_path: Path) -
     write_atomically(tmp_path / "latest.json", lambda partial: partial.write_text("new"))
     assert (tmp_path / "latest.json").is_symlink() and (tmp_path / "run42.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "run42.json"]
+
+
+def test_a_target_that_is_no_regular_file_is_refused_and_kept(device_node: Path, tmp_path: Path) -> None:
+    """Before, as root: the partial file was renamed over a device node (``/dev/null``), which became a plain file.
+    Through a symbolic link too, which writers follow."""
+    link = tmp_path / "link.json"
+    link.symlink_to(device_node)
+    for target in (device_node, link):
+        with pytest.raises(WriteError, match=f"cannot write {target}: {target} is not a regular file"):
+            write_atomically(target, lambda partial: partial.write_text("{}"))
+    assert stat.S_ISCHR(device_node.stat().st_mode) and link.is_symlink()
+    assert sorted(tmp_path.iterdir()) == [device_node, link]  # no partial file left
 
 
 def test_two_processes_writing_one_file_do_not_take_each_others_partial_file(tmp_path: Path) -> None:
