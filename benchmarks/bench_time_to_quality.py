@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     splits = (TrainConfig.train_split, TrainConfig.val_split, args.eval_split)  # what each arm reads
-    for output, what in ((args.json, "--json"), (args.out, "--out")):
-        check_outside_data(output, what, args.data, *splits)
+    check_outside_data(args.json, "--json", args.data, *splits)
+    check_outside_data(args.out, "--out", args.data, *splits, folder=True)  # the arms' runs go in folders of it
     set_threads(args.threads)
     info = print_header("quality reached in the same training time")
     try:  # what can be checked up front; the training splits are read by each arm's Trainer

@@ -283,15 +283,17 @@ def benchmark_parser(
     return parser
 
 
-def check_outside_data(output: Path | None, what: str, data: Path | None, *splits: str | None) -> None:
-    """``output`` is not, nor lies in, a folder the script reads slices from (``--data`` and ``splits``, with
-    ``data_folder``'s defaults): JSON written over a slice, or beside them, damages the data. One error line, exit 2,
-    before anything is measured."""
+def check_outside_data(
+    output: Path | None, what: str, data: Path | None, *splits: str | None, folder: bool = False
+) -> None:
+    """``output`` (a file, or a ``folder``) is apart from the folders the script reads slices from (``--data`` and
+    ``splits``, with ``data_folder``'s defaults; ``training.outputs.check_apart``): JSON written over a slice, or
+    beside them, damages the data. One error line, exit 2, before anything is measured."""
     if output is None:
         return
-    for folder in (found for split in splits for found in image_folders(*data_folder(data, split))):
+    for read in (found for split in splits for found in image_folders(*data_folder(data, split))):
         try:
-            check_apart(output, folder, f"{what} would replace a slice or be mixed into the data")
+            check_apart(output, read, f"{what} would replace a slice or be mixed into the data", folder=folder)
         except OutputError as exc:
             fail(str(exc))
 

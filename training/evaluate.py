@@ -190,7 +190,7 @@ def check_outputs(args: argparse.Namespace, out: Path) -> None:
     for folder in image_folders(args.data, args.split):
         check_apart(out, folder, "the report would replace an image or be mixed into the data")
         if args.figures:
-            check_apart(args.figures, folder, "its PNG figures would be mixed into the data")
+            check_apart(args.figures, folder, "its PNG figures would be mixed into the data", folder=True)
     if args.record:
         check_file(args.checkpoint, "--record into")
 

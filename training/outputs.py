@@ -74,12 +74,13 @@ def note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
-def check_apart(output: Path, source: Path, why: str) -> None:
-    """``output`` is not ``source``, nor inside it (a file or folder, by whatever path): writing it there would
-    destroy or pollute what the command reads (a report written over a slice, or beside the slices of a folder read).
-    ``why`` says what would happen."""
+def check_apart(output: Path, source: Path, why: str, *, folder: bool = False) -> None:
+    """``output`` is not ``source`` and, as a file, does not lie directly in it (by whatever path): writing it there
+    would destroy or pollute what the command reads (a report written over a slice, or beside the slices of a folder
+    read). A ``folder`` output, whose files go directly in it, must not be ``source`` itself. Deeper is apart: a folder
+    of images is read without its sub-folders. ``why`` says what would happen."""
     target, read = output.resolve(), source.resolve()
-    if target == read or read in target.parents:
+    if target == read or (not folder and target.parent == read):
         where = "is" if target == read else "is in"
         raise OutputError(f"{output} {where} {source}, which this command reads: {why}; choose another")
 

@@ -176,7 +176,7 @@ class Trainer:
         run_folder.check_settings(config)
         self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
         for folder in image_folders(config.data, config.train_split, config.val_split):
-            check_apart(config.out, folder, "the run's files would be mixed into the data")
+            check_apart(config.out, folder, "the run's files would be mixed into the data", folder=True)
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)

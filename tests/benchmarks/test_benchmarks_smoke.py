@@ -596,12 +596,13 @@ def test_bench_time_to_quality_refuses_outputs_among_the_slices_it_reads(
 ) -> None:
     """Before: its runs trained into a sub-folder of the training split, or its JSON went into the scored one."""
     data = shutil.copytree(fixture_oasis, tmp_path / "oasis")
-    target = data / folder / "runs"
+    before = sorted((data / folder).iterdir())
+    target = data / folder if flag == "--out" else data / folder / "runs.json"  # a folder of runs, or a file
     argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu", "--arms", "4x32", "--seconds", "0.1"]
     argv += ["--calibration-steps", "1", "--calibration-warmup", "0", "--max-val-images", "2"]
     err = refusal(bench_time_to_quality, [*argv, flag, str(target)], capsys)
-    assert f"error: {target} is in {data / folder}, which this command reads: {flag} would" in err
-    assert not target.exists()
+    assert f"error: {target} is" in err and f"{data / folder}, which this command reads: {flag} would" in err
+    assert sorted((data / folder).iterdir()) == before
 
 
 def test_write_json_fails_in_one_line_where_the_file_cannot_be_written(
