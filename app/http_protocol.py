@@ -103,6 +103,11 @@ class ServiceProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # see LINGER_S
+        if self._header_deadline is None and not self._in_headers and not self._answering():
+            # Input on an idle kept connection: uvicorn's keep-alive timer is cancelled by it (super, below), so
+            # the headers' deadline runs from here. Not from ``on_message_begin``: the parser skips the CR and LF
+            # between requests without a word, and a CRLF a second held a connection open for ever.
+            self._arm()
         message, in_headers = self._message, self._in_headers
         super().data_received(data)  # parses what it can: the callbacks below say where the request stands
         if self._refused or not (self._in_headers and in_headers and message == self._message):
@@ -115,8 +120,6 @@ class ServiceProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers, self._header_bytes, self._message = True, 0, self._message + 1
         self._head = False
-        if self._header_deadline is None and not self._answering():
-            self._arm()  # the first byte after an idle spell; a connection's first request has had it since opening
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -159,7 +162,7 @@ class ServiceProtocol(HttpToolsProtocol):
             self._unset_keepalive_if_required()
             self._arm()
         # Otherwise the connection is idle: uvicorn's keep-alive timer closes it (VQVAE_KEEP_ALIVE_S), and the
-        # deadline starts with the next request's first byte (``on_message_begin``).
+        # deadline starts with the next byte received (``data_received``).
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""

@@ -389,6 +389,19 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_setting(short_keep_al
     assert KEEP_ALIVE_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 1
 
 
+def test_a_kept_connection_sending_only_line_ends_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
+    """A review's case: the parser skips CR and LF between requests without starting one, and every byte cancels
+    uvicorn's keep-alive timer, so a CRLF now and then after an answer held the connection open for ever."""
+    with raw_connection(short_keep_alive_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_kept_answer(sock).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        trickle(sock, b"\r\n" * 100, KEEP_ALIVE_S / 2)
+        answer = read_answer(sock)
+    assert answer.status_code == 408, answer.text
+    assert HEADER_TIMEOUT_S + 1 <= time.monotonic() - started < HEADER_TIMEOUT_S + 10
+
+
 def test_a_request_begun_before_the_previous_answer_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
     """A request whose first bytes came before the previous answer was complete: uvicorn armed its keep-alive timer
     for an idle connection when that answer was done, and closed the connection in silence, before the header
