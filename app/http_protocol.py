@@ -168,9 +168,7 @@ class ServiceProtocol(HttpToolsProtocol):
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
-        self._disarm()
-        self.transport.write(_without_body(INVALID_REQUEST_ANSWER) if self._head else INVALID_REQUEST_ANSWER)
-        self.transport.close()
+        self._refuse(INVALID_REQUEST_ANSWER, None)  # after the answers to requests before it, as a 431 or 408 is
 
     def handle_websocket_upgrade(self) -> None:
         if not self._refused:  # a refused request asking to upgrade has no scope to upgrade with
@@ -198,16 +196,17 @@ class ServiceProtocol(HttpToolsProtocol):
                 _late_headers_answer(header_timeout_s()), f"headers not in full within {header_timeout_s():g} s: 408"
             )
 
-    def _refuse(self, answer: bytes, what: str) -> None:
+    def _refuse(self, answer: bytes, what: str | None) -> None:
         """Answer a request whose headers never reached the app, and close its connection: at once, or once the
-        requests before it on the connection (pipelined) are answered. Requests after it get no answer."""
+        requests before it on the connection (pipelined) are answered. Requests after it get no answer. ``what`` is
+        logged, unless None (uvicorn has logged it)."""
         self._disarm()
         if self._head:
             answer = _without_body(answer)
         self._refused = True
-        # The access log has no line for it: no request was ever complete enough to reach the app.
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-        logger.info("%s - %s, connection closed", client, what)
+        if what is not None:  # the access log has no line for it: no request was complete enough to reach the app
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            logger.info("%s - %s, connection closed", client, what)
         if self._answering():
             self._answer_after = answer
         else:

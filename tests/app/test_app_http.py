@@ -343,6 +343,18 @@ def test_a_late_head_request_gets_its_408_without_a_body(header_deadline_server:
     assert answer.status_code == 408 and answer.content == b""
 
 
+def test_requests_pipelined_before_an_unparsable_one_are_answered_first(header_deadline_server: Server) -> None:
+    """A review's case: the 400 was written at once and the connection closed, so the answer to the request before
+    it in the same read was lost."""
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(b"GET /model HTTP/1.1\r\nHost: t\r\n\r\nHELLO\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"400"], data[:300]
+    assert b'"sha256"' in data
+
+
 def test_an_unparsable_head_request_gets_its_400_without_a_body(header_deadline_server: Server) -> None:
     with raw_connection(header_deadline_server) as sock:
         sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n")
