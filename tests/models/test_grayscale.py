@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from models.grayscale import (
     MOST_FRAMES_COUNTED,
@@ -102,6 +102,28 @@ def test_tiff_pages_are_counted_in_either_byte_order_and_in_a_bigtiff(dtype: str
     page.save(buffer, format="TIFF", big_tiff=big_tiff, save_all=True, append_images=[page, page])
     with opened(buffer.getvalue()) as image:
         assert frame_count(image) == 3
+
+
+def tiff_of_kinds(dtype: str, kinds: list[int]) -> bytes:
+    """A TIFF of 64x64 pages, one per NewSubfileType in ``kinds`` (tag 254), the pages after the first 16x16."""
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer, True) as writer:  # what save_all does, with a tag per page
+        for index, kind in enumerate(kinds):
+            page = Image.fromarray(np.full((16, 16) if index else (64, 64), 40 + index, dtype))
+            page.encoderinfo, page.encoderconfig = {"tiffinfo": {254: kind}}, ()
+            TiffImagePlugin._save(page, writer, "pages.tif")
+            writer.newFrame()
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, ">u2"])  # little- and big-endian files
+@pytest.mark.parametrize(("kinds", "frames"), [([0, 1], 1), ([0, 4, 1], 1), ([0, 2], 2), ([0, 0], 2)])
+def test_a_tiffs_thumbnails_and_masks_are_not_pages(dtype: str, kinds: list[int], frames: int) -> None:
+    """A review's case: a TIFF with a reduced-resolution copy (NewSubfileType bit 1) or a mask (bit 4) after its
+    image was refused as a stack; its first page is the image, and Pillow reads that."""
+    with opened(tiff_of_kinds(dtype, kinds)) as image:
+        assert image.is_animated
+        assert frame_count(image) == frames
 
 
 def test_a_bigtiff_link_beyond_any_file_ends_the_chain() -> None:
