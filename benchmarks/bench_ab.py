@@ -34,7 +34,6 @@ from benchmarks.common import (
     REPO_ROOT,
     abba,
     benchmark_parser,
-    check_outside_data,
     fail,
     int_list,
     load_slices,
@@ -166,7 +165,6 @@ def run_rounds(
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     roots = {"A": args.a, "B": args.b}
     own_env = {"A": dict(args.a_env), "B": dict(args.b_env)}
     levels = [(endpoint, concurrency) for endpoint in args.endpoints for concurrency in args.concurrency]

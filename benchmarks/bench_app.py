@@ -43,7 +43,6 @@ from app.settings import Settings
 from benchmarks.bench_service import Upload, make_uploads
 from benchmarks.common import (
     benchmark_parser,
-    check_outside_data,
     load_slices,
     print_header,
     ratio,
@@ -176,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     info = print_header("the app's own work per request (ASGI, stand-in model, no HTTP)")
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}")

@@ -27,7 +27,6 @@ from benchmarks.bench_service import Upload, drive_server, endpoint_list, make_u
 from benchmarks.common import (
     abba,
     benchmark_parser,
-    check_outside_data,
     load_slices,
     print_header,
     resolved_checkpoint,
@@ -65,7 +64,6 @@ def lone_caller_p50_s(server: Server, endpoint: str, uploads: list[Upload], requ
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     endpoints: list[str] = args.endpoints
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
         info = print_header("a lone caller, with and without micro-batching (two servers, ABBA)")

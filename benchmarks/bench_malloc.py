@@ -37,7 +37,6 @@ from benchmarks.bench_model import model_runner
 from benchmarks.bench_train import BENCH_SPLIT, write_slices
 from benchmarks.common import (
     benchmark_parser,
-    check_outside_data,
     load_slices,
     print_header,
     resolved_checkpoint,
@@ -196,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     info = print_header("malloc: glibc defaults vs memory kept mapped (models.allocator)")
     slices = load_slices(args.data, args.split, args.images)
     print(f"data: {slices.describe()}; retained: up to {RETAIN_MB} MB per arena")

@@ -24,7 +24,6 @@ from app.arguments import non_negative_int, non_negative_seconds, positive_int
 from app.settings import Settings
 from benchmarks.common import (
     benchmark_parser,
-    check_outside_data,
     int_list,
     load_slices,
     percentiles,
@@ -180,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     try:
         device = pick_device(args.device)
     except ValueError as exc:

@@ -61,7 +61,6 @@ from benchmarks.bench_model import (
 from benchmarks.common import (
     Slices,
     benchmark_parser,
-    check_outside_data,
     int_list,
     load_slices,
     percentiles,
@@ -787,7 +786,6 @@ def measure_overload(
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     endpoints: list[str] = args.endpoints
     with resolved_checkpoint(args.checkpoint, args.random_preset) as checkpoint:
         env = server_env(args, checkpoint.path)

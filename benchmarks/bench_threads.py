@@ -30,7 +30,6 @@ from benchmarks.bench_model import measure_batch, model_runner
 from benchmarks.common import (
     REPO_ROOT,
     benchmark_parser,
-    check_outside_data,
     load_slices,
     print_header,
     ratio,
@@ -107,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     if args.child:
         print(json.dumps(child(args)))
         return 0

@@ -42,7 +42,6 @@ from PIL import Image
 from app.arguments import int_from_to, non_negative_int, non_negative_seconds, positive_int
 from benchmarks.common import (
     benchmark_parser,
-    check_outside_data,
     load_slices,
     print_header,
     ratio,
@@ -321,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     set_threads(args.threads)
     info = print_header("training step throughput")
     devices = [] if args.no_cpu else ["cpu"]

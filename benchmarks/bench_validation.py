@@ -18,7 +18,6 @@ import time
 from app.arguments import positive_int
 from benchmarks.common import (
     benchmark_parser,
-    check_outside_data,
     data_folder,
     print_header,
     ratio,
@@ -41,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds (default: %(default)s)")
     args = parser.parse_args(argv)
-    check_outside_data(args.json, "--json", args.data, args.split)
     set_threads(args.threads)
     info = print_header("validation pass: scores from scikit-image vs in torch")
     try:

@@ -245,12 +245,25 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+class _DataParser(argparse.ArgumentParser):
+    """A parser of ``--data``, ``--split`` and ``--json`` whose arguments, once parsed, also have the JSON apart from
+    the slices read (``check_outside_data``): every such script checks it before it measures anything."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        check_outside_data(parsed.json, "--json", parsed.data, parsed.split)
+        return parsed, rest
+
+
 def benchmark_parser(
     description: str | None, *, images: int | None, checkpoint: bool = True
 ) -> argparse.ArgumentParser:
     """A script's parser with the flags every script shares: data and how many distinct slices of it (``images``
     by default; None: the script reads no data), threads, JSON output (and the checkpoint, where a script loads one)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kind = argparse.ArgumentParser if images is None else _DataParser
+    parser = kind(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if images is not None:
         parser.add_argument(
             "--data",
