@@ -80,9 +80,9 @@ def listen_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on ``host``:``port`` (in use, not an address of this machine, a name that does
     not resolve), or None. Tried before the checkpoint is loaded: uvicorn binds only after the app has started, so a
     second instance on a taken port loaded and warmed up its model (seconds) before failing. The socket is closed
-    at once; another process may still take the port before uvicorn does, and uvicorn then says so itself."""
-    if port == 0:
-        return None
+    at once; another process may still take the port before uvicorn does, and uvicorn then says so itself. Port 0
+    (any free one) is tried too, for the host: it was skipped, and a host that does not resolve failed in uvicorn,
+    after the model had loaded."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

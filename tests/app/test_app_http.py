@@ -1012,8 +1012,9 @@ def test_serve_refuses_a_port_in_use_before_loading_the_checkpoint(
     assert capsys.readouterr().err.strip() == (
         f"vqvae-serve: cannot listen on 127.0.0.1:{port}: the port is already in use (another vqvae-serve?)"
     )
-    assert main(["--host", "no-such-host.invalid", "--port", str(port), "--checkpoint", str(missing)]) == 2
-    assert "cannot listen on no-such-host.invalid" in capsys.readouterr().err
+    for any_port in (str(port), "0"):  # a review's case: with port 0, the host was not checked
+        assert main(["--host", "no-such-host.invalid", "--port", any_port, "--checkpoint", str(missing)]) == 2
+        assert "cannot listen on no-such-host.invalid" in capsys.readouterr().err
 
 
 def test_plain_uvicorn_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
