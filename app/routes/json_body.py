@@ -18,10 +18,20 @@ from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 
+class _NotJSONError(Exception):
+    """NaN, Infinity or -Infinity: Python's json reads them, JSON has no such literals."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSONError(name)
+
+
 def parse_json_body(body: bytes) -> Any:
     """``json.loads``, or a 400 saying why the body cannot be read as JSON."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_constant)
+    except _NotJSONError as exc:  # before, a 422 "Input should be a valid integer (got nan)", as if it were JSON
+        problem = f"{exc} is not a JSON value (JSON numbers are finite)"
     except json.JSONDecodeError as exc:
         problem = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
     except UnicodeDecodeError as exc:

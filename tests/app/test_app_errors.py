@@ -399,6 +399,9 @@ async def test_decode_wants_json(client: httpx.AsyncClient) -> None:
             b'{"indices": [[' + b"9" * (sys.get_int_max_str_digits() + 700) + b"]]}",
             f"a number has more than {sys.get_int_max_str_digits()} digits",
         ),
+        # a review's: Python's json reads these, and the answer was a 422 "(got nan)" as if they were JSON
+        (b'{"indices": [[NaN]]}', "NaN is not a JSON value (JSON numbers are finite)"),
+        (b'{"indices": [[-Infinity]]}', "-Infinity is not a JSON value (JSON numbers are finite)"),
     ],
 )
 async def test_a_body_that_cannot_be_parsed_as_json_is_one_400_naming_the_problem(
