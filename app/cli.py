@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from uvicorn.config import LOGGING_CONFIG
 
 from app.arguments import host_name, port_number, worker_count
-from app.errors import format_validation_errors
+from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
 from app.settings import Settings
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"vqvae-serve: invalid settings: {format_validation_errors(exc.errors())}", file=sys.stderr)
+        print(f"vqvae-serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
         return 2
     problem = listen_problem(args.host, args.port)
     if problem is not None:

@@ -9,9 +9,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from app.batcher import BatcherClosedError, QueueFullError
 from app.imaging import ImageError
+from app.settings import ENV_PREFIX
 
 _MAX_INPUT_REPR = 40
 # Problems named in one 422; the rest are counted. A bad 2 MB grid once got all 700,000 of them: a 50 MB answer.
@@ -30,16 +32,29 @@ def _bounded_repr() -> reprlib.Repr:
 _REPR = _bounded_repr()
 
 
-def format_validation_errors(errors: Sequence[Any]) -> str:
+def format_validation_errors(errors: Sequence[Any], *, every_input: bool = False) -> str:
     """Pydantic errors -> ``indices[1][0]: Input should be a valid integer (got 1.5)``, joined by '; ': the first
-    ``_MAX_LISTED``, then how many more."""
-    parts = [_describe(error) for error in errors[:_MAX_LISTED]]
+    ``_MAX_LISTED``, then how many more. ``every_input``: each located error shows what it was given, not only those
+    whose message does not say."""
+    parts = [_describe(error, every_input) for error in errors[:_MAX_LISTED]]
     more = len(errors) - len(parts)
     text = "; ".join(parts) or "invalid request"
     return f"{text}; and {more} more" if more > 0 else text
 
 
-def _describe(error: Any) -> str:
+def settings_problems(exc: ValidationError) -> str:
+    """The settings' errors named by the variables the operator set (``VQVAE_MAX_PIXELS``, not the field
+    ``max_pixels``), each with the value given: "unable to parse string as an integer" alone named neither."""
+    named = [
+        {**error, "loc": (f"{ENV_PREFIX}{str(error['loc'][0]).upper()}", *error["loc"][1:])}
+        if error.get("loc")
+        else error
+        for error in exc.errors()
+    ]
+    return format_validation_errors(named, every_input=True)
+
+
+def _describe(error: Any, every_input: bool = False) -> str:
     """One pydantic error as a sentence a caller can act on."""
     location = _location(error.get("loc", ()))
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -47,7 +62,7 @@ def _describe(error: Any) -> str:
         message = "send the image as a file part with a filename (curl -F file=@slice.png), not as a text field"
     elif error.get("type") == "missing" and not location:
         message = "the request body is empty"
-    if error.get("type") in _SHOWN_INPUTS:
+    if error.get("type") in _SHOWN_INPUTS or (every_input and location and "input" in error):
         shown = _REPR.repr(error.get("input"))
         message += f" (got {shown if len(shown) <= _MAX_INPUT_REPR else shown[:_MAX_INPUT_REPR] + '...'})"
     return f"{location}: {message}" if location else message

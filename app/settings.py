@@ -21,6 +21,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" 
 SSIM_MIN_SIDE = 7
 
 
+ENV_PREFIX = "VQVAE_"  # each setting is the environment variable of its name in capitals after this
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
@@ -28,7 +29,7 @@ LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 class Settings(BaseSettings):
     """Everything an operator may tune; architecture is not here, it travels inside the checkpoint."""
 
-    model_config = SettingsConfigDict(env_prefix="VQVAE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     checkpoint: Path = Field(
         default=DEFAULT_CHECKPOINT, description="safetensors checkpoint written by models.checkpoint"

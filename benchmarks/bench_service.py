@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from app.arguments import non_negative_seconds, positive_int, positive_seconds, worker_count
 from app.cli import threads_per_worker
+from app.errors import settings_problems
 from app.imaging import decode_image, encode_png
 from app.settings import LOG_LEVELS, Settings
 from benchmarks.bench_model import (
@@ -793,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = effective_settings(env)
             device = pick_device(settings.device)  # the server refuses a missing GPU the same way, in one line
         except ValidationError as exc:
-            print(f"error: invalid server settings: {exc}", file=sys.stderr)
+            print(f"error: invalid server settings: {settings_problems(exc)}", file=sys.stderr)
             return 2
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -64,14 +64,23 @@ def test_an_empty_thread_count_is_refused_with_any_number_of_workers(
     for workers in ("1", "2"):
         monkeypatch.setenv("VQVAE_TORCH_THREADS", "")
         assert main(["--workers", workers]) == 2
-        assert capsys.readouterr().err.startswith("vqvae-serve: invalid settings: torch_threads:")
+        assert capsys.readouterr().err.startswith("vqvae-serve: invalid settings: VQVAE_TORCH_THREADS:")
 
 
 def test_serve_reports_invalid_settings_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Named by the variable the operator set, with its value (a review: "min_size: ...", and for a value that is no
+    number "unable to parse string as an integer" alone)."""
     monkeypatch.setenv("VQVAE_MIN_SIZE", "3")
     assert main([]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("vqvae-serve: invalid settings: min_size:")
+    assert error.startswith("vqvae-serve: invalid settings: VQVAE_MIN_SIZE: ") and error.endswith(" (got '3')")
     assert "\n" not in error
+    monkeypatch.setenv("VQVAE_MIN_SIZE", "8")
+    monkeypatch.setenv("VQVAE_MAX_PIXELS", "abc")
+    assert main([]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'abc')"
+    )

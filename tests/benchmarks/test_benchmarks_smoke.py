@@ -519,6 +519,17 @@ def test_bench_service_refuses_server_options_before_measuring(
     assert said in refusal(bench_service, argv, capsys).strip().splitlines()[-1]
 
 
+def test_bench_service_names_an_invalid_server_setting_in_one_line(
+    tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As vqvae-serve names it: the variable and its value. Before: pydantic's block of several lines."""
+    assert bench_service.main(["--checkpoint", str(tiny_checkpoint), "--server-env", "VQVAE_MAX_PIXELS=abc"]) == 2
+    assert capsys.readouterr().err == (
+        "error: invalid server settings: VQVAE_MAX_PIXELS: Input should be a valid integer, unable to parse string "
+        "as an integer (got 'abc')\n"
+    )
+
+
 def bad_checkpoint(kind: str, folder: Path) -> Path:
     path = folder / "bad.safetensors"
     if kind == "text":
