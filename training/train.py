@@ -298,8 +298,9 @@ class Trainer:
             self.state = parse_run_state(state["run"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a last.pt of another run
             raise run_folder.unreadable_state(state_path, exc) from exc
-        self.note_precision(recorded(metadata, "training").get("precision"))
-        weights_step = recorded(metadata, "training").get("steps")
+        training = recorded(metadata, "training")
+        self.note_precision(training.get("precision"))
+        weights_step = training.get("steps")
         if weights_step is not None and weights_step != self.state.step:  # written together, unless a kill came
             raise CheckpointError(  # between the two renames: weights of one step, optimizer state of another
                 f"{weights} is of step {weights_step} but {state_path} of step {self.state.step}: not one saved "
@@ -316,12 +317,14 @@ class Trainer:
         """Say so when a resumed run goes on in another precision (allowed: how fast it runs, like --device), and
         keep each precision in the run's record. Runs saved before ``precisions`` was kept recorded the last one."""
         trained = self.state.precisions or ([recorded_precision] if isinstance(recorded_precision, str) else [])
-        if trained and trained[-1] != self.precision:
-            note(
-                f"the run trained in {', then '.join(trained)} so far, and goes on in {self.precision} "
-                f"(--precision {self.config.precision})"
-            )
-        self.state.precisions = trained if trained and trained[-1] == self.precision else [*trained, self.precision]
+        if trained[-1:] != [self.precision]:
+            if trained:
+                note(
+                    f"the run trained in {', then '.join(trained)} so far, and goes on in {self.precision} "
+                    f"(--precision {self.config.precision})"
+                )
+            trained = [*trained, self.precision]
+        self.state.precisions = trained
 
     def check_same_images(self, weights: Path, metadata: dict[str, Any]) -> None:
         """The run's images, where the data settings are the run's (``run_folder.check_settings``): images added
