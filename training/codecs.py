@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -65,9 +66,20 @@ def codec_ssim(image: np.ndarray, codec: str, budget: int) -> float | None:
     return ssim(image.astype(np.float64) / 255.0, restored)
 
 
-def codec_curve(images: list[np.ndarray], codec: str, budgets: list[int]) -> list[dict[str, float | int]]:
+class CodecRow(TypedDict):
+    """One budget of a codec's curve: ``ssim`` is the mean over the images that fit, None where none does (JSON
+    has no NaN)."""
+
+    bytes: int
+    bits: int
+    fits: int
+    images: int
+    ssim: float | None
+
+
+def codec_curve(images: list[np.ndarray], codec: str, budgets: list[int]) -> list[CodecRow]:
     """Per budget: mean SSIM over the images that fit, and how many fit."""
-    rows: list[dict[str, float | int]] = []
+    rows: list[CodecRow] = []
     for budget in budgets:
         scores = [s for s in (codec_ssim(im, codec, budget) for im in images) if s is not None]
         rows.append(
@@ -76,7 +88,7 @@ def codec_curve(images: list[np.ndarray], codec: str, budgets: list[int]) -> lis
                 "bits": 8 * budget,
                 "fits": len(scores),
                 "images": len(images),
-                "ssim": float(np.mean(scores)) if scores else float("nan"),
+                "ssim": float(np.mean(scores)) if scores else None,
             }
         )
     return rows

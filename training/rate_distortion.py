@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -67,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     images = slices.images[:: args.every]
     curves = {codec: codec_curve(images, codec, args.budgets) for codec in CODECS}
     plotted = {
-        name: [(row["bits"], row["ssim"]) for row in rows if row["fits"] == row["images"]]
+        name: [(row["bits"], row["ssim"]) for row in rows if row["ssim"] is not None and row["fits"] == row["images"]]
         for name, rows in curves.items()
     }
     table = {"points": points, "codecs": curves, "codec_images": len(images)}
     try:
-        write_atomically(args.json, lambda partial: partial.write_text(json.dumps(table, indent=2)))
+        write_atomically(args.json, lambda partial: partial.write_text(json.dumps(table, indent=2, allow_nan=False)))
         rate_distortion_figure(points, plotted, args.figure)
     except WriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for name in CODECS:
             row = curves[name][i]
-            value = "-" if math.isnan(row["ssim"]) else f"{row['ssim']:.3f}"
+            value = "-" if row["ssim"] is None else f"{row['ssim']:.3f}"
             cells.append(f"{value} ({row['fits']}/{row['images']})".rjust(22))
         print(f"{budget:<8}" + "".join(cells))
     for point in points:

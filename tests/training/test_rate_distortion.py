@@ -51,18 +51,23 @@ def _report(path: Path, bits: float, mean: float) -> Path:
     return path
 
 
+def _refuse_non_json(constant: str) -> None:
+    raise AssertionError(f"the table holds {constant}, which JSON has not")
+
+
 def test_a_run_writes_the_table_and_the_figure(fixture_oasis: Path, tmp_path: Path) -> None:
     report = _report(tmp_path / "ours.json", 2560, 0.9)
     table, figure = tmp_path / "out" / "rd.json", tmp_path / "out" / "rd.png"
     args = ["--reports", str(report), "--labels", "ours", "--data", str(fixture_oasis), "--every", "4"]
-    code = rate_distortion.main([*args, "--budgets", "200", "4000", "--json", str(table), "--figure", str(figure)])
+    code = rate_distortion.main([*args, "--budgets", "8", "4000", "--json", str(table), "--figure", str(figure)])
     assert code == 0
-    written = json.loads(table.read_text())
+    written = json.loads(table.read_text(), parse_constant=_refuse_non_json)
     assert written["points"] == [{"label": "ours", "bits": 2560.0, "ssim": 0.9}]
     assert written["codec_images"] == 2  # 8 test slices, every 4th
     assert set(written["codecs"]) == set(CODECS)
     for rows in written["codecs"].values():
-        assert [row["bytes"] for row in rows] == [200, 4000]
+        assert [row["bytes"] for row in rows] == [8, 4000]
+        assert rows[0]["fits"] == 0 and rows[0]["ssim"] is None  # no image file is 8 bytes: null, not NaN
         assert rows[1]["fits"] == 2 and 0.5 < rows[1]["ssim"] <= 1.0  # 4,000 bytes hold any 64x64 slice
     with Image.open(figure) as image:
         assert image.format == "PNG"
