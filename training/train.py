@@ -346,7 +346,12 @@ class Trainer:
 
     def write_log(self) -> None:
         history = self.state.history
-        write_atomically(self.out / "history.json", lambda partial: partial.write_text(json.dumps(history, indent=1)))
+        # an epoch without a finite validation score is null there: JSON has no NaN (history.csv says nan)
+        finite = [
+            {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in history
+        ]
+        text = json.dumps(finite, indent=1, allow_nan=False)
+        write_atomically(self.out / "history.json", lambda partial: partial.write_text(text))
         write_atomically(self.out / "history.csv", lambda partial: _write_csv(partial, history))
         loss_curves_figure(history, self.out / "loss_curves.png")
 
