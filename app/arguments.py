@@ -42,9 +42,12 @@ def worker_count(text: str) -> int:
 
 def host_name(text: str) -> str:
     """argparse type for an interface to listen on. An empty one (``--host "$HOST"`` with the variable unset)
-    made uvicorn listen on every interface, IPv4 and IPv6, beyond the default's 127.0.0.1."""
+    made uvicorn listen on every interface, IPv4 and IPv6, beyond the default's 127.0.0.1. A bracketed IPv6
+    address failed after start-up as a host that does not resolve, shown as ``[[::1]]:8000``."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must name an interface or address (0.0.0.0 for all of them), got ''")
+    if text.startswith("[") and text.endswith("]"):  # as in a URL; the socket layer takes the bare address
+        raise argparse.ArgumentTypeError(f"write an IPv6 address without brackets ({text[1:-1]}), got {text!r}")
     return text
 
 

@@ -918,6 +918,7 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
         ("--port", "-1", "must be a TCP port from 0 to 65535"),
         ("--host", "", "must name an interface or address (0.0.0.0 for all of them)"),
         ("--host", " ", "must name an interface or address"),
+        ("--host", "[::1]", "write an IPv6 address without brackets (::1), got '[::1]'"),
     ],
 )
 def test_serve_refuses_a_bad_worker_count_port_or_host(
