@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -29,7 +28,7 @@ from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
 from models.cpus import max_torch_threads
-from models.files import not_replaceable
+from models.files import json_text, not_replaceable
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_folder, resolve_folder
 from training.outputs import OutputError, check_apart, check_file, check_folder
@@ -319,7 +318,7 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
         fail(f"cannot write the figures to {path}: {problem}", 1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        path.write_text(json_text(payload, default=str) + "\n")  # a rate over no time: null, not NaN
     except OSError as exc:  # checked up front (``output_file``), but the file system may have changed since
         fail(f"cannot write the figures to {path}: {exc.strerror or exc}", 1)
     print(f"figures written to {path}")

@@ -3,15 +3,34 @@ no half-written file behind and ends in a one-line error that names the file, no
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 Writer = Callable[[Path], object]  # writes the whole file at the path it is given
 _HOST = socket.gethostname().replace(os.sep, "_") or "localhost"  # a container's own, by default
+
+
+def json_text(value: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``value`` as strict JSON, with every NaN and infinity (a score never measured, a rate over no time) as null:
+    JSON has neither, and other readers (jq, a browser's JSON.parse) refuse the ``NaN`` that Python writes."""
+    return json.dumps(_finite(value), indent=indent, default=default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 class WriteError(OSError):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, recorded, save, to_bytes
 from models.device import cpu_prefers_bf16, pick_device
-from models.files import WriteError, write_atomically, write_together
+from models.files import WriteError, json_text, write_atomically, write_together
 from models.quality_torch import MIN_SIZE
 from models.vqvae import VQVAE
 from training import run_folder
@@ -346,11 +346,7 @@ class Trainer:
 
     def write_log(self) -> None:
         history = self.state.history
-        # an epoch without a finite validation score is null there: JSON has no NaN (history.csv says nan)
-        finite = [
-            {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in history
-        ]
-        text = json.dumps(finite, indent=1, allow_nan=False)
+        text = json_text(history, indent=1)  # an epoch without a finite validation score: null (history.csv: nan)
         write_atomically(self.out / "history.json", lambda partial: partial.write_text(text))
         write_atomically(self.out / "history.csv", lambda partial: _write_csv(partial, history))
         loss_curves_figure(history, self.out / "loss_curves.png")

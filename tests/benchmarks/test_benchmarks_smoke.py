@@ -616,6 +616,22 @@ def test_bench_time_to_quality_refuses_outputs_among_the_slices_it_reads(
     assert sorted((data / folder).iterdir()) == before
 
 
+def test_write_json_writes_a_figure_never_measured_as_null(tmp_path: Path) -> None:
+    """A rate over no time or a percentile of no requests is NaN in Python, which JSON has not (jq refused it)."""
+    path = tmp_path / "figures.json"
+    write_json(path, {"rate": float("nan"), "by_round": [1.5, float("inf")], "p": {"p99": -float("inf")}, "at": path})
+    assert json.loads(path.read_text(), parse_constant=_not_json) == {
+        "rate": None,
+        "by_round": [1.5, None],
+        "p": {"p99": None},
+        "at": str(path),
+    }
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"the file holds {constant}, which JSON has not")
+
+
 def test_write_json_fails_in_one_line_where_the_file_cannot_be_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
