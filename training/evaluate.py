@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load, recorded, save
 from models.device import bulk_batch_size, pick_device
-from models.files import WriteError, write_atomically
+from models.files import WriteError, json_text, write_atomically
 from models.quality import Summary, psnr, ssim
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     # the data folder as an absolute path, so that a report read from another folder names the same one
     report = {"checkpoint": str(args.checkpoint), "data": str(slices.root.resolve()), **report}
     try:  # a full disk, say: the report and figures are written whole or not at all
-        write_atomically(out, lambda partial: partial.write_text(json.dumps(report, indent=2, allow_nan=False)))
+        write_atomically(out, lambda partial: partial.write_text(json_text(report)))
         print(format_table(report, f"{args.checkpoint} on {slices.root}"))
         print(f"report: {out}")
         if args.figures:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from models.files import WriteError, write_atomically
+from models.files import WriteError, json_text, write_atomically
 from training.codecs import CODECS, codec_curve
 from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_split
 from training.figures import FIGURE_FORMATS, rate_distortion_figure
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = {"points": points, "codecs": curves, "codec_images": len(images)}
     try:
-        write_atomically(args.json, lambda partial: partial.write_text(json.dumps(table, indent=2, allow_nan=False)))
+        write_atomically(args.json, lambda partial: partial.write_text(json_text(table)))
         rate_distortion_figure(points, plotted, args.figure)
     except WriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -107,11 +108,15 @@ def operating_point(report: Path) -> dict[str, float]:
     """Bits per slice and mean SSIM from a ``vqvae-eval`` JSON report; ValueError naming the file if it is not one."""
     try:
         data = json.loads(report.read_text())
-        return {"bits": float(data["bits_per_slice"]), "ssim": float(data["ssim"]["mean"])}
+        point = {"bits": float(data["bits_per_slice"]), "ssim": float(data["ssim"]["mean"])}
     except OSError as exc:
         raise ValueError(f"cannot read the report {report}: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{report} is not a vqvae-eval JSON report ({type(exc).__name__}: {exc})") from exc
+    unmeasured = [name for name, value in point.items() if not math.isfinite(value)]
+    if unmeasured:  # refused before the codecs' minutes of work: the table and the figure need a point
+        raise ValueError(f"{report} has no finite {' or '.join(unmeasured)} (got {point})")
+    return point
 
 
 def scored_folder(report: Path) -> Path | None:

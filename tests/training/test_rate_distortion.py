@@ -80,12 +80,15 @@ def test_a_run_writes_the_table_and_the_figure(fixture_oasis: Path, tmp_path: Pa
         (None, "cannot read the report"),
         ("{not json", "is not a vqvae-eval JSON report (JSONDecodeError"),
         ('{"ssim": {"mean": 0.9}}', "is not a vqvae-eval JSON report (KeyError"),
+        ('{"bits_per_slice": 2560, "ssim": {"mean": NaN}}', "has no finite ssim (got {'bits': 2560.0, 'ssim': nan})"),
+        ('{"bits_per_slice": "inf", "ssim": {"mean": 0.9}}', "has no finite bits"),
     ],
 )
 def test_a_report_it_cannot_use_is_a_one_line_error(
     fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, said: str
 ) -> None:
-    """Before: a traceback (FileNotFoundError, JSONDecodeError, KeyError), after the data had loaded."""
+    """Before: a traceback (FileNotFoundError, JSONDecodeError, KeyError), after the data had loaded; for a NaN
+    score, after the codecs' minutes of work (the table cannot hold it)."""
     report = tmp_path / "report.json"
     if content is not None:
         report.write_text(content)
