@@ -10,14 +10,15 @@ WORKDIR /opt/vqvae
 # CPU-only torch first, from PyTorch's own index: the default PyPI wheel would pull gigabytes of CUDA libraries.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# The project with its pinned dependencies (torch==2.13.0 is already met by 2.13.0+cpu), as CI installs it.
+# The project with its pinned dependencies (torch==2.13.0 is already met by 2.13.0+cpu), and every other package at
+# the version CI tested (constraints.txt), as CI installs it.
 # models/weights/*.safetensors is package data, so the shipped checkpoint is the default (VQVAE_CHECKPOINT overrides).
 # pip's build folder (21 MB, a third copy of the weights) is removed in the same layer.
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY models ./models
 COPY training ./training
 COPY app ./app
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && rm -rf build brain_vqvae.egg-info \
     && groupadd --system --gid 10001 vqvae \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vqvae
