@@ -4,9 +4,11 @@ present."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,6 +57,15 @@ def crafted_jpegs(side: int = 64) -> dict[str, bytes]:
         "segments": jpeg[:2] + b"\xff\xfe\x00\x03x" * MAX_SEGMENTS + jpeg[2:],
         "stray bytes": jpeg[:after_app0] + b"\xff" * (MAX_EXTRANEOUS + 1) + jpeg[after_app0:],
     }
+
+
+def read_strict_json(path: Path) -> Any:
+    """``path``'s JSON, failing on the NaN and Infinity that Python's json writes and reads, and JSON has not."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path} holds {constant}, which JSON has not")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def add_to_metadata(source: Path, target: Path, member: str) -> Path:

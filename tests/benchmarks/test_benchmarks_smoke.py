@@ -43,6 +43,7 @@ from models.checkpoint import METADATA_KEY, save
 from models.config import PRESETS
 from models.cpus import max_torch_threads
 from models.vqvae import VQVAE
+from tests.conftest import read_strict_json
 from training import train
 from training.config import MAX_BATCH_SIZE, TrainConfig
 
@@ -620,16 +621,12 @@ def test_write_json_writes_a_figure_never_measured_as_null(tmp_path: Path) -> No
     """A rate over no time or a percentile of no requests is NaN in Python, which JSON has not (jq refused it)."""
     path = tmp_path / "figures.json"
     write_json(path, {"rate": float("nan"), "by_round": [1.5, float("inf")], "p": {"p99": -float("inf")}, "at": path})
-    assert json.loads(path.read_text(), parse_constant=_not_json) == {
+    assert read_strict_json(path) == {
         "rate": None,
         "by_round": [1.5, None],
         "p": {"p99": None},
         "at": str(path),
     }
-
-
-def _not_json(constant: str) -> None:
-    raise AssertionError(f"the file holds {constant}, which JSON has not")
 
 
 def test_write_json_fails_in_one_line_where_the_file_cannot_be_written(

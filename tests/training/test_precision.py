@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from models import device
 from models.checkpoint import read_metadata
+from tests.conftest import read_strict_json
 from training import train
 from training.config import TrainConfig
 from training.losses import reconstruction_loss
@@ -109,12 +109,8 @@ def test_run_without_a_finite_validation_score_exits_1(
     assert train.main(["--data", str(fixture_oasis), "--out", str(tmp_path), "--epochs", "1", *TINY]) == 1
     assert "no epoch produced a finite validation SSIM" in capsys.readouterr().err
     assert (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()
-    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=_not_json)  # NaN is not JSON
+    history = read_strict_json(tmp_path / "history.json")
     assert history[0]["val_ssim"] is None and history[0]["val_psnr"] is None and history[0]["step"] > 0
-
-
-def _not_json(constant: str) -> None:
-    raise AssertionError(f"history.json holds {constant}, which JSON has not")
 
 
 def test_amx_needs_the_cpu_flag_and_the_kernels_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from models.quality import ssim
+from tests.conftest import read_strict_json
 from training import rate_distortion
 from training.codecs import CODECS, best_fit, codec_ssim
 from training.figures import codebook_usage_figure
@@ -51,17 +52,13 @@ def _report(path: Path, bits: float, mean: float) -> Path:
     return path
 
 
-def _refuse_non_json(constant: str) -> None:
-    raise AssertionError(f"the table holds {constant}, which JSON has not")
-
-
 def test_a_run_writes_the_table_and_the_figure(fixture_oasis: Path, tmp_path: Path) -> None:
     report = _report(tmp_path / "ours.json", 2560, 0.9)
     table, figure = tmp_path / "out" / "rd.json", tmp_path / "out" / "rd.png"
     args = ["--reports", str(report), "--labels", "ours", "--data", str(fixture_oasis), "--every", "4"]
     code = rate_distortion.main([*args, "--budgets", "8", "4000", "--json", str(table), "--figure", str(figure)])
     assert code == 0
-    written = json.loads(table.read_text(), parse_constant=_refuse_non_json)
+    written = read_strict_json(table)
     assert written["points"] == [{"label": "ours", "bits": 2560.0, "ssim": 0.9}]
     assert written["codec_images"] == 2  # 8 test slices, every 4th
     assert set(written["codecs"]) == set(CODECS)
