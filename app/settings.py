@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
+from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +20,11 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "weights" 
 # (models.quality); scikit-image computes it down to 1x1, but under 7x7 a window holds too few pixels of the
 # sigma-1.5 Gaussian for the score to say much about structure.
 SSIM_MIN_SIDE = 7
+# The highest VQVAE_MAX_PIXELS: Pillow's decompression-bomb threshold (89,478,485 pixels, about 9459x9459). Above it
+# Pillow warns of every such image, and refuses those over twice as many before the service's own limit is checked,
+# with a message that contradicts the limit the operator set. One forward pass of a 4096x4096 image already took
+# 22 s on the 2-core VM (README, VQVAE_MAX_PIXELS).
+MAX_PIXELS_CEILING = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 ENV_PREFIX = "VQVAE_"  # each setting is the environment variable of its name in capitals after this
@@ -132,6 +138,15 @@ class Settings(BaseSettings):
         """Each parallel batch is a thread with its own buffers: 128 of them took 1.6 GB at start-up."""
         if value > max_torch_threads():
             raise ValueError(f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}")
+        return value
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _readable(cls, value: int) -> int:
+        if value > MAX_PIXELS_CEILING:
+            raise ValueError(
+                f"at most {MAX_PIXELS_CEILING} (Pillow's decompression-bomb threshold, about 9459x9459), got {value}"
+            )
         return value
 
     @model_validator(mode="after")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from app.cli import main
-from app.settings import DEFAULT_CHECKPOINT, Settings
+from app.settings import DEFAULT_CHECKPOINT, MAX_PIXELS_CEILING, Settings
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -44,6 +45,7 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("parallel_batches", 128),  # a thread each: 1.6 GB at start-up
         ("malloc_retain_mb", 4096),  # glibc takes an int of bytes: clamped, while the log said 4096 MB
         ("max_pixels", 10),  # under min_size squared: every image would be refused
+        ("max_pixels", 89_478_486),  # over Pillow's bomb threshold: it warned of, then refused, images under it
         ("body_timeout_s", 0),
         ("body_timeout_s", -1),
         ("body_timeout_s", 601),
@@ -54,6 +56,14 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
 def test_invalid_values_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
+
+
+def test_the_pixel_limit_goes_up_to_pillows_bomb_threshold_and_says_so_past_it() -> None:
+    """Past Pillow's threshold its bomb guard, not the operator's limit, decided: a warning per image, and a 413
+    naming a limit the operator had not set for those over twice the threshold."""
+    assert Settings(max_pixels=MAX_PIXELS_CEILING).max_pixels == MAX_PIXELS_CEILING == Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValidationError, match=r"at most 89478485 \(Pillow's decompression-bomb threshold"):
+        Settings(max_pixels=MAX_PIXELS_CEILING + 1)
 
 
 def test_an_empty_thread_count_is_refused_with_any_number_of_workers(
