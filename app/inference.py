@@ -21,6 +21,7 @@ from app.settings import Settings
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
+from models.decoder_id import decoder_id
 from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
 from models.vqvae import VQVAE
@@ -111,6 +112,7 @@ class InferenceService:
     model: VQVAE
     metadata: dict[str, Any]
     sha256: str
+    decoder_id: str  # models.decoder_id: tags /encode's answers, checked by /decode
     device: torch.device
 
     def __init__(self, settings: Settings, *, observe_batch: ObserveBatch | None = None) -> None:
@@ -165,6 +167,7 @@ class InferenceService:
             self.sha256 = sha256_of(self.settings.checkpoint)
         except OSError as exc:
             raise StartupError(f"cannot read checkpoint {self.settings.checkpoint}: {exc}") from exc
+        self.decoder_id = decoder_id(self.model)
         self.device = next(self.model.parameters()).device
         try:
             self._warm_up()

@@ -17,6 +17,9 @@ MAX_GRID_SIDE = 2**20
 # 4000-digit number is refused with its own short message, not echoed back in full by the grid check.
 MAX_IMAGE_SIDE = MAX_GRID_SIDE * 16
 Side = Annotated[int, Field(strict=True, ge=1, le=MAX_IMAGE_SIDE)]
+GridSide = Annotated[int, Field(strict=True, ge=1, le=MAX_GRID_SIDE)]
+Count = Annotated[int, Field(strict=True, ge=0, le=2**62)]
+DecoderId = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # models.decoder_id: a sha256 in hex
 
 
 NOTES_TEXT = (
@@ -40,13 +43,21 @@ class EncodeResponse(BaseModel):
     codebook_size: int = Field(description="indices lie in [0, codebook_size)", examples=[1024])
     bits: int = Field(description="grid_h * grid_w * ceil(log2 codebook_size)", examples=[60])
     image_size: tuple[int, int] = Field(description="[height, width] of the encoded image", examples=[[16, 20]])
+    decoder_id: DecoderId = Field(
+        description="sha256 of the codebook and decoder weights that give the indices their meaning; /decode refuses "
+        "indices tagged with another model's",
+        examples=["8616380393207aa61cc8786eaf8e90c772248cf29c4a68663f2ad73a9a9df89e"],
+    )
     notes: list[str] = Field(description=NOTES_TEXT, examples=[[]])
 
 
 class DecodeRequest(BaseModel):
     """An index grid as returned by /encode; ``image_size`` crops the decoded image back to the original size.
 
-    Other fields are ignored, so the whole /encode response can be posted back as it is.
+    The whole /encode answer can be posted back as it is. Its ``grid``, ``codebook_size``, ``bits`` and
+    ``decoder_id`` are optional here, and checked when present: codes kept from another model (a checkpoint
+    replaced by a retrained one of the same shape) are refused, not decoded into a different image. Fields
+    that no check needs (``notes``) are ignored.
     """
 
     model_config = ConfigDict(
@@ -67,6 +78,13 @@ class DecodeRequest(BaseModel):
     image_size: tuple[Side, Side] | None = Field(
         default=None,
         description="[height, width] to crop to; must need exactly this grid (as /encode reports it)",
+    )
+    grid: tuple[GridSide, GridSide] | None = Field(default=None, description="if given, the indices' [rows, cols]")
+    codebook_size: Count | None = Field(default=None, description="if given, the served model's codebook size")
+    bits: Count | None = Field(default=None, description="if given, what the grid costs with the served model")
+    decoder_id: DecoderId | None = Field(
+        default=None,
+        description="if given, the served model's (GET /model); leave it out to decode codes of another model anyway",
     )
 
     @field_validator("indices")
@@ -129,6 +147,10 @@ class ModelInfo(BaseModel):
 
     checkpoint: str = Field(description="file name of the checkpoint", examples=["vqvae.safetensors"])
     sha256: str = Field(description="sha256 of the checkpoint file")
+    decoder_id: DecoderId = Field(
+        description="what /encode tags its answers with: sha256 of the codebook and decoder weights, which alone "
+        "decide what codes decode to (unlike sha256, it survives a metadata rewrite such as vqvae-eval --record)"
+    )
     format_version: int
     architecture: dict[str, Any] = Field(description="VQVAEConfig stored in the checkpoint")
     codebook_size: int = Field(examples=[1024])

@@ -56,6 +56,7 @@ async def encode(file: ImageFile, service: Service) -> EncodeResponse:
         codebook_size=service.config.codebook_size,
         bits=service.config.bits_for(height, width),
         image_size=(height, width),
+        decoder_id=service.decoder_id,
         notes=upload.notes,
     )
 
@@ -85,6 +86,7 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
     """
     config, settings = service.config, service.settings
     rows, cols = len(body.indices), len(body.indices[0])
+    _check_tags(body, service, (rows, cols))
     if body.image_size is not None:
         needed = config.grid_for(*body.image_size)
         height, width = body.image_size
@@ -118,14 +120,41 @@ def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
     return grid
 
 
+def _check_tags(body: DecodeRequest, service: InferenceService, shape: tuple[int, int]) -> None:
+    """The fields of an /encode answer that say what the indices are, where the caller kept them: they must agree
+    with the indices and with the served model (422). Codes of another model decode without an error into a
+    different image, so they are refused, with the way to decode them anyway."""
+    config, (rows, cols) = service.config, shape
+    if body.grid is not None and body.grid != shape:
+        raise HTTPException(422, f"grid says {body.grid[0]}x{body.grid[1]} but the indices form a {rows}x{cols} grid")
+    if body.decoder_id is not None and body.decoder_id != service.decoder_id:
+        raise HTTPException(
+            422,
+            f"decoder_id {body.decoder_id[:12]}... is not the served model's ({service.decoder_id[:12]}..., GET "
+            "/model): these codes were made by another model and would decode into a different image. Decode them "
+            "with the model that made them, or leave decoder_id out to decode them with this one anyway",
+        )
+    if body.codebook_size is not None and body.codebook_size != config.codebook_size:
+        raise HTTPException(
+            422,
+            f"codebook_size says {body.codebook_size} but the served model has {config.codebook_size} codes: these "
+            "codes were made by another model",
+        )
+    bits = rows * cols * config.bits_per_index
+    if body.bits is not None and body.bits != bits:
+        raise HTTPException(
+            422, f"bits says {body.bits} but a {rows}x{cols} grid of {config.bits_per_index}-bit codes is {bits} bits"
+        )
+
+
 def largest_encode_answer_bytes(config: VQVAEConfig, settings: Settings) -> int:
     """An upper bound on the size of an /encode answer: an upload of at most ``max_pixels`` (h * w), both sides at
     least ``min_size``, has at most ``(h/s + 1)(w/s + 1)`` cells, each its digits and a comma, and a row costs
-    its brackets and comma; 200 bytes for the other fields."""
+    its brackets and comma; 300 bytes for the other fields (``decoder_id`` alone about 80)."""
     stride, pixels, side = config.stride, settings.max_pixels, settings.min_size
     cells = pixels / stride**2 + (side + pixels / side) / stride + 1
     rows = pixels / side / stride + 1
-    return int(cells * (len(str(config.codebook_size - 1)) + 1) + 3 * rows) + 200
+    return int(cells * (len(str(config.codebook_size - 1)) + 1) + 3 * rows) + 300
 
 
 def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:

@@ -31,6 +31,7 @@ async def model_info(service: Service) -> ModelInfo:
     return ModelInfo(
         checkpoint=service.settings.checkpoint.name,
         sha256=service.sha256,
+        decoder_id=service.decoder_id,
         format_version=int(metadata["format_version"]),
         architecture=config.to_dict(),
         codebook_size=config.codebook_size,

@@ -27,6 +27,7 @@ from app.negotiation import MAX_ACCEPT_CHARS, AcceptTooLongError, choose
 from app.routes import codec
 from app.settings import DEFAULT_CHECKPOINT, Settings
 from models.checkpoint import MAX_METADATA_DEPTH, load, read_metadata, save
+from models.decoder_id import decoder_id
 from models.grayscale import to_uint8, to_unit_float
 from models.quality import psnr, ssim
 from models.vqvae import VQVAE
@@ -74,6 +75,7 @@ async def test_encode_matches_the_model(
     assert body["bits"] == 10 * 14 * config.bits_per_index
     assert body["codebook_size"] == config.codebook_size
     assert body["image_size"] == [37, 53]
+    assert body["decoder_id"] == decoder_id(model)
 
 
 async def test_an_upload_is_encoded_and_reconstructed_the_way_its_viewer_shows_it(
@@ -127,6 +129,33 @@ async def test_decode_of_encode_is_byte_identical_to_reconstruct(
     assert float(as_png.headers["x-psnr"]) == as_json["psnr"]
 
 
+async def test_codes_kept_from_another_model_are_refused_not_decoded_into_another_image(
+    client: httpx.AsyncClient, serve: Serve, model: VQVAE, as_upload: Files, image_file: Any, noise: Any, tmp_path: Path
+) -> None:
+    """The whole /encode answer posted back decodes as its indices do. The same answer posted to a service whose
+    checkpoint has the same shape but another decoder (as when the shipped grid16 file was replaced by a retrained
+    one) was decoded into a different image without a word; now it is a 422, unless the caller leaves the tag out."""
+    encoded = (await client.post("/encode", files=as_upload(image_file(noise(30, 41, seed=5))))).json()
+    bare = {"indices": encoded["indices"], "image_size": encoded["image_size"]}
+    here = await client.post("/decode", json=encoded)
+    assert here.status_code == 200, here.text
+    assert here.content == (await client.post("/decode", json=bare)).content
+    retrained = VQVAE(model.config)
+    retrained.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        retrained.decoder.net[-1].bias.add_(0.5)  # the last conv: every pixel brighter
+    async with serve(checkpoint=save(retrained, tmp_path / "retrained.safetensors")) as elsewhere:
+        refused = await elsewhere.post("/decode", json=encoded)
+        anyway = await elsewhere.post("/decode", json={k: v for k, v in encoded.items() if k != "decoder_id"})
+        served_id = (await elsewhere.get("/model")).json()["decoder_id"]
+    assert refused.status_code == 422, refused.text
+    assert "these codes were made by another model" in refused.json()["detail"]
+    assert served_id[:12] in refused.json()["detail"] and served_id == decoder_id(retrained) != encoded["decoder_id"]
+    assert anyway.status_code == 200, anyway.text
+    assert png_pixels(anyway.content).shape == png_pixels(here.content).shape == (30, 41)
+    assert not np.array_equal(png_pixels(anyway.content), png_pixels(here.content))
+
+
 async def test_decode_without_image_size_gives_the_whole_grid(client: httpx.AsyncClient, model: VQVAE) -> None:
     response = await client.post("/decode", json={"indices": [[0, 1, 2], [3, 4, 5]]})
     assert response.status_code == 200
@@ -177,6 +206,7 @@ async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoin
     body = (await client.get("/model")).json()
     assert body["checkpoint"] == checkpoint.name
     assert body["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert body["decoder_id"] == decoder_id(model)
     assert body["architecture"]["codebook_size"] == model.config.codebook_size
     budget = body["slice_256"]
     assert budget["grid"] == list(model.config.grid_for(256, 256))

@@ -433,6 +433,13 @@ async def test_a_body_that_cannot_be_parsed_as_json_is_one_400_naming_the_proble
         ({"indices": [[1, 2]], "image_size": [64, 64]}, ("1x2 grid", "64x64 needs a 16x16 grid")),
         ({"indices": [[1, 2]], "image_size": [4, 0]}, ("image_size[1]", "greater than or equal to 1")),
         ({"indices": [[1, 2]], "image_size": [4.0, 8]}, ("image_size[0]", "valid integer")),
+        # the fields of an /encode answer that say what the codes are must agree (the tiny model: 32 codes, 5 bits)
+        ({"indices": [[1, 2]], "grid": [2, 1]}, ("grid says 2x1 but the indices form a 1x2 grid",)),
+        ({"indices": [[1, 2]], "grid": [1.0, 2]}, ("grid[0]", "valid integer")),
+        ({"indices": [[1, 2]], "codebook_size": 1024}, ("codebook_size says 1024", "has 32 codes", "another model")),
+        ({"indices": [[1, 2]], "bits": 20}, ("bits says 20 but a 1x2 grid of 5-bit codes is 10 bits",)),
+        ({"indices": [[1, 2]], "decoder_id": "0" * 64}, ("decoder_id 000000000000... is not", "leave decoder_id out")),
+        ({"indices": [[1, 2]], "decoder_id": "F" * 64}, ("decoder_id", "should match pattern")),
     ],
 )
 async def test_bad_indices(client: httpx.AsyncClient, body: dict[str, Any], fragments: tuple[str, ...]) -> None:
