@@ -17,18 +17,19 @@ SHIPPED = WEIGHTS / "vqvae.safetensors"  # the one the service serves by default
 GRID16 = WEIGHTS / "vqvae_grid16.safetensors"  # 4x fewer bits, for VQVAE_CHECKPOINT
 
 # (checkpoint, grid of a 256x256 slice, bits per slice, test-split floors for mean SSIM and 5th percentile, training
-# images recorded); the floors sit below the recorded figures, so a checkpoint swapped for a worse one fails here. The
-# grid16 release trained on an H100 on 1,000 of the training slices, each linked 8 times (docs/experiments.md, Run 2c).
+# images recorded, distinct ones); the floors sit below the recorded figures, so a checkpoint swapped for a worse one
+# fails here. The grid16 release trained on an H100 on 1,000 of the training slices, each linked 8 times
+# (docs/experiments.md, Run 2c); its metadata says so beside the 8,000 images training counted, and GET /model shows it.
 FILES = [pytest.param(SHIPPED, id="default"), pytest.param(GRID16, id="grid16")]
 RELEASES = [
-    pytest.param(SHIPPED, (32, 32), 10_240, 0.95, 0.94, 6_400, id="default"),
-    pytest.param(GRID16, (16, 16), 2_560, 0.90, 0.88, 8_000, id="grid16"),
+    pytest.param(SHIPPED, (32, 32), 10_240, 0.95, 0.94, 6_400, 6_400, id="default"),
+    pytest.param(GRID16, (16, 16), 2_560, 0.90, 0.88, 8_000, 1_000, id="grid16"),
 ]
 
 
-@pytest.mark.parametrize(("path", "grid", "bits", "mean_floor", "p5_floor", "train_images"), RELEASES)
+@pytest.mark.parametrize(("path", "grid", "bits", "mean_floor", "p5_floor", "train_images", "distinct"), RELEASES)
 def test_released_checkpoint_loads_and_meets_its_targets(
-    path: Path, grid: tuple[int, int], bits: int, mean_floor: float, p5_floor: float, train_images: int
+    path: Path, grid: tuple[int, int], bits: int, mean_floor: float, p5_floor: float, train_images: int, distinct: int
 ) -> None:
     model, metadata = load(path)
     assert path.stat().st_size < 20 * 1024 * 1024
@@ -39,6 +40,7 @@ def test_released_checkpoint_loads_and_meets_its_targets(
     assert test["ssim"]["mean"] >= mean_floor and test["ssim"]["p5"] >= p5_floor
     assert test["codebook_usage"] >= 0.90
     assert metadata["data"]["train"]["images"] == train_images and metadata["git_commit"]
+    assert metadata["data"]["train"].get("distinct_images", train_images) == distinct
 
 
 @pytest.mark.parametrize("path", FILES)
