@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,8 +19,10 @@ MAX_GRID_SIDE = 2**20
 MAX_IMAGE_SIDE = MAX_GRID_SIDE * 16
 Side = Annotated[int, Field(strict=True, ge=1, le=MAX_IMAGE_SIDE)]
 GridSide = Annotated[int, Field(strict=True, ge=1, le=MAX_GRID_SIDE)]
-Count = Annotated[int, Field(strict=True, ge=0, le=2**62)]
-DecoderId = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # models.decoder_id: a sha256 in hex
+# 2**53: the largest integer every JSON client reads exactly (a JavaScript number); bounded, like Side, so that a
+# 4000-digit number gets its own short message.
+Count = Annotated[int, Field(strict=True, ge=0, le=2**53)]
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # models.decoder_id: a sha256 in hex
 
 
 NOTES_TEXT = (
@@ -43,10 +46,9 @@ class EncodeResponse(BaseModel):
     codebook_size: int = Field(description="indices lie in [0, codebook_size)", examples=[1024])
     bits: int = Field(description="grid_h * grid_w * ceil(log2 codebook_size)", examples=[60])
     image_size: tuple[int, int] = Field(description="[height, width] of the encoded image", examples=[[16, 20]])
-    decoder_id: DecoderId = Field(
-        description="sha256 of the codebook and decoder weights that give the indices their meaning; /decode refuses "
-        "indices tagged with another model's",
-        examples=["8616380393207aa61cc8786eaf8e90c772248cf29c4a68663f2ad73a9a9df89e"],
+    decoder_id: str = Field(
+        description="sha256 (hex) of the codebook and decoder weights that give the indices their meaning; /decode "
+        "refuses indices tagged with another model's"
     )
     notes: list[str] = Field(description=NOTES_TEXT, examples=[[]])
 
@@ -56,8 +58,9 @@ class DecodeRequest(BaseModel):
 
     The whole /encode answer can be posted back as it is. Its ``grid``, ``codebook_size``, ``bits`` and
     ``decoder_id`` are optional here, and checked when present: codes kept from another model (a checkpoint
-    replaced by a retrained one of the same shape) are refused, not decoded into a different image. Fields
-    that no check needs (``notes``) are ignored.
+    replaced by a retrained one of the same shape) are refused, not decoded into a different image. Codes kept
+    from before /encode gave ``decoder_id`` carry none, so only their shape is checked. Fields that no check needs
+    (``notes``) are ignored.
     """
 
     model_config = ConfigDict(
@@ -82,8 +85,10 @@ class DecodeRequest(BaseModel):
     grid: tuple[GridSide, GridSide] | None = Field(default=None, description="if given, the indices' [rows, cols]")
     codebook_size: Count | None = Field(default=None, description="if given, the served model's codebook size")
     bits: Count | None = Field(default=None, description="if given, what the grid costs with the served model")
-    decoder_id: DecoderId | None = Field(
+    decoder_id: str | None = Field(
         default=None,
+        min_length=64,
+        max_length=64,
         description="if given, the served model's (GET /model); leave it out to decode codes of another model anyway",
     )
 
@@ -103,6 +108,16 @@ class DecodeRequest(BaseModel):
                     {"number": number, "length": len(row), "width": width},
                 )
         return rows
+
+    @field_validator("decoder_id")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        """A sha256 in hex, in either case (some tools print digests in capitals); compared in lower case."""
+        if value is None:
+            return None
+        if not HEX_DIGEST.fullmatch(value.lower()):
+            raise PydanticCustomError("decoder_id", "must be 64 hexadecimal digits, as /encode and GET /model give it")
+        return value.lower()
 
 
 class ReconstructResponse(BaseModel):
@@ -147,7 +162,7 @@ class ModelInfo(BaseModel):
 
     checkpoint: str = Field(description="file name of the checkpoint", examples=["vqvae.safetensors"])
     sha256: str = Field(description="sha256 of the checkpoint file")
-    decoder_id: DecoderId = Field(
+    decoder_id: str = Field(
         description="what /encode tags its answers with: sha256 of the codebook and decoder weights, which alone "
         "decide what codes decode to (unlike sha256, it survives a metadata rewrite such as vqvae-eval --record)"
     )

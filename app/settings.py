@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -137,15 +138,16 @@ class Settings(BaseSettings):
     def _sane_threads(cls, value: int) -> int:
         """Each parallel batch is a thread with its own buffers: 128 of them took 1.6 GB at start-up."""
         if value > max_torch_threads():
-            raise ValueError(f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU), got {value}")
+            raise ValueError(f"at most {max_torch_threads()} ({THREADS_PER_CPU_LIMIT} per usable CPU)")
         return value
 
     @field_validator("max_pixels")
     @classmethod
-    def _readable(cls, value: int) -> int:
+    def _within_pillows_bomb_threshold(cls, value: int) -> int:
         if value > MAX_PIXELS_CEILING:
+            side = math.isqrt(MAX_PIXELS_CEILING)
             raise ValueError(
-                f"at most {MAX_PIXELS_CEILING} (Pillow's decompression-bomb threshold, about 9459x9459), got {value}"
+                f"at most {MAX_PIXELS_CEILING} (Pillow's decompression-bomb threshold, about {side}x{side})"
             )
         return value
 

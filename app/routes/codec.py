@@ -77,7 +77,8 @@ async def decode(body: DecodeRequest, service: Service) -> Response:
 
 
 def _checked_grid(body: DecodeRequest, service: InferenceService) -> np.ndarray:
-    """Index rows -> int64 grid, after the checks that need the model: image_size, grid size, codebook range.
+    """Index rows -> int64 grid, after the checks that need the model: the tags of an /encode answer
+    (``_check_tags``), image_size, grid size, codebook range.
 
     /decode takes the images /encode takes, at the same cost: the pixel limit applies to the image answered (as
     /encode applies it to the image sent; before, to the whole grid's, and a 1023x1025 upload's codes were
@@ -128,11 +129,18 @@ def _check_tags(body: DecodeRequest, service: InferenceService, shape: tuple[int
     if body.grid is not None and body.grid != shape:
         raise HTTPException(422, f"grid says {body.grid[0]}x{body.grid[1]} but the indices form a {rows}x{cols} grid")
     if body.decoder_id is not None and body.decoder_id != service.decoder_id:
+        advice = ", or leave decoder_id out to decode them with this one anyway"
+        if body.image_size is not None and config.grid_for(*body.image_size) != shape:
+            height, width = body.image_size
+            advice = (
+                f"; a {rows}x{cols} grid for a {height}x{width} image is another stride than this model's "
+                f"{config.stride}, so this one cannot decode them"
+            )
         raise HTTPException(
             422,
             f"decoder_id {body.decoder_id[:12]}... is not the served model's ({service.decoder_id[:12]}..., GET "
-            "/model): these codes were made by another model and would decode into a different image. Decode them "
-            "with the model that made them, or leave decoder_id out to decode them with this one anyway",
+            f"/model): these codes were made by another model and would decode into a different image. Decode them "
+            f"with the model that made them{advice}",
         )
     if body.codebook_size is not None and body.codebook_size != config.codebook_size:
         raise HTTPException(
@@ -150,11 +158,12 @@ def _check_tags(body: DecodeRequest, service: InferenceService, shape: tuple[int
 def largest_encode_answer_bytes(config: VQVAEConfig, settings: Settings) -> int:
     """An upper bound on the size of an /encode answer: an upload of at most ``max_pixels`` (h * w), both sides at
     least ``min_size``, has at most ``(h/s + 1)(w/s + 1)`` cells, each its digits and a comma, and a row costs
-    its brackets and comma; 300 bytes for the other fields (``decoder_id`` alone about 80)."""
+    its brackets and comma; then the other fields: about 170 bytes, ``decoder_id`` 80 and a note (one kind
+    today) up to about 260."""
     stride, pixels, side = config.stride, settings.max_pixels, settings.min_size
     cells = pixels / stride**2 + (side + pixels / side) / stride + 1
     rows = pixels / side / stride + 1
-    return int(cells * (len(str(config.codebook_size - 1)) + 1) + 3 * rows) + 300
+    return int(cells * (len(str(config.codebook_size - 1)) + 1) + 3 * rows) + 510
 
 
 def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:

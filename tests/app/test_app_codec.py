@@ -140,6 +140,8 @@ async def test_codes_kept_from_another_model_are_refused_not_decoded_into_anothe
     here = await client.post("/decode", json=encoded)
     assert here.status_code == 200, here.text
     assert here.content == (await client.post("/decode", json=bare)).content
+    shouted = await client.post("/decode", json={**encoded, "decoder_id": encoded["decoder_id"].upper()})
+    assert shouted.content == here.content  # a digest in capitals, as some tools print them, is the same digest
     retrained = VQVAE(model.config)
     retrained.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -477,10 +479,11 @@ async def test_start_up_warns_when_encode_answers_may_outgrow_the_json_limit(
     settings = Settings(checkpoint=DEFAULT_CHECKPOINT, max_pixels=64 * 64)
     bound = codec.largest_encode_answer_bytes(model.config, settings)
     async with serve(max_pixels=64 * 64) as client:
-        sizes = [
-            len((await client.post("/encode", files=as_upload(image_file(noise(h, w))))).content)
-            for h, w in ((64, 64), (9, 455), (8, 512), (17, 240))
-        ]
+        uploads = [image_file(noise(h, w)) for h, w in ((64, 64), (9, 455), (8, 512), (17, 240))]
+        uploads.append(image_file((noise(9, 455).astype(np.uint16) * 16).clip(1, 4000)))  # 12-bit data: a note
+        answers = [await client.post("/encode", files=as_upload(upload)) for upload in uploads]
+        sizes = [len(answer.content) for answer in answers]
+    assert answers[-1].json()["notes"] and answers[-1].json()["grid"] == answers[1].json()["grid"]
     assert max(sizes) <= bound <= 3 * max(sizes), (sizes, bound)  # safe, and not absurdly loose
     with caplog.at_level(logging.WARNING, logger="app.main"):
         async with serve(max_pixels=64 * 64, max_json_bytes=bound - 1):

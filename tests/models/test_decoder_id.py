@@ -26,6 +26,7 @@ def nudged(model: VQVAE, name: str) -> VQVAE:
     copy.load_state_dict(model.state_dict())
     with torch.no_grad():
         copy.state_dict()[name].view(-1)[0] += 1e-6
+    assert not torch.equal(copy.state_dict()[name], model.state_dict()[name]), f"1e-6 was lost in rounding {name}"
     return copy
 
 
@@ -40,6 +41,19 @@ def test_a_digest_of_the_codebook_and_decoder_that_survives_a_save_and_the_infer
     ids = {decoder_id(load(path)[0].for_inference()) for path in (first, second)}
     assert ids == {decoder_id(model)}
     assert len(decoder_id(model)) == 64 and int(decoder_id(model), 16) >= 0
+
+
+def test_the_values_count_not_the_dtype_they_are_held_in(model: VQVAE) -> None:
+    """A checkpoint stored in float64 loads as the same float32 numbers (models.checkpoint): the same id. Rounded
+    to bfloat16, the numbers, and what the codes decode to, change: another id."""
+    original = decoder_id(model)
+    widened = VQVAE(model.config).double()
+    widened.load_state_dict(model.state_dict())
+    assert widened.decoder.net[0].weight.dtype == torch.float64
+    assert decoder_id(widened) == original
+    rounded = VQVAE(model.config)
+    rounded.load_state_dict({name: tensor.bfloat16().float() for name, tensor in model.state_dict().items()})
+    assert decoder_id(rounded) != original
 
 
 def test_it_changes_with_any_codebook_or_decoder_number_and_not_with_the_encoder(model: VQVAE) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load
+from models.decoder_id import decoder_id
 from training.data import load_split
 from training.evaluate import score
 
@@ -25,6 +26,12 @@ RELEASES = [
     pytest.param(SHIPPED, (32, 32), 10_240, 0.95, 0.94, 6_400, 6_400, id="default"),
     pytest.param(GRID16, (16, 16), 2_560, 0.90, 0.88, 8_000, 1_000, id="grid16"),
 ]
+# What /encode tags each release's codes with (models.decoder_id), as the README quotes them: a retrained file must
+# change it, and a metadata rewrite (vqvae-eval --record, grid16's distinct_images) must not.
+DECODER_IDS = [
+    pytest.param(SHIPPED, "8616380393207aa61cc8786eaf8e90c772248cf29c4a68663f2ad73a9a9df89e", id="default"),
+    pytest.param(GRID16, "de54612ebfa27b1ffc8705c4b28ea2b737391d19afe63f580ba002eb75e17cde", id="grid16"),
+]
 
 
 @pytest.mark.parametrize(("path", "grid", "bits", "mean_floor", "p5_floor", "train_images", "distinct"), RELEASES)
@@ -41,6 +48,12 @@ def test_released_checkpoint_loads_and_meets_its_targets(
     assert test["codebook_usage"] >= 0.90
     assert metadata["data"]["train"]["images"] == train_images and metadata["git_commit"]
     assert metadata["data"]["train"].get("distinct_images", train_images) == distinct
+
+
+@pytest.mark.parametrize(("path", "expected"), DECODER_IDS)
+def test_released_checkpoint_keeps_its_decoder_id_and_the_readme_quotes_it(path: Path, expected: str) -> None:
+    assert decoder_id(load(path)[0]) == expected
+    assert f"{expected[:12]}..." in (REPO / "README.md").read_text()  # its examples cut the id short
 
 
 @pytest.mark.parametrize("path", FILES)
