@@ -54,6 +54,7 @@ def test_released_checkpoint_loads_and_meets_its_targets(
 def test_released_checkpoint_keeps_its_decoder_id_and_the_readme_quotes_it(path: Path, expected: str) -> None:
     assert decoder_id(load(path)[0]) == expected
     assert f"{expected[:12]}..." in (REPO / "README.md").read_text()  # its examples cut the id short
+    assert f"`{expected}`" in (WEIGHTS / "README.md").read_text()  # the model card, whole
 
 
 @pytest.mark.parametrize("path", FILES)
