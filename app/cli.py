@@ -47,7 +47,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="vqvae-serve", description="Serve the VQ-VAE over HTTP (settings: VQVAE_* environment variables)."
     )
     parser.add_argument("--host", type=host_name, default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
-    parser.add_argument("--port", type=port_number, default=8000, help="TCP port (0: any free one)")
+    parser.add_argument(
+        "--port", type=port_number, help="TCP port (default: VQVAE_PORT, or else 8000; 0: any free one)"
+    )
     parser.add_argument(
         "--workers",
         type=worker_count,
@@ -205,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
         return 2
-    problem = listen_problem(args.host, args.port)
+    port = settings.port if args.port is None else args.port
+    problem = listen_problem(args.host, port)
     if problem is not None:
         print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2
@@ -224,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             APP_FACTORY,
             factory=True,
             host=args.host,
-            port=args.port,
+            port=port,
             workers=args.workers,
             log_level=settings.log_level,
             log_config=_log_config(settings.log_level),

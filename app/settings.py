@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         "Ctrl-C); then each gets a 503 and the server exits: 8 s is within `docker stop`'s 10 s before its SIGKILL. "
         "Applied by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app` (at most 3600 s)",
     )
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="TCP port vqvae-serve listens on when --port is not given (0: any free one). The Docker image's "
+        "health check asks this port, so set VQVAE_PORT rather than --port there",
+    )
     keep_alive_s: int = Field(
         default=5,
         ge=1,

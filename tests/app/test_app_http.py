@@ -6,6 +6,7 @@ import base64
 import contextlib
 import gzip
 import itertools
+import json
 import os
 import re
 import select
@@ -29,7 +30,7 @@ from safetensors.torch import save_file
 
 from app.cli import main
 from app.http_protocol import MAX_HEADER_BYTES, ServiceProtocol
-from benchmarks.server import Server, free_port, model_loads, running_server
+from benchmarks.server import Server, free_port, model_loads, running_server, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Files = Callable[..., dict[str, tuple[str, bytes, str]]]
@@ -876,6 +877,39 @@ def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_t
     assert one_worker.stdout.splitlines() == ["uvicorn.run 1", "torch imported: True"]
 
 
+def dockerfile_exec_form(instruction: str) -> list[str]:
+    """The JSON-array arguments of the Dockerfile's last ``instruction`` (for HEALTHCHECK, those of its CMD)."""
+    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = [line for line in text.splitlines() if line.startswith(f"{instruction} ")][-1]
+    arguments = json.loads(line[line.index("[") :])
+    assert isinstance(arguments, list) and all(isinstance(argument, str) for argument in arguments)
+    return arguments
+
+
+def test_the_image_serves_on_vqvae_port_and_its_health_check_asks_that_port(checkpoint: Path, tmp_path: Path) -> None:
+    """The image's command and health check, run as the Dockerfile has them (the host narrowed to loopback). Before,
+    the health check asked port 8000 whatever the port served, so a container moved to another port was reported
+    unhealthy (and restarted, by an orchestrator that acts on it)."""
+    command, health = dockerfile_exec_form("CMD"), dockerfile_exec_form("HEALTHCHECK")
+    assert command[0] == "vqvae-serve" and "--port" not in command and health[0] == "python"
+    arguments = [("127.0.0.1" if argument == "0.0.0.0" else argument) for argument in command[1:]]
+    port = free_port()
+    env = service_env(VQVAE_CHECKPOINT=str(checkpoint), VQVAE_PORT=str(port))
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *arguments], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_ready(Server(process, f"http://127.0.0.1:{port}", tmp_path / "server.log"), 60)
+        healthy = run_in_repo([sys.executable, *health[1:]], VQVAE_PORT=str(port))
+        elsewhere = run_in_repo([sys.executable, *health[1:]], VQVAE_PORT=str(free_port()))  # nothing listens
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert healthy.returncode == 0, healthy.stderr
+    assert elsewhere.returncode != 0 and "Connection refused" in elsewhere.stderr
+
+
 def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[tuple[Any, ...], dict[str, Any], str | None]] = []
     threads: list[str | None] = []
@@ -894,9 +928,13 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     assert main(["--checkpoint", str(checkpoint), "--port", "0"]) == 0
     monkeypatch.setenv("VQVAE_TORCH_THREADS", "3")
     assert main(["--checkpoint", str(checkpoint), "--workers", "4", "--port", "0"]) == 0
-    (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir), _ = calls
+    monkeypatch.setenv("VQVAE_PORT", str(free_port()))  # the port when --port is not given
+    assert main(["--checkpoint", str(checkpoint)]) == 0
+    assert main(["--checkpoint", str(checkpoint), "--port", str(port)]) == 0  # --port wins
+    (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir), _, (_, from_env, _), (_, given, _) = calls
+    assert (from_env["port"], given["port"]) == (int(os.environ["VQVAE_PORT"]), port)
     # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
-    assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
+    assert threads[:3] == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
     assert args == ("app.main:create_app",)
     assert kwargs["factory"] is True and kwargs["http"] is ServiceProtocol
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", port, 2)

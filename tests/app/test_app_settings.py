@@ -46,6 +46,8 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("malloc_retain_mb", 4096),  # glibc takes an int of bytes: clamped, while the log said 4096 MB
         ("max_pixels", 10),  # under min_size squared: every image would be refused
         ("max_pixels", 89_478_486),  # over Pillow's bomb threshold: it warned of, then refused, images under it
+        ("port", 65536),
+        ("port", -1),
         ("body_timeout_s", 0),
         ("body_timeout_s", -1),
         ("body_timeout_s", 601),
@@ -56,6 +58,15 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
 def test_invalid_values_are_refused(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """Each setting is a row of the README's table, so an operator finds the variable (VQVAE_PORT was added with
+    its row; nothing checked that)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line.split(" | ")[0] for line in readme.splitlines() if line.startswith("| `VQVAE_")]
+    missing = [name for name in Settings.model_fields if not any(f"`VQVAE_{name.upper()}`" in row for row in rows)]
+    assert missing == []
 
 
 def test_the_pixel_limit_goes_up_to_pillows_bomb_threshold_and_says_so_past_it() -> None:
