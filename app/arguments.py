@@ -51,12 +51,15 @@ def host_name(text: str) -> str:
     return text
 
 
+MAX_PORT = 65535
+
+
 def port_number(text: str) -> int:
     """argparse type for a TCP port to listen on: 0 (any free port) to 65535, refused up front rather than by the
     socket layer after start-up has begun."""
     value = _whole_number(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {value}")
+    if not 0 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to {MAX_PORT}, got {value}")
     return value
 
 

@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = settings.port if args.port is None else args.port
     problem = listen_problem(args.host, port)
     if problem is not None:
-        print(f"vqvae-serve: {problem}", file=sys.stderr)
+        source = " (VQVAE_PORT)" if args.port is None and "VQVAE_PORT" in os.environ else ""
+        print(f"vqvae-serve: {problem}{source}", file=sys.stderr)
         return 2
     try:
         with _STOP_SIGNALS.installed():

@@ -10,6 +10,7 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.arguments import MAX_PORT
 from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
 from models.limits import MIN_SIDE
@@ -72,10 +73,11 @@ class Settings(BaseSettings):
     )
     port: int = Field(
         default=8000,
-        ge=0,
-        le=65535,
-        description="TCP port vqvae-serve listens on when --port is not given (0: any free one). The Docker image's "
-        "health check asks this port, so set VQVAE_PORT rather than --port there",
+        ge=1,
+        le=MAX_PORT,
+        description="TCP port vqvae-serve listens on when --port is not given. The Docker image's health check asks "
+        "this port (reading it as the server does), so set VQVAE_PORT rather than --port there. Not 0: a health check "
+        "could not know which free port was taken (--port 0 takes one)",
     )
     keep_alive_s: int = Field(
         default=5,

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from app.cli import main
 from app.http_protocol import MAX_HEADER_BYTES, ServiceProtocol
+from app.settings import Settings
 from benchmarks.server import Server, free_port, model_loads, running_server, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -892,6 +893,10 @@ def test_the_image_serves_on_vqvae_port_and_its_health_check_asks_that_port(chec
     unhealthy (and restarted, by an orchestrator that acts on it)."""
     command, health = dockerfile_exec_form("CMD"), dockerfile_exec_form("HEALTHCHECK")
     assert command[0] == "vqvae-serve" and "--port" not in command and health[0] == "python"
+    exposed = [
+        line.split()[1:] for line in (REPO_ROOT / "Dockerfile").read_text().splitlines() if line.startswith("EXPOSE")
+    ]
+    assert exposed == [[str(Settings.model_fields["port"].default)]]  # the port served unless VQVAE_PORT is set
     arguments = [("127.0.0.1" if argument == "0.0.0.0" else argument) for argument in command[1:]]
     port = free_port()
     env = service_env(VQVAE_CHECKPOINT=str(checkpoint), VQVAE_PORT=str(port))
@@ -905,7 +910,11 @@ def test_the_image_serves_on_vqvae_port_and_its_health_check_asks_that_port(chec
         elsewhere = run_in_repo([sys.executable, *health[1:]], VQVAE_PORT=str(free_port()))  # nothing listens
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     assert healthy.returncode == 0, healthy.stderr
     assert elsewhere.returncode != 0 and "Connection refused" in elsewhere.stderr
 
@@ -934,7 +943,7 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
     (args, kwargs, metrics_dir), (_, one_worker, no_metrics_dir), _, (_, from_env, _), (_, given, _) = calls
     assert (from_env["port"], given["port"]) == (int(os.environ["VQVAE_PORT"]), port)
     # Each of N workers gets 1/N of the usable CPUs for torch, unless the operator set the thread count.
-    assert threads[:3] == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3"]
+    assert threads == [str(max(1, len(os.sched_getaffinity(0)) // 2)), None, "3", "3", "3"]
     assert args == ("app.main:create_app",)
     assert kwargs["factory"] is True and kwargs["http"] is ServiceProtocol
     assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("0.0.0.0", port, 2)
@@ -1048,9 +1057,10 @@ def test_serve_refuses_a_port_in_use_before_loading_the_checkpoint(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert main(["--port", str(port), "--workers", workers, "--checkpoint", str(missing)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"vqvae-serve: cannot listen on 127.0.0.1:{port}: the port is already in use (another vqvae-serve?)"
-    )
+        monkeypatch.setenv("VQVAE_PORT", str(port))  # the same port from the setting: the message names it
+        assert main(["--workers", workers, "--checkpoint", str(missing)]) == 2
+    in_use = f"vqvae-serve: cannot listen on 127.0.0.1:{port}: the port is already in use (another vqvae-serve?)"
+    assert capsys.readouterr().err.strip().splitlines() == [in_use, f"{in_use} (VQVAE_PORT)"]
     for any_port in (str(port), "0"):  # a review's case: with port 0, the host was not checked
         assert main(["--host", "no-such-host.invalid", "--port", any_port, "--checkpoint", str(missing)]) == 2
         assert "cannot listen on no-such-host.invalid" in capsys.readouterr().err

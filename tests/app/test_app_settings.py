@@ -47,6 +47,7 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("max_pixels", 10),  # under min_size squared: every image would be refused
         ("max_pixels", 89_478_486),  # over Pillow's bomb threshold: it warned of, then refused, images under it
         ("port", 65536),
+        ("port", 0),  # any free port: the Docker health check could not know which
         ("port", -1),
         ("body_timeout_s", 0),
         ("body_timeout_s", -1),
