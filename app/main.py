@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
 
 from app.errors import install_error_handlers
 from app.hang_up import HangUpMiddleware
@@ -29,6 +30,7 @@ from app.middleware import (
 )
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
+from app.static_errors import JSONStaticErrors
 
 logger = logging.getLogger(__name__)
 # python-multipart logs each malformed form it is sent ("Expected boundary character 45, got ...") as a warning;
@@ -88,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # proxy, and a client that follows it with a POST sends its whole upload twice.
         redirect_slashes=False,
     )
+    for route in app.routes:  # the docs pages' assets, mounted by FastAPIOffline
+        if isinstance(route, Mount) and route.path == DOCS_ASSETS:
+            route.app = JSONStaticErrors(route.app)
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.service = None

@@ -580,3 +580,21 @@ async def test_metrics_count_route_templates_not_urls(serve: Serve) -> None:
     assert 'vqvae_http_requests_total{method="POST",route="/encode",status="413"} 1.0' in text
     assert 'vqvae_http_requests_total{method="GET",route="unmatched",status="404"} 2.0' in text
     assert 'vqvae_http_requests_total{method="GET",route="/docs",status="200"} 1.0' in text
+
+
+async def test_the_docs_assets_answer_range_errors_in_json(client: httpx.AsyncClient) -> None:
+    """Before: a text/plain 400 for a malformed Range header and an empty 416 for one past the end, the only
+    answers of the service that were not {"detail": ...}. A satisfiable range is still a 206 of the file."""
+    asset = "/docs-assets/swagger-ui.css"
+    whole = await client.get(asset)
+    assert whole.status_code == 200 and whole.headers["content-type"].startswith("text/css")
+    size = len(whole.content)
+    past = await client.get(asset, headers={"Range": f"bytes={size + 10}-"})
+    assert_error(past, 416, f"the requested range is not satisfiable: the file has {size} bytes")
+    assert past.headers["content-range"] == f"bytes */{size}"
+    assert_error(await client.get(asset, headers={"Range": "bytes=abc"}), 400, "Range header")
+    part = await client.get(asset, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole.content[:10]
+    assert part.headers["content-type"].startswith("text/css")
+    head = await client.head(asset, headers={"Range": "bytes=abc"})
+    assert head.status_code == 400 and head.headers["content-type"] == "application/json" and head.content == b""
