@@ -13,9 +13,9 @@ _REPLACED = {b"content-type", b"content-length"}
 
 class JSONStaticErrors:
     """Wraps the static-files app, whose ``FileResponse`` answers a malformed ``Range`` header with a ``text/plain``
-    400 (``Range header: ...``) and a range past the end with an empty 416: the only answers of the service that
-    were not ``{"detail": ...}``. Its other errors (404, 405) are already raised to the app's handlers; answers
-    under 400 (200, 206, 304) pass through untouched."""
+    400 (``Range header: ...``) and a range past the end with an empty 416, unlike every error of the app's own
+    (uvicorn's empty 403 to a WebSocket handshake is outside the app). Its other errors (404, 405) are already
+    raised to the app's handlers; answers under 400 (200, 206, 304) pass through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
