@@ -878,10 +878,15 @@ def test_serve_with_workers_checks_the_checkpoint_in_a_child_and_never_imports_t
     assert one_worker.stdout.splitlines() == ["uvicorn.run 1", "torch imported: True"]
 
 
+def dockerfile_lines(instruction: str) -> list[str]:
+    """The Dockerfile's ``instruction`` lines, each with its continuation lines joined on."""
+    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if line.startswith(f"{instruction} ")]
+
+
 def dockerfile_exec_form(instruction: str) -> list[str]:
     """The JSON-array arguments of the Dockerfile's last ``instruction`` (for HEALTHCHECK, those of its CMD)."""
-    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    line = [line for line in text.splitlines() if line.startswith(f"{instruction} ")][-1]
+    line = dockerfile_lines(instruction)[-1]
     arguments = json.loads(line[line.index("[") :])
     assert isinstance(arguments, list) and all(isinstance(argument, str) for argument in arguments)
     return arguments
@@ -893,9 +898,7 @@ def test_the_image_serves_on_vqvae_port_and_its_health_check_asks_that_port(chec
     unhealthy (and restarted, by an orchestrator that acts on it)."""
     command, health = dockerfile_exec_form("CMD"), dockerfile_exec_form("HEALTHCHECK")
     assert command[0] == "vqvae-serve" and "--port" not in command and health[0] == "python"
-    exposed = [
-        line.split()[1:] for line in (REPO_ROOT / "Dockerfile").read_text().splitlines() if line.startswith("EXPOSE")
-    ]
+    exposed = [line.split()[1:] for line in dockerfile_lines("EXPOSE")]
     assert exposed == [[str(Settings.model_fields["port"].default)]]  # the port served unless VQVAE_PORT is set
     arguments = [("127.0.0.1" if argument == "0.0.0.0" else argument) for argument in command[1:]]
     port = free_port()
