@@ -21,9 +21,7 @@ class JSONStaticErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        # Any scope: only an HTTP answer's error start is held, so other messages (a WebSocket's) pass as they are.
         held: Message | None = None  # an error's start, sent once its body is in
         text = bytearray()
 
