@@ -20,6 +20,7 @@ from PIL import Image
 
 from app.settings import DEFAULT_CHECKPOINT
 from models.checkpoint import load
+from models.decoder_id import decoder_id
 from models.grayscale import to_uint8
 from models.quality import ssim
 from training.data import read_grayscale
@@ -54,7 +55,11 @@ async def test_reconstruct_encode_and_decode_on_cuda_match_the_cpu_model(
         body = (await client.post("/reconstruct", files=as_upload(image_file(pixels)))).json()
         encoded = (await client.post("/encode", files=as_upload(image_file(pixels)))).json()
         decoded = await client.post("/decode", json={"indices": cpu_indices.tolist()})
+        tagged = await client.post("/decode", json=encoded)  # the whole answer: its decoder_id is checked
     assert ready.status_code == 200
+    # The model on the GPU tags its codes with the id of the weights on the CPU (float32 bytes, any device).
+    assert encoded["decoder_id"] == decoder_id(cpu_model), encoded["decoder_id"]
+    assert tagged.status_code == 200, tagged.text
     # TF32 convolutions on the GPU move the latents by about 1e-3: a code at a near-tie may flip, nothing more.
     agreement = float(np.mean(np.asarray(encoded["indices"]) == cpu_indices))
     assert agreement >= 0.98, f"only {agreement:.2%} of the codes match the CPU's"
