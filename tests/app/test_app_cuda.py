@@ -1,7 +1,8 @@
 """The service with ``VQVAE_DEVICE=cuda``: the same answers as the model on the CPU, within float rounding.
 
 Runs only where torch sees a CUDA device; CI has none, so it reports these tests as skipped. They passed on an
-NVIDIA H200 with ``bash benchmarks/gpu_suite.sh`` (docs/cuda_h200_suite.txt).
+NVIDIA H200 with ``bash benchmarks/gpu_suite.sh`` (docs/cuda_h200_suite.txt), and in session 23 with the
+decoder_id checks (docs/cuda_h200_default_train_session23.txt).
 """
 
 from __future__ import annotations
