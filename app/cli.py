@@ -29,7 +29,7 @@ from app.arguments import host_name, port_number, worker_count
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
-from app.settings import Settings
+from app.settings import Settings, unknown_variables
 from models.cpus import THREADS_PER_CPU_LIMIT, usable_cpus
 
 APP_FACTORY = "app.main:create_app"
@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint is not None:
         os.environ["VQVAE_CHECKPOINT"] = str(args.checkpoint.resolve())  # the worker processes read it too
     share_cpus_among_workers(args.workers)
+    for warning in unknown_variables(os.environ):
+        print(f"vqvae-serve: warning: {warning}", file=sys.stderr)
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -142,6 +144,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
     log_level: LogLevel = "info"
 
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        """``VQVAE_CHECKPOINT=`` (a compose file's unset ``${VAR}``) read as ``.``: "a folder, not a checkpoint"."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty; leave it unset to serve the shipped checkpoint, or give a .safetensors file")
+        return value
+
     @field_validator("torch_threads", "parallel_batches")
     @classmethod
     def _sane_threads(cls, value: int) -> int:
@@ -164,9 +174,9 @@ class Settings(BaseSettings):
     def _an_image_can_pass(self) -> Settings:
         """A pixel limit under the smallest accepted image would refuse every image."""
         if self.max_pixels < self.min_size**2:
-            raise ValueError(
-                f"max_pixels ({self.max_pixels}) is under min_size squared ({self.min_size**2}): every image would "
-                "be refused"
+            raise ValueError(  # no field to name it by: name the variables, as settings_problems does for one
+                f"{ENV_PREFIX}MAX_PIXELS ({self.max_pixels}) is under {ENV_PREFIX}MIN_SIZE squared "
+                f"({self.min_size**2}): every image would be refused; raise the one or lower the other"
             )
         return self
 
@@ -175,3 +185,17 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         """Accept INFO as well as info: operators type both."""
         return value.lower() if isinstance(value, str) else value
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for ``VQVAE_*`` variables that name no setting, which pydantic-settings ignores: a misspelt
+    ``VQVAE_MAX_PIXEL`` would leave the limit at its default without a word. Each names the nearest setting."""
+    known = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    warnings = []
+    for variable in sorted(environ):
+        name = variable.upper()  # pydantic-settings reads the variables whatever their case
+        if name.startswith(ENV_PREFIX) and name not in known:
+            near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f"; did you mean {near[0]}?" if near else "; the settings are listed in the README"
+            warnings.append(f"{variable} is not a setting and is ignored{hint}")
+    return warnings

@@ -411,7 +411,7 @@ class Trainer:
         cfg = self.config
         if self.try_resume():
             self.saved_step = self.state.step  # the files it resumed from are this step's
-            print(f"resumed from {self.out} at epoch {self.state.epoch}, step {self.state.step}{self.partial_epoch()}")
+            print(f"resumed from {self.out} {self.resume_point()}")
         else:
             self.state.precisions = [self.precision]
         self.started = True
@@ -421,11 +421,15 @@ class Trainer:
             self.record_epoch(epoch, self.validate())
         return self.state
 
-    def partial_epoch(self) -> str:
-        """The steps of the next epoch that a stopped run had taken, in words (nothing where it had none)."""
+    def resume_point(self) -> str:
+        """Where a resumed run picks up, in words: after a whole epoch, or inside the next one. One epoch number only
+        ("at epoch 0, step 8 (8 of the 25 steps of epoch 1 done)" named the same point twice, differently)."""
         if not self.state.epoch_steps:
-            return ""
-        return f" ({self.state.epoch_steps} of the {self.steps_per_epoch} steps of epoch {self.state.epoch + 1} done)"
+            return f"after epoch {self.state.epoch}, step {self.state.step}"
+        return (
+            f"at step {self.state.step}, {self.state.epoch_steps} of the {self.steps_per_epoch} steps into epoch "
+            f"{self.state.epoch + 1}"
+        )
 
     def train_epoch(self, epoch: int) -> None:
         """The steps of ``epoch`` not taken yet: all of them, unless a stopped run took some."""

@@ -57,7 +57,7 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
     ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:
-    with pytest.raises(ValidationError, match=name):
+    with pytest.raises(ValidationError, match=f"(?i){name}"):  # the field, or its variable (VQVAE_MAX_PIXELS)
         Settings(**{name: value})
 
 
@@ -106,3 +106,42 @@ def test_serve_reports_invalid_settings_in_one_line(
         "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS: Input should be a valid integer, unable to parse string as "
         "an integer (got 'abc')"
     )
+    monkeypatch.delenv("VQVAE_MAX_PIXELS")
+    monkeypatch.setenv("VQVAE_MIN_SIZE", "2000")  # two settings at odds: named by their variables, not by the fields
+    assert main([]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS (1048576) is under VQVAE_MIN_SIZE squared (4000000): every "
+        "image would be refused; raise the one or lower the other"
+    )
+
+
+def test_an_empty_checkpoint_variable_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``VQVAE_CHECKPOINT=`` was read as ``.``: "cannot load checkpoint: .: a folder, not a checkpoint file"."""
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served with an empty checkpoint"))
+    monkeypatch.setenv("VQVAE_CHECKPOINT", " ")
+    assert main([]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "vqvae-serve: invalid settings: VQVAE_CHECKPOINT: empty; leave it unset to serve the shipped checkpoint, or "
+        "give a .safetensors file (got ' ')"
+    )
+
+
+def test_variables_that_name_no_setting_are_warned_of_and_the_service_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt ``VQVAE_MAX_PIXEL`` left the limit at its default without a word (a review)."""
+    served: list[int] = []
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: served.append(kwargs["port"]))
+    monkeypatch.setenv("VQVAE_MAX_PIXEL", "4096")
+    monkeypatch.setenv("VQVAE_FROBNICATE", "1")
+    monkeypatch.setenv("vqvae_log_level", "warning")  # a setting, in lower case: read, so no warning
+    assert Settings().log_level == "warning" and Settings().max_pixels == Settings.model_fields["max_pixels"].default
+    assert main(["--port", "0"]) == 0
+    assert served == [0]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert warnings == [
+        "vqvae-serve: warning: VQVAE_FROBNICATE is not a setting and is ignored; the settings are listed in the README",
+        "vqvae-serve: warning: VQVAE_MAX_PIXEL is not a setting and is ignored; did you mean VQVAE_MAX_PIXELS?",
+    ]

@@ -64,7 +64,7 @@ def test_resume_continues_from_last_state(
     capsys.readouterr()
     assert train.main([*args, *how]) == 0
     printed = capsys.readouterr()
-    assert f"resumed from {run} at epoch 2, step {steps}" in printed.out  # not a fresh run of 3
+    assert f"resumed from {run} after epoch 2, step {steps}" in printed.out  # not a fresh run of 3
     assert "note: --epochs 2 -> 3: the learning rate's cosine decay now ends with epoch 3" in printed.err
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]

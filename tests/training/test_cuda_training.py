@@ -36,7 +36,7 @@ def test_training_on_cuda_saves_cpu_loadable_checkpoints_and_resumes(
     steps = json.loads((tmp_path / "history.json").read_text())[0]["step"]
     capsys.readouterr()
     assert train.main([*args, "--epochs", "2", "--resume"]) == 0
-    assert f"resumed from {tmp_path} at epoch 1, step {steps}" in capsys.readouterr().out  # not a fresh run
+    assert f"resumed from {tmp_path} after epoch 1, step {steps}" in capsys.readouterr().out  # not a fresh run
     history = json.loads((tmp_path / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[1]["step"] == 2 * history[0]["step"]

@@ -249,8 +249,8 @@ def _signal_in_the_first_validation(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("epochs", "stop_in", "saved_step", "resumed_at"),
     [
-        (2, "a step", 5, "at epoch 0, step 5 (5 of the 6 steps of epoch 1 done)"),
-        (1, "the validation", 6, "at epoch 0, step 6 (6 of the 6 steps of epoch 1 done)"),
+        (2, "a step", 5, "at step 5, 5 of the 6 steps into epoch 1"),
+        (1, "the validation", 6, "at step 6, 6 of the 6 steps into epoch 1"),
     ],
     ids=["in-a-step", "in-validation"],
 )
