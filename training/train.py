@@ -293,6 +293,7 @@ class Trainer:
             raise CheckpointError(f"{state_path}: the resume state went missing after the run started")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_shapes(self.optimizer)
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.state = parse_run_state(state["run"])
@@ -510,6 +511,19 @@ class Trainer:
         )
 
 
+def check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless each parameter's optimizer state has its shape: ``load_state_dict`` checks only how many
+    parameters there are, so a ``last.pt`` of another architecture with as many failed in the first step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(
+                        f"optimizer state {name!r} of shape {tuple(value.shape)} for a parameter of shape "
+                        f"{tuple(param.shape)}"
+                    )
+
+
 def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
     """Save the state for ``--resume`` after a stop signal, whatever further signals come, and say so.
 
@@ -523,9 +537,14 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
     if trainer.step_cut_short:  # a second signal, in the middle of a step
         print(f"\n{stopped_by} in the middle of a step, which was not saved; {trainer.saved_state()}", file=sys.stderr)
         return exit_code(stop)
-    with trainer.stop_signals.installed(), trainer.stop_signals.held():
-        if trainer.saved_step != trainer.state.step:
-            trainer.save_state()
+    try:
+        with trainer.stop_signals.installed(), trainer.stop_signals.held():
+            if trainer.saved_step != trainer.state.step:
+                trainer.save_state()
+    except WriteError as exc:  # a full disk, or a folder made read-only since the last epoch: not resumable from here
+        unsaved = f"{stopped_by}, and this step's state could not be saved: {exc}"
+        print(f"\n{unsaved}; {trainer.saved_state()}", file=sys.stderr)
+        return 1
     if trainer.state.epoch >= trainer.config.epochs:  # the stop came while the final figure was drawn
         print(
             f"\n{stopped_by} after the last epoch: training is complete, its checkpoints are in {trainer.out}; "

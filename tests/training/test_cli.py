@@ -596,6 +596,9 @@ def test_train_refuses_an_out_it_cannot_write_before_loading_data(
     [
         (None, b"not a torch file", "last.pt: unreadable resume state, damaged or not written by vqvae-train"),
         (None, b"", "last.pt: unreadable resume state"),
+        (None, b"hi\n", "last.pt: unreadable resume state"),  # these three were tracebacks: KeyError 105,
+        (None, b"G", "last.pt: unreadable resume state"),  # struct.error,
+        (None, b"(abc", "last.pt: unreadable resume state"),  # IndexError (a review)
         ("last.safetensors", None, "incomplete resume state, no last.safetensors"),
         ("last.pt", None, "incomplete resume state, no last.pt"),
     ],
@@ -621,6 +624,25 @@ def test_resume_from_a_damaged_or_half_state_is_refused(
     best = (run / "best.safetensors").read_bytes()
     _refused(train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]), capsys, said)
     assert (run / "best.safetensors").read_bytes() == best
+
+
+def test_a_resume_state_of_another_architecture_with_as_many_parameters_is_refused(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's case: another run's last.pt (--embedding-dim 8) resumed, then failed in the first step with a
+    RuntimeError traceback from Adam: load_state_dict checks the number of parameters, not their shapes."""
+    run = tmp_path / "run"
+    _copy_run(trained, run, ("best.safetensors", "last.safetensors", "history.json"))
+    state = torch.load(trained / "last.pt", weights_only=True)
+    moments = state["optimizer"]["state"][0]
+    moments["exp_avg"] = torch.zeros(moments["exp_avg"].shape[0] * 2, *moments["exp_avg"].shape[1:])
+    torch.save(state, run / "last.pt")
+    _refused(
+        train.main(["--data", str(fixture_oasis), "--out", str(run), "--resume", *TINY]),
+        capsys,
+        "last.pt: unreadable resume state, damaged or not written by vqvae-train (ValueError: optimizer state "
+        "'exp_avg' of shape (",
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from models.files import WriteError
 from training import train
 from training.config import TrainConfig
 from training.stop_signals import StopSignals, Terminated
@@ -309,6 +310,29 @@ def test_a_second_ctrl_c_in_the_middle_of_a_step_saves_nothing(
     err = capsys.readouterr().err
     assert "interrupted in the middle of a step, which was not saved; no epoch's state was saved" in err
     assert steps == [] and not (tmp_path / "last.pt").exists()
+
+
+def test_a_stop_whose_state_cannot_be_saved_says_so_in_one_line(
+    tiny_config: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    heeded_sigint: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder made read-only (or a disk filled) after an epoch's save. Before: a WriteError traceback, exit 1."""
+
+    def unwritable(self: Trainer) -> None:
+        raise WriteError(f"cannot write {self.out / 'last.safetensors'}: Operation not permitted")
+
+    _signal_in_a_step(monkeypatch, 3)
+    monkeypatch.setattr(Trainer, "save_state", unwritable)
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=50))
+    assert train.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"interrupted, and this step's state could not be saved: cannot write {tmp_path / 'last.safetensors'}: "
+        "Operation not permitted; no epoch's state was saved, so there is nothing to resume"
+    )
 
 
 def test_ctrl_c_while_the_data_loads_exits_130_in_one_line(
