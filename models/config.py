@@ -18,7 +18,10 @@ def _is_finite_number(value: object) -> bool:
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
-MAX_LAYERS = 64  # levels, or residual blocks per stack
+MAX_LAYERS = 64  # residual blocks per stack
+# Stride 2**8 = 256: a 256x256 slice is one code. Every image is padded to a multiple of the stride, so a crafted
+# checkpoint of 16 levels made vqvae-eval ask for 34 GB to pad a slice to 65536x65536 (a review).
+MAX_LEVELS = 8
 
 # Field annotation -> (check, what the error message asks for).
 _TYPE_CHECKS: dict[object, tuple[Callable[[object], bool], str]] = {
@@ -55,8 +58,8 @@ class VQVAEConfig:
         # JSON round trips give lists; keep tuples so the dataclass stays hashable and comparable.
         object.__setattr__(self, "encoder_channels", tuple(self.encoder_channels))
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.in_channels != 1:  # every input here is a grey slice: 3 loaded, then failed in the first pass
+            raise ValueError(f"in_channels must be 1 (grayscale slices), got {self.in_channels}")
         if not self.encoder_channels:
             raise ValueError("encoder_channels must name at least one level")
         if len(self.decoder_channels) != len(self.encoder_channels):
@@ -71,13 +74,13 @@ class VQVAEConfig:
             raise ValueError("res_blocks and bottleneck_res_blocks must be >= 0")
         # Upper bounds far above any sensible network: a checkpoint header asking for millions of layers would
         # otherwise hang start-up building them (10,000 residual blocks took 34 s, even on the meta device).
-        for name, value in (
-            ("levels", len(self.encoder_channels)),
-            ("res_blocks", self.res_blocks),
-            ("bottleneck_res_blocks", self.bottleneck_res_blocks),
+        for name, value, most in (
+            ("levels", len(self.encoder_channels), MAX_LEVELS),
+            ("res_blocks", self.res_blocks, MAX_LAYERS),
+            ("bottleneck_res_blocks", self.bottleneck_res_blocks, MAX_LAYERS),
         ):
-            if value > MAX_LAYERS:
-                raise ValueError(f"{name} must be at most {MAX_LAYERS}, got {value}")
+            if value > most:
+                raise ValueError(f"{name} must be at most {most}, got {value}")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if self.codebook_size < 2:

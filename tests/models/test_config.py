@@ -22,7 +22,12 @@ def test_default_is_32x32_grid_of_10_bit_codes() -> None:
         # A crafted header's millions of layers would hang start-up in the building (10,000 blocks took 34 s).
         ({"res_blocks": 10**6}, "res_blocks must be at most 64"),
         ({"bottleneck_res_blocks": 65}, "bottleneck_res_blocks must be at most 64"),
-        ({"encoder_channels": (8,) * 65, "decoder_channels": (8,) * 65}, "levels must be at most 64"),
+        ({"encoder_channels": (8,) * 65, "decoder_channels": (8,) * 65}, "levels must be at most 8"),
+        # Each image is padded to 2**levels a side: 16 levels asked for 34 GB for one slice.
+        ({"encoder_channels": (8,) * 9, "decoder_channels": (8,) * 9}, "levels must be at most 8, got 9"),
+        # A grey-slice model only: 3 channels loaded, then failed in the first forward pass with a traceback.
+        ({"in_channels": 3}, r"in_channels must be 1 \(grayscale slices\), got 3"),
+        ({"in_channels": 0}, "in_channels must be 1"),
     ],
 )
 def test_invalid_config_raises_value_error(kwargs: dict[str, object], message: str) -> None:
