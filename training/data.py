@@ -42,6 +42,10 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "
 # image takes the shipped model about 3 GB (README, VQVAE_MAX_PIXELS, the service's own limit, 1024x1024 by default).
 MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# The largest file read as an image: above what any image of MAX_PIXELS takes stored raw (16-bit RGBA, 8 bytes a
+# pixel: 128 MiB), with room for the headers. Files are read whole before their header is checked, and a 40 GB file
+# named a.png was a MemoryError traceback (a 3 GB one took 12 s and 3.4 GB of memory to refuse).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class DataError(ValueError):
@@ -128,6 +132,12 @@ def open_checked(path: Path) -> Image.Image:
     A JPEG of more scans, segments or stray bytes than an encoder writes is refused before Pillow parses it, as the
     service refuses it (``models.jpeg_markers``): each scan is decoded over the whole image, and a 606 KB file of
     50,000 scans took 18 s to decode, a stall of vqvae-train or vqvae-eval for each such file in a data folder."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(
+            f"{path}: file is {size} bytes, larger than any image of at most {MAX_SIDE}x{MAX_SIDE} pixels "
+            f"({MAX_FILE_BYTES} bytes at most)"
+        )
     data = path.read_bytes()
     refusal = marker_refusal(data)
     if refusal is not None:

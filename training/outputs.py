@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TextIO, cast
 
-from models.files import not_replaceable
+from models.files import not_replaceable, partial_path
 from training.stop_signals import exit_code
 
 P = ParamSpec("P")
@@ -24,8 +24,31 @@ class OutputError(ValueError):
     """An output path that cannot be written; the message names it and says why, in one line."""
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux's file systems)
+
+
+def _name_problem(path: Path, *, written: bool) -> str | None:
+    """A name the file system cannot hold: the first look at the path raised ENAMETOOLONG, a traceback (a review's
+    name of 300 letters). A ``written`` file's temporary name (``models.files.partial_path``) is longer still."""
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            return f"a name of {len(os.fsencode(part))} bytes, over the {NAME_MAX} a file system allows"
+    longest = len(os.fsencode(partial_path(path).name))
+    if written and longest > NAME_MAX:
+        most = NAME_MAX - (longest - len(os.fsencode(path.name)))
+        return f"a name of {len(os.fsencode(path.name))} bytes; at most {most} (it is written under a longer one first)"
+    return None
+
+
 def _folder_problem(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (made first if missing), or None."""
+    try:
+        return _name_problem(folder, written=False) or _access_problem(folder)
+    except OSError as exc:  # a path over PATH_MAX, say
+        return exc.strerror or str(exc)
+
+
+def _access_problem(folder: Path) -> str | None:
     dangling = next((p for p in (folder, *folder.parents) if p.is_symlink() and not p.exists()), None)
     if dangling is not None:  # it "does not exist", yet cannot be made: mkdir fails with FileExistsError
         return f"{dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist"
@@ -48,10 +71,11 @@ def check_file(path: Path, what: str) -> None:
     """``path`` can be written: its folder (files are written beside their target and renamed over it), and the
     file itself where it exists (some writers open it in place); no folder or device (``models.files``'s
     ``not_replaceable``), which its writer would refuse only after the work."""
-    problem = not_replaceable(path)
+    problem = _name_problem(path, written=True) or _folder_problem(path.parent)
+    if problem is None:
+        problem = not_replaceable(path)
     if problem is None and path.exists() and not os.access(path, os.W_OK):
         problem = f"{path}: permission denied"
-    problem = problem or _folder_problem(path.parent)
     if problem:
         raise OutputError(f"cannot write {what} {path}: {problem}")
 

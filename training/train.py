@@ -33,7 +33,7 @@ from training.data import CropSampler, DataError, image_folders, load_split, to_
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
-from training.outputs import check_apart, check_folder, clean_exits, note
+from training.outputs import OutputError, check_apart, check_folder, clean_exits, note
 from training.stop_signals import StopSignals, Terminated, exit_code
 
 
@@ -172,6 +172,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
+        try:
+            config.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # where access() says yes and the file system no (/proc, as root); it was a
+            raise OutputError(f"cannot write --out {config.out}: {exc.strerror or exc}") from exc  # traceback, late
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         run_folder.check_settings(config)
         self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
@@ -215,7 +219,6 @@ class Trainer:
         self.started = False  # run() has resumed, or found nothing to resume: only then is there a state to save
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
-        self.out.mkdir(parents=True, exist_ok=True)
         if config.overwrite:
             run_folder.clear(self.out)
 

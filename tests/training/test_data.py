@@ -13,6 +13,7 @@ from benchmarks.crafted_png import with_header_size
 from models.jpeg_markers import marker_refusal
 from tests.conftest import crafted_jpegs, write_slices
 from training.data import (
+    MAX_FILE_BYTES,
     MAX_PIXELS,
     MAX_SIDE,
     CropSampler,
@@ -106,6 +107,17 @@ def test_a_decompression_bomb_is_a_data_error(tmp_path: Path) -> None:
         DataError, match=rf"bomb\.png: image header claims over \d+ pixels, over the limit of {MAX_PIXELS}"
     ):
         load_folder(tmp_path)
+
+
+def test_a_file_larger_than_any_image_in_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A review's case: a 40 GB file named a.png was read whole, a MemoryError traceback (vqvae-eval) or "out of
+    memory" (vqvae-train). Sparse here: it takes no disk, but reading it would take 257 MiB of memory."""
+    with (tmp_path / "a.png").open("wb") as sparse:
+        sparse.truncate(MAX_FILE_BYTES + 1)
+    said = rf"a\.png: file is {MAX_FILE_BYTES + 1} bytes, larger than any image of at most {MAX_SIDE}x{MAX_SIDE}"
+    with pytest.raises(DataError, match=said):
+        read_grayscale(tmp_path / "a.png")
+    assert MAX_FILE_BYTES >= MAX_PIXELS * 8  # 16-bit RGBA stored raw, the most bytes a pixel of the limit takes
 
 
 @pytest.mark.parametrize(("width", "height"), [(MAX_SIDE + 1, MAX_SIDE), (10000, 10000), (1, MAX_PIXELS + 1)])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.outputs import clean_exits
+from training import train
+from training.outputs import OutputError, check_file, check_folder, clean_exits
 
 
 def _writes(text: str) -> int:
@@ -41,3 +42,27 @@ def test_stdout_whose_reader_went_away_exits_141(monkeypatch: pytest.MonkeyPatch
     with os.fdopen(write_end, "w") as stdout:  # the wrapper points it at /dev/null, so closing it flushes quietly
         monkeypatch.setattr(sys, "stdout", stdout)
         assert clean_exits(_writes)("x" * 100_000) == 141
+
+
+def test_names_too_long_for_the_file_system_are_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's cases: a name of 300 letters raised ENAMETOOLONG in these checks, and one of 245 passed them but
+    not the longer name it is written under first: a traceback after the scoring, or after the codecs' work."""
+    with pytest.raises(OutputError, match="a name of 300 bytes, over the 255 a file system allows"):
+        check_folder(tmp_path / ("x" * 300), "--out")
+    with pytest.raises(OutputError, match="a name of 300 bytes, over the 255"):
+        check_file(tmp_path / ("x" * 300) / "report.json", "the report")
+    with pytest.raises(OutputError, match=r"a name of 250 bytes; at most \d+ \(it is written under a longer one first"):
+        check_file(tmp_path / ("y" * 245 + ".json"), "the report")
+    check_file(tmp_path / ("y" * 200 + ".json"), "the report")  # one that fits: no error
+    # Where access() allows what the file system refuses (/proc, as root), the run's folder is made before any data
+    # is read, and a failure there is one line: it was a FileNotFoundError traceback, after the data loaded.
+    refused = FileNotFoundError(2, "No such file or directory")
+    monkeypatch.setattr(Path, "mkdir", lambda *args, **kwargs: _raise(refused))
+    assert train.main(["--preset", "tiny", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: cannot write --out {tmp_path / 'run'}: No such file")
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
