@@ -29,6 +29,7 @@ MAX_EMBEDDING_DIM = 1_024
 # crops take some 17 GB, and leave 7 steps an epoch of the 6,400 OASIS training slices.
 MAX_BATCH_SIZE = 1_024
 MAX_SEED = 2**32 - 1
+MAX_LR = 1.0
 # What a resumed run may set otherwise than the run it continues; TrainConfig.changes_from says why.
 MAY_CHANGE_ON_RESUME = frozenset(
     {
@@ -96,7 +97,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, deep in a step, or train nonsense silently: one line each."""
-        lr_ok = math.isfinite(self.lr) and self.lr > 0
+        # Adam moves each weight by about lr a step, so more than 1 can only diverge; 1e100 passed and then ended
+        # the first step in a traceback (no float32 holds it).
+        lr_ok = math.isfinite(self.lr) and 0 < self.lr <= MAX_LR
         problems = [
             f"{name} ({flag(name)}) must be {rule}, got {getattr(self, name)!r}"
             for name, ok, rule in (
@@ -107,7 +110,7 @@ class TrainConfig:
                     self.crop == 0 or MIN_SIZE <= self.crop <= MAX_SIDE,
                     f"0 (full images) or from {MIN_SIZE} (SSIM) to {MAX_SIDE}",
                 ),
-                ("lr", lr_ok, "a finite number above 0"),
+                ("lr", lr_ok, f"above 0 and at most {MAX_LR}"),
                 # against lr only when lr itself is valid: "--lr 0" named the --min-lr the caller never set
                 ("min_lr", 0 <= self.min_lr <= (self.lr if lr_ok else math.inf), f"from 0 to lr ({self.lr})"),
                 ("warmup_steps", self.warmup_steps >= 0, "0 or more"),

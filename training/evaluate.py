@@ -21,6 +21,7 @@ from models.quality_torch import psnr_per_image, ssim_per_image
 from models.quantizer import VectorQuantizer
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, OASIS_SPLITS, DataError, SliceSet, image_folders, load_split
+from training.memory import OutOfMemory, memory_errors
 from training.outputs import check_apart, check_file, check_files, check_folder, clean_exits, note
 
 PANELS, USAGE = "reconstructions.png", "codebook_usage.png"  # what --figures writes
@@ -222,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report, result = score(model, slices, args.batch_size)
+    try:
+        with memory_errors("try a smaller --batch-size, or fewer pixels an image"):
+            report, result = score(model, slices, args.batch_size)
+    except OutOfMemory as exc:  # a batch of 4 images of 4096x4096 takes the shipped model about 12 GB
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not math.isfinite(report["ssim"]["mean"]):  # NaN in a report is not even valid JSON
         print(f"error: {args.checkpoint} reconstructs to NaN or infinite values (broken weights?)", file=sys.stderr)
         return 1

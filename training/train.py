@@ -9,8 +9,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from training.data import CropSampler, DataError, image_folders, load_split, to_
 from training.evaluate import headline, score
 from training.figures import loss_curves_figure, panels_figure
 from training.losses import reconstruction_loss
+from training.memory import OutOfMemory, memory_errors
 from training.outputs import OutputError, check_apart, check_folder, clean_exits, note
 from training.stop_signals import StopSignals, Terminated, exit_code
 
@@ -42,27 +42,8 @@ class DivergedError(RuntimeError):
     untouched (the quantizer's EMA codebook updates inside the forward pass and may not be; nothing is saved)."""
 
 
-_CPU_ALLOCATOR = "DefaultCPUAllocator"
-
-
-class OutOfMemory(RuntimeError):
-    """Memory the run could not get; the message is the allocator's first line and a way on."""
-
-
-@contextmanager
-def memory_errors() -> Iterator[None]:
-    """An allocation that failed, as OutOfMemory: on the CPU torch says so only in a RuntimeError's text
-    ("DefaultCPUAllocator: can't allocate memory", as for --crop 1000000 before it had a bound), on CUDA with
-    torch.OutOfMemoryError, numpy with MemoryError. Each was a traceback. (An allocation the kernel granted and
-    cannot back is another matter: the OOM killer ends the process.)"""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
-            raise
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        first = first[first.find(_CPU_ALLOCATOR) :] if _CPU_ALLOCATOR in first else first  # not c10's "[enforce fail"
-        raise OutOfMemory(f"out of memory: {first}; try a smaller --batch-size or --crop") from exc
+# What an allocation that failed says; padding every image to the crop is what takes the memory.
+TRAIN_WAY_ON = "try a smaller --batch-size or --crop"
 
 
 LOSS_VALUES = 4  # what a step returns: loss, reconstruction loss, VQ loss, perplexity
@@ -563,7 +544,7 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     try:
-        with memory_errors():
+        with memory_errors(TRAIN_WAY_ON):
             trainer = Trainer(config)
     except (DataError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -579,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     finished = config.out / "best.safetensors"
     try:
-        with trainer.stop_signals.installed(), memory_errors():
+        with trainer.stop_signals.installed(), memory_errors(TRAIN_WAY_ON):
             trainer.run()
             if finished.exists():
                 trainer.final_figures()

@@ -412,7 +412,7 @@ def test_an_invalid_lr_is_named_alone(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         train.main(["--lr", "0", "--out", str(tmp_path / "run")])
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.endswith(" error: lr (--lr) must be a finite number above 0, got 0.0")
+    assert last.endswith(" error: lr (--lr) must be above 0 and at most 1.0, got 0.0")
 
 
 @pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
@@ -446,8 +446,9 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--crop", "8"], "crop (--crop) must be 0 (full images) or from 11 (SSIM) to 4096, got 8"),
         (["--crop", "-5"], "crop (--crop) must be 0"),
         (["--crop", "1000000"], "crop (--crop) must be 0 (full images) or from 11 (SSIM) to 4096, got 1000000"),  # too
-        (["--lr", "0"], "lr (--lr) must be a finite number above 0, got 0.0"),
-        (["--lr", "nan"], "lr (--lr) must be a finite number above 0, got nan"),
+        (["--lr", "0"], "lr (--lr) must be above 0 and at most 1.0, got 0.0"),
+        (["--lr", "nan"], "lr (--lr) must be above 0 and at most 1.0, got nan"),
+        (["--lr", "1e100"], "lr (--lr) must be above 0 and at most 1.0, got 1e+100"),  # was a traceback in step 1
         (["--min-lr", "0.1"], "min_lr (--min-lr) must be from 0 to lr (0.002), got 0.1"),
         (["--warmup-steps", "-1"], "warmup_steps (--warmup-steps) must be 0 or more"),
         (["--weight-decay", "-1"], "weight_decay (--weight-decay) must be a finite 0 or more"),

@@ -56,6 +56,25 @@ def test_ctrl_c_while_scoring_exits_130_without_a_report(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
+def test_memory_that_cannot_be_allocated_while_scoring_is_one_error_line(
+    checkpoint: Path, fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """A review's case: four 4096x4096 images in a batch under a memory limit ended in torch's RuntimeError
+    traceback. Simulated: a real one depends on the machine's memory."""
+    refused = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes. Error code 12"
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] err == 0. {refused} (Cannot allocate memory)")
+
+    monkeypatch.setattr(evaluate, "score", fails)
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(fixture_oasis)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: out of memory: {refused} (Cannot allocate memory); try a smaller --batch-size, or fewer pixels "
+        "an image"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no report
+
+
 def test_an_image_over_the_pixel_limit_is_one_error_line(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
