@@ -26,7 +26,7 @@ from models.device import cpu_prefers_bf16, pick_device
 from models.files import WriteError, json_text, write_atomically, write_together
 from models.quality_torch import MIN_SIZE
 from models.vqvae import VQVAE
-from training import run_folder
+from training import run_folder, run_lock
 from training.config import TrainConfig, parse_args
 from training.data import CropSampler, DataError, image_folders, load_split, to_float
 from training.evaluate import headline, score
@@ -157,6 +157,7 @@ class Trainer:
             config.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # where access() says yes and the file system no (/proc, as root); it was a
             raise OutputError(f"cannot write --out {config.out}: {exc.strerror or exc}") from exc  # traceback, late
+        run_lock.claim(config.out)  # before the checks of the run's files, which another run may be writing
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         run_folder.check_settings(config)
         self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
@@ -543,6 +544,14 @@ def stopped(trainer: Trainer, stop: KeyboardInterrupt) -> int:
 @clean_exits
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    try:
+        return run_training(config)
+    finally:
+        run_lock.release(config.out)  # for a caller that goes on in this process (the tests)
+
+
+def run_training(config: TrainConfig) -> int:
+    """The run ``config`` describes, from start (or resume) to its exit status, each failure in one line."""
     try:
         with memory_errors(TRAIN_WAY_ON):
             trainer = Trainer(config)

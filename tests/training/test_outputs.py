@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -66,3 +67,31 @@ def test_names_too_long_for_the_file_system_are_refused_in_one_line(
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused_in_one_line(
+    fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's case: two runs started in one --out each wrote over the other's files, and both exited 0. Here
+    another open descriptor holds the lock, as another process's would (flock locks conflict between them)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["--data", str(fixture_oasis), "--out", str(run), "--preset", "tiny", "--epochs", "1", "--crop", "32"]
+    args += ["--batch-size", "4", "--max-train-images", "8", "--max-val-images", "2", "--no-progress"]
+    other = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert train.main(args) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {run} is in use by another vqvae-train run, which holds its lock; let that run end, or choose "
+            "another --out"
+        )
+        assert list(run.iterdir()) == []  # nothing of the refused run's
+    finally:
+        os.close(other)
+    assert train.main(args) == 0  # once the other lets go
+    probe = os.open(run, os.O_RDONLY)  # and the finished run let go of it too
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
