@@ -206,6 +206,7 @@ class Listing(NamedTuple):
     files: list[Path]  # image files
     below: list[Path]  # sub-folders
     broken: list[Path]  # image names that lead to no file: symbolic links to nothing, or in a loop
+    skipped: list[Path]  # the rest: files not named as images (a.webp, notes.txt), pipes, sockets
 
 
 def _entry_kind(entry: os.DirEntry[str]) -> str:
@@ -235,7 +236,9 @@ def folder_listing(folder: Path) -> Listing:
                 if not entry.name.startswith("."):
                     found[_entry_kind(entry)].append(folder / entry.name)
     images = [[p for p in found[kind] if p.suffix.lower() in IMAGE_SUFFIXES] for kind in ("file", "broken")]
-    listing = Listing(sorted(images[0]), sorted(found["folder"]), sorted(images[1]))
+    skipped = [p for kind in ("file", "other") for p in found[kind] if p.suffix.lower() not in IMAGE_SUFFIXES]
+    skipped += [p for p in found["other"] if p.suffix.lower() in IMAGE_SUFFIXES]  # a pipe named a.png
+    listing = Listing(sorted(images[0]), sorted(found["folder"]), sorted(images[1]), sorted(skipped))
     if not listing.files:
         raise DataError(
             f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder{_no_images_hint(listing)}"
@@ -288,9 +291,10 @@ def image_folders(data: Path, *splits: str | None) -> list[Path]:
 def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
     """Every image file directly in ``folder`` (sorted by name, ``limit`` of them spread over it), decoded into
     memory; one note for the images read on the 16-bit scale whose values span 12 bits or fewer, one for
-    sub-folders, whose images are not read, and one for image names that are broken symbolic links, which are skipped
-    (before, both were left out without a word, and a link in a loop ended the command in a traceback)."""
-    files, below, broken = folder_listing(folder)
+    sub-folders, whose images are not read, one for image names that are broken symbolic links, which are skipped
+    (before, both were left out without a word, and a link in a loop ended the command in a traceback), and one for
+    the other entries skipped (files not named as images, pipes)."""
+    files, below, broken, skipped = folder_listing(folder)
     if limit is not None and limit < len(files):  # decode only the files asked for, spread over the folder
         files = [files[i] for i in spread(len(files), limit)]
     caught: list[warnings.WarningMessage] = []
@@ -316,6 +320,13 @@ def load_folder(folder: Path, limit: int | None = None) -> SliceSet:
         )
     if broken:
         _note_once("broken", folder, f"{folder}: {_broken_text(broken)}")
+    if skipped:  # a .webp among the slices was left out without a word (a review)
+        _note_once(
+            "skipped",
+            folder,
+            f"{folder} has {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are no image files "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}), e.g. {skipped[0].name}; skipped",
+        )
     return SliceSet(images, [p.name for p in files], folder)
 
 

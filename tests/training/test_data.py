@@ -275,6 +275,23 @@ def test_broken_symbolic_links_are_skipped_with_a_note(tmp_path: Path, capsys: p
     ]
 
 
+def test_entries_that_are_no_image_files_are_skipped_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's case: a folder of slices with a .webp, a .txt and a pipe named c.png trained on the rest without a
+    word about them."""
+    Image.new("L", (16, 16), 9).save(tmp_path / "a.png")
+    Image.new("L", (16, 16), 9).save(tmp_path / "b.webp")
+    (tmp_path / "notes.txt").write_text("slices of case 1")
+    os.mkfifo(tmp_path / "c.png")
+    assert load_folder(tmp_path).names == ["a.png"]
+    load_folder(tmp_path)  # again (training and validation may be one folder): the note was given
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path} has 3 entries that are no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff), e.g. "
+        "b.webp; skipped"
+    ]
+
+
 def _denied(*args: object, **kwargs: object) -> None:
     raise PermissionError(13, "Permission denied")
 
