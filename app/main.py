@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HangUpMiddleware)  # inside the metrics, which count its 499s
     # Outside the hang-up watch, whose own cancellations it must not see; inside the metrics, which count its answers.
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths)
+    mounts = frozenset(route.path for route in routes if isinstance(route, Mount))
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics, known_paths=known_paths, mounts=mounts)
     app.add_middleware(QuietStartupFailureMiddleware, state=app.state)
     return app

@@ -101,10 +101,13 @@ def exposition(metrics: Metrics) -> bytes:
 class MetricsMiddleware:
     """Pure ASGI: times every HTTP request and counts it under its route template (``/encode``, not the URL)."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, known_paths: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, known_paths: frozenset[str], mounts: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths  # our templates have no parameters: for them path == template
+        self.mounts = mounts  # prefixes whose every path is one route (the docs pages' assets)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,4 +135,7 @@ class MetricsMiddleware:
         if isinstance(template, str):
             return template
         path = scope.get("path", "")
-        return path if path in self.known_paths else UNMATCHED
+        if path in self.known_paths:
+            return path
+        # A mount's files: the router sets no route for them, and they counted as "unmatched", among the 404s.
+        return next((mount for mount in self.mounts if path.startswith(f"{mount}/")), UNMATCHED)

@@ -574,12 +574,15 @@ async def test_metrics_count_route_templates_not_urls(serve: Serve) -> None:
     """Early 413s still count under their route; unknown URLs share one label so scanners cannot add series."""
     async with serve(max_body_bytes=100) as client:
         await client.post("/encode", content=bytes(200), headers={"content-type": "multipart/form-data; boundary=x"})
-        for path in ("/wp-admin", "/random/123", "/docs"):
+        for path in ("/wp-admin", "/random/123", "/docs", "/docs-assets/swagger-ui.css", "/docs-assets/nothing.js"):
             await client.get(path)
         text = (await client.get("/metrics")).text
     assert 'vqvae_http_requests_total{method="POST",route="/encode",status="413"} 1.0' in text
     assert 'vqvae_http_requests_total{method="GET",route="unmatched",status="404"} 2.0' in text
     assert 'vqvae_http_requests_total{method="GET",route="/docs",status="200"} 1.0' in text
+    # The docs pages' files count under their mount, their 404s too (they counted as "unmatched", a review).
+    assert 'vqvae_http_requests_total{method="GET",route="/docs-assets",status="200"} 1.0' in text
+    assert 'vqvae_http_requests_total{method="GET",route="/docs-assets",status="404"} 1.0' in text
 
 
 async def test_the_docs_assets_answer_range_errors_in_json(client: httpx.AsyncClient) -> None:
