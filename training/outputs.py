@@ -105,6 +105,8 @@ def check_apart(output: Path, source: Path, why: str, *, folder: bool = False) -
     of images is read without its sub-folders. ``why`` says what would happen."""
     target, read = output.resolve(), source.resolve()
     if target == read or (not folder and target.parent == read):
+        if output == source:  # "X is X, which this command reads" read awkwardly (a review)
+            raise OutputError(f"{output} is read by this command: {why}; choose another")
         where = "is" if target == read else "is in"
         raise OutputError(f"{output} {where} {source}, which this command reads: {why}; choose another")
 

@@ -108,7 +108,10 @@ def operating_point(report: Path) -> dict[str, float]:
     """Bits per slice and mean SSIM from a ``vqvae-eval`` JSON report; ValueError naming the file if it is not one."""
     try:
         data = json.loads(report.read_text())
-        point = {"bits": float(data["bits_per_slice"]), "ssim": float(data["ssim"]["mean"])}
+        bits = data["bits_per_slice"]
+        if isinstance(bits, bool) or not isinstance(bits, int | float) or not bits > 0:  # a log axis, and a budget
+            raise ValueError(f"bits_per_slice must be a number above 0, got {bits!r}")  # in bytes: -5 made "-1 B"
+        point = {"bits": float(bits), "ssim": float(data["ssim"]["mean"])}
     except OSError as exc:
         raise ValueError(f"cannot read the report {report}: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError

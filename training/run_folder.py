@@ -71,14 +71,15 @@ def clear(out: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def saved_settings(out: Path) -> dict[str, Any]:
-    """The training settings of the run in ``out``, from its last.safetensors (no tensors are read)."""
+def saved_training(out: Path) -> tuple[dict[str, Any], Any]:
+    """The training settings of the run in ``out`` and the epochs it has finished, from its last.safetensors (no
+    tensors are read)."""
     path = out / RESUME_STATE[0]
     training = read_metadata(path).get("training")
     settings = training.get("config") if isinstance(training, dict) else None
     if not isinstance(settings, dict):
         raise CheckpointError(f"{path}: records no training settings to resume with; use another --out")
-    return settings
+    return settings, training.get("epochs") if isinstance(training, dict) else None
 
 
 def load_resume_state(config: TrainConfig) -> dict[str, Any] | None:
@@ -118,12 +119,17 @@ def check_settings(config: TrainConfig) -> None:
     may change (``TrainConfig.changes_from`` says which may, and why)."""
     if not config.resume or not (config.out / RESUME_STATE[0]).is_file():
         return
-    saved = saved_settings(config.out)
+    saved, done = saved_training(config.out)
     changes = config.changes_from(saved)
     if changes:
         raise OutputError(
             f"{config.out}: --resume with settings other than the run's: {'; '.join(changes)}; resume with the "
             "run's settings, or start a new run (another --out, or --overwrite)"
+        )
+    if isinstance(done, int) and done > config.epochs:  # it said "done", after a note that the decay "now ends" there
+        raise OutputError(
+            f"{config.out}: the run has finished {done} epochs, more than --epochs {config.epochs}; resume with "
+            f"--epochs {done} or more"
         )
     if saved.get("epochs", config.epochs) != config.epochs:
         note(

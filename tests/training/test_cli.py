@@ -51,6 +51,23 @@ def test_training_writes_checkpoint_log_and_figures(trained: Path) -> None:
             assert image.format == "PNG"
 
 
+def test_resume_with_fewer_epochs_than_the_run_has_finished_is_refused(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review's case: --epochs 1 on a run of 2 said the cosine decay "now ends with epoch 1", then "done", exit 0,
+    having trained nothing."""
+    run = tmp_path / "resume"
+    _copy_run(trained, run, ("last.safetensors", "last.pt", "best.safetensors", "history.json"))
+    done = json.loads((run / "history.json").read_text())[-1]["epoch"]
+    args = ["--data", str(fixture_oasis), "--out", str(run), "--epochs", str(done - 1), "--resume", *TINY]
+    _refused(
+        train.main(args),
+        capsys,
+        f"error: {run}: the run has finished {done} epochs, more than --epochs {done - 1}; resume with --epochs {done} "
+        "or more",
+    )
+
+
 def test_resume_continues_from_last_state(
     trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -189,14 +206,16 @@ def test_outputs_that_would_overwrite_or_pollute_the_inputs_are_refused(
     evaluate_args = ["--checkpoint", str(checkpoint), "--data", str(fixture_oasis), "--limit", "2"]
     capsys.readouterr()
     assert evaluate.main([*evaluate_args, "--out", str(checkpoint)]) == 2
-    assert "the report would replace the weights" in capsys.readouterr().err
+    said = capsys.readouterr().err  # not "X is X, which this command reads" (a review)
+    assert f"{checkpoint} is read by this command: the report would replace the weights" in said
     assert checkpoint.read_bytes() == weights
     assert evaluate.main([*evaluate_args, "--figures", str(test_split), "--out", str(tmp_path / "r.json")]) == 2
     assert "its PNG figures would be mixed into the data" in capsys.readouterr().err
     train_split = fixture_oasis / "keras_png_slices_train"
     before = sorted(train_split.iterdir())
     assert train.main(["--data", str(fixture_oasis), "--out", str(train_split), "--epochs", "1", *TINY]) == 2
-    assert f"{train_split} is {train_split}, which this command reads" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"{train_split} is read by this command: the run's files would be mixed into the data" in said
     assert sorted(train_split.iterdir()) == before
 
 

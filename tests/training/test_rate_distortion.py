@@ -78,7 +78,12 @@ def test_a_run_writes_the_table_and_the_figure(fixture_oasis: Path, tmp_path: Pa
         ("{not json", "is not a vqvae-eval JSON report (JSONDecodeError"),
         ('{"ssim": {"mean": 0.9}}', "is not a vqvae-eval JSON report (KeyError"),
         ('{"bits_per_slice": 2560, "ssim": {"mean": NaN}}', "has no finite ssim (got {'bits': 2560.0, 'ssim': nan})"),
-        ('{"bits_per_slice": "inf", "ssim": {"mean": 0.9}}', "has no finite bits"),
+        ('{"bits_per_slice": Infinity, "ssim": {"mean": 0.9}}', "has no finite bits"),
+        # A review's cases: accepted, and "-5 bits (-1 B)" printed, on a log axis.
+        ('{"bits_per_slice": -5, "ssim": {"mean": 0.9}}', "(ValueError: bits_per_slice must be a number above 0"),
+        ('{"bits_per_slice": 0, "ssim": {"mean": 0.9}}', "bits_per_slice must be a number above 0, got 0"),
+        ('{"bits_per_slice": true, "ssim": {"mean": 0.9}}', "bits_per_slice must be a number above 0, got True"),
+        ('{"bits_per_slice": "inf", "ssim": {"mean": 0.9}}', "bits_per_slice must be a number above 0, got 'inf'"),
     ],
 )
 def test_a_report_it_cannot_use_is_a_one_line_error(
@@ -154,7 +159,7 @@ def test_a_device_node_as_an_output_is_refused_before_the_codecs_run(
 @pytest.mark.parametrize(
     ("table", "figure", "said"),
     [
-        ("ours.json", "rd.png", "ours.json is {tmp}/ours.json, which this command reads: --json would replace that"),
+        ("ours.json", "rd.png", "{tmp}/ours.json is read by this command: --json would replace that report"),
         ("rd.png", "rd.png", "rd.png would be both --json and --figure"),
         ("data/rd.json", "rd.png", "data/rd.json is in {tmp}/data, which this command reads: --json would replace"),
         ("rd.json", "data/rd.png", "data/rd.png is in {tmp}/data, which this command reads: --figure would"),
