@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from models.bomb_guard import claimed_pixels
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
@@ -99,8 +100,8 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours: its message names its limit
         raise ImageTooLargeError(
-            f"image rejected as a decompression bomb: its header claims over {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
-            f"pixels; the limit is {max_pixels} pixels"
+            f"image rejected as a decompression bomb: its header claims {claimed_pixels(exc)}; the limit is "
+            f"{max_pixels} pixels"
         ) from exc
     except UnidentifiedImageError as exc:
         claimed = next((name for name, magic in _SIGNATURES.items() if data.startswith(magic)), None)

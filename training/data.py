@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from models.bomb_guard import claimed_pixels
 from models.grayscale import (
     ACCEPTED_FORMATS,
     DECODE_ERRORS,
@@ -147,7 +148,7 @@ def open_checked(path: Path) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
         except Image.DecompressionBombError as exc:
-            claimed = f"over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels"
+            claimed = claimed_pixels(exc)
             raise DataError(f"{path}: image header claims {claimed}, over the limit of {MAX_PIXELS} pixels") from exc
     width, height = image.size
     if width * height > MAX_PIXELS:
