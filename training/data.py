@@ -136,8 +136,8 @@ def open_checked(path: Path) -> Image.Image:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise DataError(
-            f"{path}: file is {size} bytes, larger than any image of at most {MAX_SIDE}x{MAX_SIDE} pixels "
-            f"({MAX_FILE_BYTES} bytes at most)"
+            f"{path}: file is {size} bytes, larger than any single slice of at most {MAX_SIDE}x{MAX_SIDE} pixels "
+            f"takes ({MAX_FILE_BYTES} bytes at most)"
         )
     data = path.read_bytes()
     refusal = marker_refusal(data)

@@ -24,18 +24,33 @@ class OutputError(ValueError):
     """An output path that cannot be written; the message names it and says why, in one line."""
 
 
-NAME_MAX = 255  # bytes in one file or folder name (Linux's file systems)
+NAME_MAX = 255  # bytes in one file or folder name on Linux's own file systems, where the system cannot say
+
+
+def _name_max(path: Path) -> int:
+    """The longest name the file system of ``path`` (or of its nearest existing folder) takes: 255 bytes on ext4,
+    more on some others (vfat counts 255 UTF-16 characters)."""
+    for folder in (path, *path.parents):
+        try:
+            return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):  # missing, or itself a name too long: ask its parent
+            continue
+    return NAME_MAX
 
 
 def _name_problem(path: Path, *, written: bool) -> str | None:
     """A name the file system cannot hold: the first look at the path raised ENAMETOOLONG, a traceback (a review's
     name of 300 letters). A ``written`` file's temporary name (``models.files.partial_path``) is longer still."""
+    longest_part = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest_part)) <= NAME_MAX and not written:
+        return None  # within every file system's limit: no need to ask
+    name_max = _name_max(path)
     for part in path.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            return f"a name of {len(os.fsencode(part))} bytes, over the {NAME_MAX} a file system allows"
+        if len(os.fsencode(part)) > name_max:
+            return f"a name of {len(os.fsencode(part))} bytes, over the {name_max} this file system allows"
     longest = len(os.fsencode(partial_path(path).name))
-    if written and longest > NAME_MAX:
-        most = NAME_MAX - (longest - len(os.fsencode(path.name)))
+    if written and longest > name_max:
+        most = name_max - (longest - len(os.fsencode(path.name)))
         return f"a name of {len(os.fsencode(path.name))} bytes; at most {most} (it is written under a longer one first)"
     return None
 

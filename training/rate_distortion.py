@@ -109,13 +109,13 @@ def operating_point(report: Path) -> dict[str, float]:
     try:
         data = json.loads(report.read_text())
         bits = data["bits_per_slice"]
-        if isinstance(bits, bool) or not isinstance(bits, int | float) or not bits > 0:  # a log axis, and a budget
-            raise ValueError(f"bits_per_slice must be a number above 0, got {bits!r}")  # in bytes: -5 made "-1 B"
         point = {"bits": float(bits), "ssim": float(data["ssim"]["mean"])}
     except OSError as exc:
         raise ValueError(f"cannot read the report {report}: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{report} is not a vqvae-eval JSON report ({type(exc).__name__}: {exc})") from exc
+    if isinstance(bits, bool) or not isinstance(bits, int | float) or not bits > 0:  # a log axis, and a budget in
+        raise ValueError(f"{report}: bits_per_slice must be a number above 0, got {bits!r}")  # bytes: -5 made "-1 B"
     unmeasured = [name for name, value in point.items() if not math.isfinite(value)]
     if unmeasured:  # refused before the codecs' minutes of work: the table and the figure need a point
         raise ValueError(f"{report} has no finite {' or '.join(unmeasured)} (got {point})")

@@ -91,6 +91,8 @@ def load_resume_state(config: TrainConfig) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except (MemoryError, RecursionError):
+        raise  # not the file's fault: "damaged, start over with --overwrite" would have a good run deleted
     except Exception as exc:  # torch's weights-only unpickler lets KeyError, IndexError, struct.error... through
         raise unreadable_state(path, exc) from exc
     missing = [key for key in RESUME_KEYS if key not in state] if isinstance(state, dict) else list(RESUME_KEYS)
@@ -126,12 +128,15 @@ def check_settings(config: TrainConfig) -> None:
             f"{config.out}: --resume with settings other than the run's: {'; '.join(changes)}; resume with the "
             "run's settings, or start a new run (another --out, or --overwrite)"
         )
+    planned = saved.get("epochs", config.epochs)
     if isinstance(done, int) and done > config.epochs:  # it said "done", after a note that the decay "now ends" there
         raise OutputError(
-            f"{config.out}: the run has finished {done} epochs, more than --epochs {config.epochs}; resume with "
-            f"--epochs {done} or more"
+            f"{config.out}: the run has finished {done} epochs, more than --epochs {config.epochs}; resume with the "
+            f"run's --epochs {planned}, or more than {done} to train further"
         )
-    if saved.get("epochs", config.epochs) != config.epochs:
+    if planned != config.epochs and done == config.epochs:  # a run killed at 12 of 200, resumed with --epochs 12
+        note(f"the run has finished {done} epochs: --epochs {done} leaves none to train (the run's: {planned})")
+    elif planned != config.epochs:
         note(
             f"--epochs {saved['epochs']} -> {config.epochs}: the learning rate's cosine decay now ends with "
             f"epoch {config.epochs}, so the steps left run at other rates than the run had scheduled"

@@ -20,7 +20,10 @@ def claim(out: Path) -> None:
     folder = out.resolve()
     if folder in _HELD:
         return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:  # a folder this user may write in but not list (mode 0333): a traceback, said a review
+        raise OutputError(f"cannot use --out {out}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

@@ -153,11 +153,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         check_folder(config.out, "--out")  # before the data loads, not after an epoch
-        try:
-            config.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # where access() says yes and the file system no (/proc, as root); it was a
-            raise OutputError(f"cannot write --out {config.out}: {exc.strerror or exc}") from exc  # traceback, late
-        run_lock.claim(config.out)  # before the checks of the run's files, which another run may be writing
+        if config.out.is_dir():  # before the checks of the run's files, which another run may be writing
+            run_lock.claim(config.out)
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
         run_folder.check_settings(config)
         self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
@@ -201,6 +198,11 @@ class Trainer:
         self.started = False  # run() has resumed, or found nothing to resume: only then is there a state to save
         self.commit = git_commit()  # the code this run started from, not whatever HEAD is when it saves
         self.out = config.out
+        try:  # not before the data loaded: a mistyped --data left an empty --out tree behind (a review)
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # where access() says yes and the file system no (/proc, as root): was a traceback
+            raise OutputError(f"cannot write --out {self.out}: {exc.strerror or exc}") from exc
+        run_lock.claim(self.out)  # a folder made just now; held already if it was there
         if config.overwrite:
             run_folder.clear(self.out)
 

@@ -63,9 +63,25 @@ def test_resume_with_fewer_epochs_than_the_run_has_finished_is_refused(
     _refused(
         train.main(args),
         capsys,
-        f"error: {run}: the run has finished {done} epochs, more than --epochs {done - 1}; resume with --epochs {done} "
-        "or more",
+        f"error: {run}: the run has finished {done} epochs, more than --epochs {done - 1}; resume with the run's "
+        f"--epochs {done}, or more than {done} to train further",
     )
+
+
+def test_resume_with_as_many_epochs_as_finished_says_none_are_left(
+    trained: Path, fixture_oasis: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped after 2 of its 5 epochs, resumed with --epochs 2: before, a note that the cosine decay now ends
+    there "so the steps left run at other rates", and "done", with no step left (a review)."""
+    run = tmp_path / "resume"
+    _copy_run(trained, run, ("last.pt", "best.safetensors", "history.json"))
+    training = read_metadata(trained / "last.safetensors")["training"]
+    training["config"]["epochs"] = 5  # as if the run had been started with --epochs 5 (the later key is read)
+    add_to_metadata(trained / "last.safetensors", run / "last.safetensors", f'"training": {json.dumps(training)}')
+    done = training["epochs"]
+    assert train.main(["--data", str(fixture_oasis), "--out", str(run), "--epochs", str(done), "--resume", *TINY]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: the run has finished {done} epochs: --epochs {done} leaves none to train (the run's: 5)"]
 
 
 def test_resume_continues_from_last_state(

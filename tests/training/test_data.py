@@ -114,7 +114,7 @@ def test_a_file_larger_than_any_image_in_the_limit_is_refused_before_it_is_read(
     memory" (vqvae-train). Sparse here: it takes no disk, but reading it would take 257 MiB of memory."""
     with (tmp_path / "a.png").open("wb") as sparse:
         sparse.truncate(MAX_FILE_BYTES + 1)
-    said = rf"a\.png: file is {MAX_FILE_BYTES + 1} bytes, larger than any image of at most {MAX_SIDE}x{MAX_SIDE}"
+    said = rf"a\.png: file is {MAX_FILE_BYTES + 1} bytes, larger than any single slice of at most {MAX_SIDE}x{MAX_SIDE}"
     with pytest.raises(DataError, match=said):
         read_grayscale(tmp_path / "a.png")
     assert MAX_FILE_BYTES >= MAX_PIXELS * 8  # 16-bit RGBA stored raw, the most bytes a pixel of the limit takes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training import train
+from training import run_lock, train
 from training.outputs import OutputError, check_file, check_folder, clean_exits
 
 
@@ -50,19 +50,27 @@ def test_names_too_long_for_the_file_system_are_refused_in_one_line(
 ) -> None:
     """A review's cases: a name of 300 letters raised ENAMETOOLONG in these checks, and one of 245 passed them but
     not the longer name it is written under first: a traceback after the scoring, or after the codecs' work."""
-    with pytest.raises(OutputError, match="a name of 300 bytes, over the 255 a file system allows"):
+    with pytest.raises(OutputError, match="a name of 300 bytes, over the 255 this file system allows"):
         check_folder(tmp_path / ("x" * 300), "--out")
     with pytest.raises(OutputError, match="a name of 300 bytes, over the 255"):
         check_file(tmp_path / ("x" * 300) / "report.json", "the report")
     with pytest.raises(OutputError, match=r"a name of 250 bytes; at most \d+ \(it is written under a longer one first"):
         check_file(tmp_path / ("y" * 245 + ".json"), "the report")
     check_file(tmp_path / ("y" * 200 + ".json"), "the report")  # one that fits: no error
-    # Where access() allows what the file system refuses (/proc, as root), the run's folder is made before any data
-    # is read, and a failure there is one line: it was a FileNotFoundError traceback, after the data loaded.
+
+
+def test_a_run_folder_the_file_system_refuses_is_one_line_and_none_is_made_for_missing_data(
+    fixture_oasis: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where access() allows what the file system refuses (/proc, as root): a FileNotFoundError traceback once the
+    data had loaded (a review). And a mistyped --data leaves no empty --out behind."""
+    out = tmp_path / "runs" / "a"
+    assert train.main(["--preset", "tiny", "--data", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "data folder does not exist" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     refused = FileNotFoundError(2, "No such file or directory")
     monkeypatch.setattr(Path, "mkdir", lambda *args, **kwargs: _raise(refused))
-    assert train.main(["--preset", "tiny", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"error: cannot write --out {tmp_path / 'run'}: No such file")
+    assert train.main(["--preset", "tiny", "--data", str(fixture_oasis), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: cannot write --out {out}: No such file or directory"
 
 
 def _raise(exc: BaseException) -> None:
@@ -95,3 +103,11 @@ def test_a_second_run_in_a_folder_in_use_is_refused_in_one_line(
         fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(probe)
+
+
+def test_a_run_folder_that_cannot_be_listed_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder its user may write in but not list (mode 0333; root may list anything, so simulated): the lock's
+    open of the folder was a PermissionError traceback (a review)."""
+    monkeypatch.setattr(run_lock.os, "open", lambda *args, **kwargs: _raise(PermissionError(13, "Permission denied")))
+    with pytest.raises(OutputError, match=f"^cannot use --out {tmp_path}: Permission denied$"):
+        run_lock.claim(tmp_path)
