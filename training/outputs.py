@@ -41,9 +41,6 @@ def _name_max(path: Path) -> int:
 def _name_problem(path: Path, *, written: bool) -> str | None:
     """A name the file system cannot hold: the first look at the path raised ENAMETOOLONG, a traceback (a review's
     name of 300 letters). A ``written`` file's temporary name (``models.files.partial_path``) is longer still."""
-    longest_part = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
-    if len(os.fsencode(longest_part)) <= NAME_MAX and not written:
-        return None  # within every file system's limit: no need to ask
     name_max = _name_max(path)
     for part in path.parts:
         if len(os.fsencode(part)) > name_max:

@@ -89,27 +89,30 @@ def test_an_empty_thread_count_is_refused_with_any_number_of_workers(
         assert capsys.readouterr().err.startswith("vqvae-serve: invalid settings: VQVAE_TORCH_THREADS:")
 
 
+def _serve_refusal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str) -> str:
+    """What ``vqvae-serve`` prints on stderr when it refuses to start with these variables set (exit 2, not served)."""
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served with an invalid setting"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 2
+    return capsys.readouterr().err.strip()
+
+
 def test_serve_reports_invalid_settings_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Named by the variable the operator set, with its value (a review: "min_size: ...", and for a value that is no
     number "unable to parse string as an integer" alone)."""
-    monkeypatch.setenv("VQVAE_MIN_SIZE", "3")
-    assert main([]) == 2
-    error = capsys.readouterr().err.strip()
+    error = _serve_refusal(monkeypatch, capsys, VQVAE_MIN_SIZE="3")
     assert error.startswith("vqvae-serve: invalid settings: VQVAE_MIN_SIZE: ") and error.endswith(" (got '3')")
     assert "\n" not in error
-    monkeypatch.setenv("VQVAE_MIN_SIZE", "8")
-    monkeypatch.setenv("VQVAE_MAX_PIXELS", "abc")
-    assert main([]) == 2
-    assert capsys.readouterr().err.strip() == (
+    assert _serve_refusal(monkeypatch, capsys, VQVAE_MIN_SIZE="8", VQVAE_MAX_PIXELS="abc") == (
         "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS: Input should be a valid integer, unable to parse string as "
         "an integer (got 'abc')"
     )
     monkeypatch.delenv("VQVAE_MAX_PIXELS")
-    monkeypatch.setenv("VQVAE_MIN_SIZE", "2000")  # two settings at odds: named by their variables, not by the fields
-    assert main([]) == 2
-    assert capsys.readouterr().err.strip() == (
+    # two settings at odds: named by their variables, not by the fields
+    assert _serve_refusal(monkeypatch, capsys, VQVAE_MIN_SIZE="2000") == (
         "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS (1048576) is under VQVAE_MIN_SIZE squared (4000000): every "
         "image would be refused; raise the one or lower the other"
     )
@@ -119,10 +122,7 @@ def test_an_empty_checkpoint_variable_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``VQVAE_CHECKPOINT=`` was read as ``.``: "cannot load checkpoint: .: a folder, not a checkpoint file"."""
-    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("served with an empty checkpoint"))
-    monkeypatch.setenv("VQVAE_CHECKPOINT", " ")
-    assert main([]) == 2
-    assert capsys.readouterr().err.strip() == (
+    assert _serve_refusal(monkeypatch, capsys, VQVAE_CHECKPOINT=" ") == (
         "vqvae-serve: invalid settings: VQVAE_CHECKPOINT: empty; leave it unset to serve the shipped checkpoint, or "
         "give a .safetensors file (got ' ')"
     )
