@@ -29,6 +29,7 @@ from app.arguments import host_name, port_number, worker_count
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.metrics import shared_by_workers
+from app.service_links import PORT_VARIABLE, is_link_value
 from app.settings import Settings, unknown_variables
 from models.cpus import THREADS_PER_CPU_LIMIT, usable_cpus
 
@@ -212,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = settings.port if args.port is None else args.port
     problem = listen_problem(args.host, port)
     if problem is not None:
-        source = " (VQVAE_PORT)" if args.port is None and "VQVAE_PORT" in os.environ else ""
+        from_variable = PORT_VARIABLE in os.environ and not is_link_value(os.environ[PORT_VARIABLE])
+        source = f" ({PORT_VARIABLE})" if args.port is None and from_variable else ""
         print(f"vqvae-serve: {problem}{source}", file=sys.stderr)
         return 2
     try:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.arguments import MAX_PORT
+from app.service_links import is_link_value, link_variables, links_warning
 from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
 from models.limits import MIN_SIDE
@@ -152,6 +153,13 @@ class Settings(BaseSettings):
             raise ValueError("empty; leave it unset to serve the shipped checkpoint, or give a .safetensors file")
         return value
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value: object) -> object:
+        """``VQVAE_PORT=tcp://10.96.0.12:8000``, set by Kubernetes for a Service named vqvae, is not a port for
+        this process to listen on (``app.service_links``): the default applies, as if it were unset."""
+        return cls.model_fields["port"].default if is_link_value(value) else value
+
     @field_validator("torch_threads", "parallel_batches")
     @classmethod
     def _sane_threads(cls, value: int) -> int:
@@ -189,12 +197,14 @@ class Settings(BaseSettings):
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Warnings for ``VQVAE_*`` variables that name no setting, which pydantic-settings ignores: a misspelt
-    ``VQVAE_MAX_PIXEL`` would leave the limit at its default without a word. Each names the nearest setting."""
+    ``VQVAE_MAX_PIXEL`` would leave the limit at its default without a word. Each names the nearest setting; the
+    service links Kubernetes sets for a Service named vqvae get one warning together."""
     known = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
-    warnings = []
+    links = link_variables(environ)
+    warnings = [links_warning(links)] if links else []
     for variable in sorted(environ):
         name = variable.upper()  # pydantic-settings reads the variables whatever their case
-        if name.startswith(ENV_PREFIX) and name not in known:
+        if name.startswith(ENV_PREFIX) and name not in known and variable not in links:
             near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
             hint = f"; did you mean {near[0]}?" if near else "; the settings are listed in the README"
             warnings.append(f"{variable} is not a setting and is ignored{hint}")

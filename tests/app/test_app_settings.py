@@ -9,7 +9,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from app.cli import main
-from app.settings import DEFAULT_CHECKPOINT, MAX_PIXELS_CEILING, Settings
+from app.settings import DEFAULT_CHECKPOINT, MAX_PIXELS_CEILING, Settings, unknown_variables
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -145,3 +145,73 @@ def test_variables_that_name_no_setting_are_warned_of_and_the_service_starts(
         "vqvae-serve: warning: VQVAE_FROBNICATE is not a setting and is ignored; the settings are listed in the README",
         "vqvae-serve: warning: VQVAE_MAX_PIXEL is not a setting and is ignored; did you mean VQVAE_MAX_PIXELS?",
     ]
+
+
+_SERVICE_LINKS = {  # what Kubernetes sets in every pod of a namespace with a Service named vqvae (port name "http")
+    "VQVAE_PORT": "tcp://10.96.0.12:8000",
+    "VQVAE_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+    "VQVAE_PORT_8000_TCP_ADDR": "10.96.0.12",
+    "VQVAE_PORT_8000_TCP_PORT": "8000",
+    "VQVAE_PORT_8000_TCP_PROTO": "tcp",
+    "VQVAE_SERVICE_HOST": "10.96.0.12",
+    "VQVAE_SERVICE_PORT": "8000",
+    "VQVAE_SERVICE_PORT_HTTP": "8000",
+}
+
+
+@pytest.mark.parametrize("service_port", ["8000", "80"])
+def test_kubernetes_service_links_are_ignored_with_one_warning_and_the_service_starts(
+    service_port: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Service named vqvae set ``VQVAE_PORT=tcp://10.96.0.12:8000``: vqvae-serve, and the Docker image's health
+    check (``Settings().port``), stopped on "invalid settings", and the pod never started."""
+    served: list[int] = []
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: served.append(kwargs["port"]))
+    for name, value in _SERVICE_LINKS.items():
+        monkeypatch.setenv(name.replace("8000", service_port), value.replace("8000", service_port))
+    monkeypatch.setenv("VQVAE_FROBNICATE", "1")  # still warned of on its own
+    assert Settings().port == Settings.model_fields["port"].default  # the Service's port is not the container's
+    assert main([]) == 0
+    assert served == [Settings.model_fields["port"].default]
+    names = ", ".join(sorted(name.replace("8000", service_port) for name in _SERVICE_LINKS))
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning:" in line] == [
+        f"vqvae-serve: warning: {names}: the service links Kubernetes sets for a Service named vqvae, not settings; "
+        "ignored (the port is not read from VQVAE_PORT). `enableServiceLinks: false` in the pod spec leaves them out",
+        "vqvae-serve: warning: VQVAE_FROBNICATE is not a setting and is ignored; the settings are listed in the README",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "port"), [("9000", 9000), (" tcp://vqvae.lab:9000 ", 8000), ("udp://[fd00::1]:53", 8000)]
+)
+def test_a_port_variable_is_read_unless_it_is_a_service_link(
+    value: str, port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The links' other variables may be absent (another Service's names, a pod spec's own ``VQVAE_PORT``): the
+    value alone decides, and a link's port is never taken, since it is the Service's and not the container's."""
+    monkeypatch.setenv("VQVAE_PORT", value)
+    assert Settings().port == port
+    warned = "the service links Kubernetes sets" in "\n".join(unknown_variables({"VQVAE_PORT": value}))
+    assert warned == (port == 8000)
+
+
+@pytest.mark.parametrize("value", ["http://10.96.0.12:8000", "tcp://10.96.0.12", "8000/tcp"])
+def test_a_port_variable_like_a_link_but_not_one_is_still_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VQVAE_PORT", value)
+    with pytest.raises(ValidationError, match="port"):
+        Settings()
+
+
+def test_a_port_refused_is_not_blamed_on_a_service_link(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default port, not the link's, is the one refused: the message must not send the operator to VQVAE_PORT."""
+    monkeypatch.setattr("app.cli.listen_problem", lambda host, port: f"cannot listen on {host}:{port}: in use")
+    monkeypatch.setenv("VQVAE_PORT", _SERVICE_LINKS["VQVAE_PORT"])
+    assert main([]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "vqvae-serve: cannot listen on 127.0.0.1:8000: in use"
+    monkeypatch.setenv("VQVAE_PORT", "8000")
+    assert main([]) == 2
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == "vqvae-serve: cannot listen on 127.0.0.1:8000: in use (VQVAE_PORT)"
+    )
