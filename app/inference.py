@@ -21,6 +21,7 @@ from app.settings import Settings
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
+from models.cpus import cpu_quota, default_torch_threads, usable_cpus
 from models.decoder_id import decoder_id
 from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
@@ -119,7 +120,8 @@ class InferenceService:
         """Nothing is loaded yet: ``start`` loads the checkpoint on the worker thread."""
         self.settings = settings
         self._observe_batch = observe_batch
-        self._threads = settings.torch_threads or DEFAULT_TORCH_THREADS  # the worker's, when not shared
+        # the worker's, when not shared; by default at most the usable CPUs, a container's CPU limit counted
+        self._threads = settings.torch_threads or default_torch_threads(DEFAULT_TORCH_THREADS)
         self._shared = False
         self.batcher = MicroBatcher(
             self._run_batch,
@@ -157,7 +159,22 @@ class InferenceService:
             service.config.codebook_size,
             service.device,
         )
+        logger.info("%s", service.threads_line())
         return service
+
+    def threads_line(self) -> str:
+        """What the start-up log says of the CPUs used: an operator's one view of a container limit's effect."""
+        quota = cpu_quota()
+        limit = f", a cgroup CPU limit of {quota:g}" if quota is not None else ""
+        source = (
+            "VQVAE_TORCH_THREADS"
+            if self.settings.torch_threads
+            else f"torch's default, at most the {usable_cpus()} usable CPUs{limit}"
+        )
+        return (
+            f"{self._threads} torch thread(s) ({source}); up to {self.parallel_batches} forward pass(es) at once "
+            "under load (VQVAE_PARALLEL_BATCHES)"
+        )
 
     def _load(self) -> None:
         """Runs on the worker thread, before any request: threads, checkpoint, warm-up. Raises ``StartupError``."""

@@ -27,7 +27,7 @@ from app.arguments import int_from_to, positive_int
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
-from models.cpus import max_torch_threads
+from models.cpus import default_torch_threads, max_torch_threads, usable_cpus
 from models.files import json_text, not_replaceable
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_folder, resolve_folder
@@ -53,7 +53,7 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on; printed by ``print_header`` and stored in every JSON."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "platform": platform.platform(),
@@ -88,9 +88,9 @@ def print_header(title: str) -> dict[str, Any]:
 
 
 def set_threads(threads: int) -> None:
-    """torch intra-op threads; 0 keeps torch's default (all cores)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """torch intra-op threads; 0: as the service and the trainer run by default, torch's default (a thread per
+    core) but at most the usable CPUs (``models.cpus``: a container's CPU limit counted)."""
+    torch.set_num_threads(threads or default_torch_threads(torch.get_num_threads()))
 
 
 def set_malloc(retain_mb: int, source: str = "VQVAE_MALLOC_RETAIN_MB, as the service") -> str:

@@ -75,7 +75,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = all cores)"})
+    threads: int = field(
+        default=0, metadata={"help": "torch CPU threads (0 = all usable CPUs: a container's CPU limit counts)"}
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step"})
     precision: str = field(
         default="auto",
@@ -117,7 +119,7 @@ class TrainConfig:
                 ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite 0 or more"),
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
                 ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or a finite number"),
-                ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all cores) to {max_torch_threads()}"),
+                ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all usable CPUs) to {max_torch_threads()}"),
                 ("seed", 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"),  # what torch and numpy take
                 ("preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
                 ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, recorded, save, to_bytes
+from models.cpus import default_torch_threads
 from models.device import cpu_prefers_bf16, pick_device
 from models.files import WriteError, json_text, write_atomically, write_together
 from models.quality_torch import MIN_SIZE
@@ -163,8 +164,8 @@ class Trainer:
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
-        if config.threads > 0:  # before the precision: auto's probe measures with the run's threads
-            torch.set_num_threads(config.threads)
+        # before the precision: auto's probe measures with the run's threads; by default at most the usable CPUs
+        torch.set_num_threads(config.threads or default_torch_threads(torch.get_num_threads()))
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.malloc_retain_mb > 0:  # process-wide, like the thread count: see models.allocator
             retain_freed_memory(config.malloc_retain_mb * 1024 * 1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import app.inference as inference
+import models.cpus as cpus
 from app.inference import InferenceService, StartupError, check_checkpoint
 from app.settings import Settings
 
@@ -123,3 +125,34 @@ def test_malloc_settings_follow_the_setting(
     service = InferenceService.start(make_settings(malloc_retain_mb=retain_mb, parallel_batches=1))
     service.close()
     assert seen == calls
+
+
+def test_a_container_cpu_limit_sets_the_default_threads_and_the_log_says_so(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``docker run --cpus 0.5`` on 2 cores: torch's default of 2 threads (and 2 parallel passes) were throttled,
+    and a lone /reconstruct took 1.9x as long as on one thread (a review). The count is in the start-up log."""
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
+    for module in (cpus, inference):
+        monkeypatch.setattr(module, "cpu_quota", lambda: 0.5)
+    monkeypatch.setattr(inference, "DEFAULT_TORCH_THREADS", 2)
+    passes: list[int] = []
+    real = InferenceService._run_batch
+
+    def recording(self: InferenceService, key: Any, payloads: list[Any]) -> list[Any]:
+        passes.append(torch.get_num_threads())
+        return real(self, key, payloads)
+
+    monkeypatch.setattr(InferenceService, "_run_batch", recording)
+    with caplog.at_level(logging.INFO, logger="app.inference"):
+        service = InferenceService.start(make_settings())
+    try:
+        assert (service.parallel_batches, service.batcher.helper_thread_ids) == (1, [])
+        assert passes == [1, 1, 1]  # the warm-up, on the worker alone
+    finally:
+        service.close()
+    assert (
+        "1 torch thread(s) (torch's default, at most the 1 usable CPUs, a cgroup CPU limit of 0.5); up to 1 forward "
+        "pass(es) at once under load (VQVAE_PARALLEL_BATCHES)"
+    ) in caplog.messages
+    assert InferenceService(make_settings(torch_threads=2))._threads == 2  # a setting still wins

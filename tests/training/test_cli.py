@@ -491,8 +491,8 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--ssim-weight", "1.5"], "ssim_weight (--ssim-weight) must be from 0 to 1, got 1.5"),
         (["--grad-clip", "-1"], "grad_clip (--grad-clip) must be 0 (off) or a finite number"),
         (["--grad-clip", "inf"], "grad_clip (--grad-clip) must be 0 (off) or a finite number, got inf"),
-        (["--threads", "-2"], "threads (--threads) must be 0 (all cores) to"),
-        (["--threads", "100000"], "threads (--threads) must be 0 (all cores) to"),  # was a segfault
+        (["--threads", "-2"], "threads (--threads) must be 0 (all usable CPUs) to"),
+        (["--threads", "100000"], "threads (--threads) must be 0 (all usable CPUs) to"),  # was a segfault
         (["--codebook-size", "0"], "codebook_size (--codebook-size) must be from 2 to 65536, got 0"),  # was ignored
         (["--codebook-size", "100000000"], "codebook_size (--codebook-size) must be from 2 to 65536"),  # a traceback
         (["--embedding-dim", "0"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 0"),
