@@ -45,8 +45,10 @@ def _name_problem(path: Path, *, written: bool) -> str | None:
     for part in path.parts:
         if len(os.fsencode(part)) > name_max:
             return f"a name of {len(os.fsencode(part))} bytes, over the {name_max} this file system allows"
+    if not (written and path.name):  # "/" has no name, nor a partial one: partial_path raised ValueError for it
+        return None
     longest = len(os.fsencode(partial_path(path).name))
-    if written and longest > name_max:
+    if longest > name_max:
         most = name_max - (longest - len(os.fsencode(path.name)))
         return f"a name of {len(os.fsencode(path.name))} bytes; at most {most} (it is written under a longer one first)"
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
@@ -80,3 +82,24 @@ def test_mean_ssim_on_the_genuine_test_split(path: Path, shared_oasis: Path) -> 
     assert report["images"] == 544
     assert report["ssim"]["mean"] == pytest.approx(recorded["ssim"]["mean"], abs=1e-4)
     assert report["ssim"]["p5"] == pytest.approx(recorded["ssim"]["p5"], abs=1e-4)
+
+
+def test_the_committed_rate_distortion_table_is_the_shipped_checkpoints() -> None:
+    """docs/rate_distortion.json (and its figure) are the README's: once a check of bad input run with the script's
+    default outputs left a table of a 2-image test in their place, committed unseen. Its points must be the test
+    reports of the shipped checkpoints, and its codecs measured on every 4th slice of that split."""
+    docs = REPO / "docs"
+    table = json.loads((docs / "rate_distortion.json").read_text())
+    reports = {
+        path.stem: json.loads(path.read_text())
+        for path in (docs / "eval_grid16_release_test.json", docs / "eval_default_test.json")
+    }
+    for stem, report in reports.items():
+        _, metadata = load(SHIPPED if stem == "eval_default_test" else GRID16)
+        assert report["ssim"] == metadata["metrics"]["test"]["ssim"]  # the report of the file shipped
+    assert table["points"] == [
+        {"label": stem, "bits": report["bits_per_slice"], "ssim": report["ssim"]["mean"]}
+        for stem, report in reports.items()
+    ]
+    assert table["codec_images"] == math.ceil(reports["eval_default_test"]["images"] / 4) == 136
+    assert all(row["images"] == 136 for rows in table["codecs"].values() for row in rows)

@@ -111,3 +111,11 @@ def test_a_run_folder_that_cannot_be_listed_is_one_line(tmp_path: Path, monkeypa
     monkeypatch.setattr(run_lock.os, "open", lambda *args, **kwargs: _raise(PermissionError(13, "Permission denied")))
     with pytest.raises(OutputError, match=f"^cannot use --out {tmp_path}: Permission denied$"):
         run_lock.claim(tmp_path)
+
+
+def test_a_folder_under_the_root_given_as_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """``--json /tmp`` said "PosixPath('/') has an empty name": the root's partial name was asked for (a review)."""
+    top = Path(*tmp_path.parts[:2])  # /tmp, say: a folder right under /
+    for folder in (top, Path("/")):
+        with pytest.raises(OutputError, match=f"^cannot write --json {folder}: {folder} is a folder$"):
+            check_file(folder, "--json")
