@@ -169,7 +169,7 @@ class InferenceService:
         source = (
             "VQVAE_TORCH_THREADS"
             if self.settings.torch_threads
-            else f"torch's default, at most the {usable_cpus()} usable CPUs{limit}"
+            else f"torch's default, at most the {usable_cpus()} usable CPU(s){limit}"
         )
         return (
             f"{self._threads} torch thread(s) ({source}); up to {self.parallel_batches} forward pass(es) at once "
