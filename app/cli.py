@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http=ServiceProtocol,
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
             timeout_keep_alive=settings.keep_alive_s,
+            root_path=settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
         )
     return 0
 

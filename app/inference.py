@@ -25,6 +25,7 @@ from models.cpus import cpu_quota, default_torch_threads, usable_cpus
 from models.decoder_id import decoder_id
 from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
+from models.temp_folder import temp_folder_problem
 from models.vqvae import VQVAE
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class StartupError(RuntimeError):
 
 def load_model(settings: Settings) -> tuple[VQVAE, dict[str, Any]]:
     """Checkpoint -> (model in eval mode on the configured device, metadata), or a one-line StartupError."""
+    problem = temp_folder_problem()  # first: without one the model cannot run, whatever the checkpoint
+    if problem is not None:
+        raise StartupError(problem)
     try:
         device = pick_device(settings.device)
     except ValueError as exc:

@@ -115,6 +115,7 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app dies before answering, the server answers 500
+        path = _route_path(scope)  # now: the router rewrites the scope's root_path for a mount's files
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -125,17 +126,23 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            method, route = scope["method"], self._route(scope)
+            method, route = scope["method"], self._route(scope, path)
             self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
 
-    def _route(self, scope: Scope) -> str:
-        """The template the router matched; for answers given before routing (413), the path if it is ours."""
+    def _route(self, scope: Scope, path: str) -> str:
+        """The template the router matched; for answers given before routing (413), ``path`` if it is ours."""
         template = getattr(scope.get("route"), "path", None)
         if isinstance(template, str):
             return template
-        path = scope.get("path", "")
         if path in self.known_paths:
             return path
         # A mount's files: the router sets no route for them, and they counted as "unmatched", among the 404s.
         return next((mount for mount in self.mounts if path.startswith(f"{mount}/")), UNMATCHED)
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path without the prefix it is served under (``VQVAE_ROOT_PATH``), which uvicorn puts in both
+    ``root_path`` and ``path``: the path the routes are declared with."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(f"{root}/") else path

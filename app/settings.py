@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
@@ -33,6 +34,7 @@ MAX_PIXELS_CEILING = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 ENV_PREFIX = "VQVAE_"  # each setting is the environment variable of its name in capitals after this
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")  # path segments, none empty, no ? or #
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
@@ -102,6 +104,13 @@ class Settings(BaseSettings):
         "otherwise hold a connection, and a file descriptor, forever. Applied by vqvae-serve (and the Docker image), "
         "not by a plain `uvicorn app.main:create_app` (at most 600 s)",
     )
+    root_path: str = Field(
+        default="",
+        description="the path prefix a reverse proxy serves the service under (/vqvae) and strips from the "
+        "requests it forwards: the docs pages then load their scripts and schema from under it, and the schema names "
+        "it as its server. Empty: served at the root. Applied by vqvae-serve (and the Docker image); a plain "
+        "`uvicorn app.main:create_app` takes uvicorn's --root-path",
+    )
     max_pixels: int = Field(
         default=1024 * 1024,
         ge=1,
@@ -159,6 +168,15 @@ class Settings(BaseSettings):
         """``VQVAE_PORT=tcp://10.96.0.12:8000``, set by Kubernetes for a Service named vqvae, is not a port for
         this process to listen on (``app.service_links``): the default applies, as if it were unset."""
         return cls.model_fields["port"].default if is_link_value(value) else value
+
+    @field_validator("root_path")
+    @classmethod
+    def _a_path_prefix(cls, value: str) -> str:
+        """A prefix a browser can join the docs pages' paths to: ``vqvae`` or ``/vqvae/`` would give ``vqvae/docs``
+        or ``/vqvae//docs``, and a query or a fragment would cut them off."""
+        if value and not _ROOT_PATH.fullmatch(value):
+            raise ValueError("a path that starts with / and does not end with it (/vqvae, /lab/vqvae), or empty")
+        return value
 
     @field_validator("torch_threads", "parallel_batches")
     @classmethod

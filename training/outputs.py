@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TextIO, cast
 
 from models.files import not_replaceable, partial_path
+from models.temp_folder import temp_folder_problem
 from training.stop_signals import exit_code
 
 P = ParamSpec("P")
@@ -131,6 +132,7 @@ def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
     ``BrokenPipeError`` traceback; what it had not done yet (figures, ``--record``) is not done, as with any tool in
     a closed pipe. A broken pipe elsewhere (to a child process) keeps its traceback.
     Ctrl-C that the command does not handle itself exits 130 with one line, not a ``KeyboardInterrupt`` traceback.
+    A process with no temporary folder, which torch needs, ends at once in one line (``models.temp_folder``).
 
     Standard output that cannot be written (``> /dev/full``, a log file on a full disk) ends the command with a
     one-line error and exit 1, in place of an ``OSError`` traceback. Only standard output's own errors: they are
@@ -139,6 +141,10 @@ def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        problem = temp_folder_problem()  # torch cannot run without one: one line, not its traceback mid-run
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
         stdout = sys.stdout
         if stdout is None:  # started with stdout closed (>&-): print() writes nothing then
             return main(*args, **kwargs)

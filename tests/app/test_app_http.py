@@ -755,6 +755,52 @@ def test_docs_pages_load_nothing_from_the_internet(server: httpx.Client, page: s
         assert answer.status_code == 200 and len(answer.content) > 1000, asset
 
 
+PREFIX = "/lab/vqvae"  # where a reverse proxy serves the service, stripping it from the requests it forwards
+
+
+@pytest.fixture(scope="module")
+def prefixed_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """``vqvae-serve`` with VQVAE_ROOT_PATH, asked as the proxy asks it: with the prefix stripped."""
+    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_ROOT_PATH": PREFIX, "VQVAE_MAX_JSON_BYTES": "1000"}
+    logs = tmp_path_factory.mktemp("prefixed")
+    with (
+        running_server(env, logs, log_level="warning", startup_timeout_s=60, cli=True) as process,
+        httpx.Client(base_url=process.base_url, timeout=30) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize(("page", "scripts"), [("/docs", 1), ("/redoc", 1)])
+def test_docs_pages_behind_a_path_prefix_load_from_under_it(
+    prefixed_server: httpx.Client, page: str, scripts: int
+) -> None:
+    """Behind a proxy's /lab/vqvae the pages named /docs-assets/... and /openapi.json, which the browser asked of the
+    proxy's root: a blank page (a review)."""
+    html = prefixed_server.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"""(?:url: ?|spec-url=)['"]([^'"]+)['"]""", html)
+    assert len([asset for asset in assets if asset.endswith(".js")]) == scripts
+    assert f"{PREFIX}/openapi.json" in assets and all(asset.startswith(f"{PREFIX}/") for asset in assets), assets
+    for asset in assets:  # as the proxy forwards them
+        answer = prefixed_server.get(asset.removeprefix(PREFIX))
+        assert answer.status_code == 200 and len(answer.content) > 1000, asset
+    assert prefixed_server.get("/openapi.json").json()["servers"] == [{"url": PREFIX}]  # "Try it out" goes there
+
+
+def test_behind_a_path_prefix_the_service_answers_and_counts_by_route(
+    prefixed_server: httpx.Client, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    encoded = prefixed_server.post("/encode", files=as_upload(image_file(noise(40, 36))))
+    assert encoded.status_code == 200, encoded.text
+    refused = prefixed_server.post("/decode", json={"indices": [[1] * 600]})  # over the JSON limit: before routing
+    assert refused.status_code == 413
+    assert request_count(prefixed_server, "/encode", "200") == 1
+    assert request_count(prefixed_server, "/decode", "413") == 1  # was "unmatched": the path had the prefix
+    assert request_count(prefixed_server, "unmatched", "413") == 0
+    assert prefixed_server.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert request_count(prefixed_server, "/docs-assets", "200") >= 1
+    assert request_count(prefixed_server, "unmatched", "200") == 0
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/model", "/metrics", "/docs", "/redoc", "/openapi.json"])
 def test_every_get_answers_head_with_the_same_headers_and_no_body(server: httpx.Client, path: str) -> None:
     """Uptime checkers and load balancers probe with HEAD. Before, only the probes answered it; /model, /metrics and

@@ -54,6 +54,11 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("body_timeout_s", 601),
         ("body_timeout_s", float("inf")),
         ("body_timeout_s", float("nan")),
+        ("root_path", "vqvae"),  # the docs pages' paths would be vqvae/docs-assets/..., relative to the page
+        ("root_path", "/vqvae/"),
+        ("root_path", "/lab//vqvae"),
+        ("root_path", "/vqvae?x=1"),
+        ("root_path", "/vqvae#top"),
     ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:
