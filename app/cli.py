@@ -28,6 +28,7 @@ from uvicorn.config import LOGGING_CONFIG
 from app.arguments import host_name, port_number, worker_count
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
+from app.listen_socket import DualStackServer, dual_stack_socket, takes_both_families
 from app.metrics import shared_by_workers
 from app.service_links import PORT_VARIABLE, is_link_value
 from app.settings import Settings, unknown_variables
@@ -227,20 +228,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vqvae-serve: {problem}", file=sys.stderr)
         return 2
 
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host,
+        "port": port,
+        "workers": args.workers,
+        "log_level": settings.log_level,
+        "log_config": _log_config(settings.log_level),
+        "http": ServiceProtocol,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "root_path": settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
+    }
     with shared_by_workers(args.workers):
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=args.host,
-            port=port,
-            workers=args.workers,
-            log_level=settings.log_level,
-            log_config=_log_config(settings.log_level),
-            http=ServiceProtocol,
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
-            timeout_keep_alive=settings.keep_alive_s,
-            root_path=settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
-        )
+        if args.workers == 1 and takes_both_families(args.host):  # see app.listen_socket
+            try:
+                sock = dual_stack_socket(args.host, port)
+            except OSError as exc:  # taken since listen_problem looked
+                print(f"vqvae-serve: cannot listen on [{args.host}]:{port}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            with sock:
+                DualStackServer(uvicorn.Config(APP_FACTORY, **options)).run(sockets=[sock])
+        else:
+            uvicorn.run(APP_FACTORY, **options)
     return 0
 
 

@@ -92,6 +92,7 @@ def running_server(
     workers: int = 1,
     cli: bool = False,
     root: Path = REPO_ROOT,
+    host: str = "127.0.0.1",
 ) -> Iterator[Server]:
     """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit; the code
     is that of the source tree ``root`` (another checkout, for an A/B: ``benchmarks.bench_ab``).
@@ -108,7 +109,7 @@ def running_server(
     else:
         command = [sys.executable, "-m", "app.cli", "--workers", str(workers)]
         env = {"VQVAE_LOG_LEVEL": log_level, **env}
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += ["--host", host, "--port", str(port)]
     with log.open("wb") as handle:
         process = subprocess.Popen(
             command,
@@ -118,7 +119,8 @@ def running_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a kill below reaches the workers too
         )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    address = {"::": "[::1]", "0.0.0.0": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)  # asked here
+    server = Server(process, f"http://{address}:{port}", log)
     try:
         wait_ready(server, startup_timeout_s, workers)
         yield server

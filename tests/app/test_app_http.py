@@ -717,6 +717,27 @@ def test_requests_still_running_at_the_shutdown_deadline_get_a_json_503(
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
 
 
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="this machine has no IPv6 loopback")
+def test_serve_on_ipv6s_any_address_takes_ipv4_callers_too(checkpoint: Path, tmp_path: Path) -> None:
+    """``--host ::`` with one worker took IPv6 callers alone (asyncio sets IPV6_V6ONLY), while two workers took both:
+    127.0.0.1 was refused, and so was the Docker image's health check (a review)."""
+    env = {"VQVAE_CHECKPOINT": str(checkpoint)}
+    with running_server(env, tmp_path, log_level="info", startup_timeout_s=60, cli=True, host="::") as process:
+        port = httpx.URL(process.base_url).port
+        for base in (process.base_url, f"http://127.0.0.1:{port}"):
+            assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}, base
+    assert f"Uvicorn running on http://[::]:{port}, IPv4 and IPv6" in process.log.read_text()
+
+
 def test_model_docs_and_openapi(server: httpx.Client) -> None:
     model = server.get("/model").json()
     assert model["codebook_size"] == 32
