@@ -206,10 +206,10 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "device", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
-        """Accept INFO as well as info: operators type both."""
+        """Accept INFO as well as info, CPU as well as cpu: operators type both."""
         return value.lower() if isinstance(value, str) else value
 
 

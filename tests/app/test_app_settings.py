@@ -20,11 +20,13 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("VQVAE_INLINE_MAX_PIXELS", "0")
     monkeypatch.setenv("VQVAE_INLINE_MAX_BYTES", "1000")
     monkeypatch.setenv("VQVAE_BODY_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("VQVAE_DEVICE", "CPU")  # as VQVAE_LOG_LEVEL, either case (it was refused)
     settings = Settings()
     assert settings.checkpoint == tmp_path / "m.safetensors"
     assert (settings.max_pixels, settings.max_wait_ms, settings.log_level) == (1024, 0.5, "warning")
     assert (settings.inline_max_pixels, settings.inline_max_bytes) == (0, 1000)
     assert settings.body_timeout_s == 2.5
+    assert settings.device == "cpu"
 
 
 def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
