@@ -28,11 +28,11 @@ from uvicorn.config import LOGGING_CONFIG
 from app.arguments import host_name, port_number, worker_count
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
-from app.listen_socket import DualStackServer, dual_stack_socket, takes_both_families
+from app.listen_socket import bind_problem, serve_on_both_families, takes_both_families, where
 from app.metrics import shared_by_workers
 from app.service_links import PORT_VARIABLE, is_link_value
 from app.settings import Settings, unknown_variables
-from models.cpus import THREADS_PER_CPU_LIMIT, usable_cpus
+from models.cpus import THREADS_PER_CPU_LIMIT, cpu_allowance
 
 APP_FACTORY = "app.main:create_app"
 
@@ -57,7 +57,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=worker_count,
         default=1,
         help="server processes, each with its own model; unless VQVAE_TORCH_THREADS is set, each gets an equal "
-        f"share of the usable CPUs for torch ({THREADS_PER_CPU_LIMIT} per usable CPU at most)",
+        "share of the CPUs for torch (a container's CPU limit counted; "
+        f"{THREADS_PER_CPU_LIMIT} workers per usable CPU at most)",
     )
     parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
@@ -66,8 +67,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def threads_per_worker(workers: int) -> int:
-    """Each of ``workers`` processes' share of the usable CPUs, at least one."""
-    return max(1, usable_cpus() // workers)
+    """Each of ``workers`` processes' share of the CPU allowance (the usable CPUs, lowered to a container's CPU
+    limit: ``models.cpus``), at least one."""
+    return max(1, cpu_allowance() // workers)
 
 
 def share_cpus_among_workers(workers: int) -> None:
@@ -84,14 +86,14 @@ def listen_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on ``host``:``port`` (in use, not an address of this machine, a name that does
     not resolve), or None. Tried before the checkpoint is loaded: uvicorn binds only after the app has started, so a
     second instance on a taken port loaded and warmed up its model (seconds) before failing. The socket is closed
-    at once; another process may still take the port before uvicorn does, and uvicorn then says so itself. Port 0
+    at once; another process may still take the port before uvicorn does, and uvicorn (or, for ``--host ::``,
+    ``app.listen_socket``) then says so itself. Port 0
     (any free one) is tried too, for the host: it was skipped, and a host that does not resolve failed in uvicorn,
     after the model had loaded."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        return f"cannot listen on {where}: the host does not resolve ({exc.strerror})"
+        return f"cannot listen on {where(host, port)}: the host does not resolve ({exc.strerror})"
     bound, unavailable = False, None
     for family, kind, protocol, _, address in addresses:
         try:
@@ -103,10 +105,8 @@ def listen_problem(host: str, port: int) -> str | None:
             if exc.errno == errno.EADDRNOTAVAIL:  # skipped by asyncio too (an address family not enabled here)
                 unavailable = exc
                 continue
-            if exc.errno == errno.EADDRINUSE:
-                return f"cannot listen on {where}: the port is already in use (another vqvae-serve?)"
-            return f"cannot listen on {where}: {exc.strerror or exc}"
-    return None if bound or unavailable is None else f"cannot listen on {where}: {unavailable.strerror}"
+            return bind_problem(host, port, exc)
+    return None if bound or unavailable is None else bind_problem(host, port, unavailable)
 
 
 def check_before_serving(settings: Settings, workers: int) -> str | None:
@@ -242,15 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with shared_by_workers(args.workers):
         if args.workers == 1 and takes_both_families(args.host):  # see app.listen_socket
-            try:
-                sock = dual_stack_socket(args.host, port)
-            except OSError as exc:  # taken since listen_problem looked
-                print(f"vqvae-serve: cannot listen on [{args.host}]:{port}: {exc.strerror or exc}", file=sys.stderr)
-                return 2
-            with sock:
-                DualStackServer(uvicorn.Config(APP_FACTORY, **options)).run(sockets=[sock])
-        else:
-            uvicorn.run(APP_FACTORY, **options)
+            return serve_on_both_families(uvicorn.Config(APP_FACTORY, **options))
+        uvicorn.run(APP_FACTORY, **options)
     return 0
 
 

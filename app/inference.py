@@ -21,7 +21,7 @@ from app.settings import Settings
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load
 from models.config import VQVAEConfig
-from models.cpus import cpu_quota, default_torch_threads, usable_cpus
+from models.cpus import cpu_allowance, cpu_quota, default_torch_threads, usable_cpus
 from models.decoder_id import decoder_id
 from models.device import pick_device
 from models.quality_torch import psnr_per_image, ssim_per_image
@@ -169,11 +169,11 @@ class InferenceService:
     def threads_line(self) -> str:
         """What the start-up log says of the CPUs used: an operator's one view of a container limit's effect."""
         quota = cpu_quota()
-        limit = f", a cgroup CPU limit of {quota:g}" if quota is not None else ""
+        limit = f" under a cgroup CPU limit of {quota:g}" if quota is not None else ""
         source = (
-            "VQVAE_TORCH_THREADS"
+            "VQVAE_TORCH_THREADS, or vqvae-serve --workers' share of the CPUs"  # which sets it for its workers
             if self.settings.torch_threads
-            else f"torch's default, at most the {usable_cpus()} usable CPU(s){limit}"
+            else f"torch's default, at most {cpu_allowance()} of the {usable_cpus()} usable CPU(s){limit}"
         )
         return (
             f"{self._threads} torch thread(s) ({source}); up to {self.parallel_batches} forward pass(es) at once "

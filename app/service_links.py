@@ -16,9 +16,12 @@ from collections.abc import Mapping
 
 _PREFIX = "VQVAE_"
 _LINK_VALUE = re.compile(r"(?:tcp|udp|sctp)://\S+:\d+", re.IGNORECASE)
+# A Service named vqvae-api sets VQVAE_API_SERVICE_HOST and the like: its own links, in the same namespace.
+_OTHER = r"(?:\w+_)?"
 _LINK_NAME = re.compile(
-    rf"{_PREFIX}(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)"
+    rf"{_PREFIX}{_OTHER}(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)"
 )
+_LINK_PORT_NAME = re.compile(rf"{_PREFIX}{_OTHER}PORT")  # a link when its value is a link's address
 PORT_VARIABLE = f"{_PREFIX}PORT"
 
 
@@ -28,12 +31,12 @@ def is_link_value(value: object) -> bool:
 
 
 def link_variables(environ: Mapping[str, str]) -> list[str]:
-    """The names, sorted, of the variables in ``environ`` that are Kubernetes service links for ``vqvae``; a
-    ``VQVAE_PORT`` only when its value is a link's address."""
+    """The names, sorted, of the variables in ``environ`` that are Kubernetes service links of Services named
+    ``vqvae`` or ``vqvae-...``; a ``VQVAE_PORT`` (or ``VQVAE_API_PORT``) only when its value is a link's address."""
     return sorted(
         name
         for name, value in environ.items()
-        if _LINK_NAME.fullmatch(name.upper()) or (name.upper() == PORT_VARIABLE and is_link_value(value))
+        if _LINK_NAME.fullmatch(name.upper()) or (_LINK_PORT_NAME.fullmatch(name.upper()) and is_link_value(value))
     )
 
 
@@ -41,6 +44,6 @@ def links_warning(names: list[str]) -> str:
     """One warning for the service links found (``link_variables``)."""
     port = f" (the port is not read from {PORT_VARIABLE})" if PORT_VARIABLE in (n.upper() for n in names) else ""
     return (
-        f"{', '.join(names)}: the service links Kubernetes sets for a Service named vqvae, not settings; "
+        f"{', '.join(names)}: the service links Kubernetes sets for Services named vqvae or vqvae-..., not settings; "
         f"ignored{port}. `enableServiceLinks: false` in the pod spec leaves them out"
     )

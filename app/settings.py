@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     def _a_path_prefix(cls, value: str) -> str:
         """A prefix a browser can join the docs pages' paths to: ``vqvae`` or ``/vqvae/`` would give ``vqvae/docs``
         or ``/vqvae//docs``, and a query or a fragment would cut them off."""
+        if value == "/":  # the root itself: no prefix
+            return ""
         if value and not _ROOT_PATH.fullmatch(value):
             raise ValueError("a path that starts with / and does not end with it (/vqvae, /lab/vqvae), or empty")
         return value

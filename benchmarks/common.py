@@ -89,8 +89,10 @@ def print_header(title: str) -> dict[str, Any]:
 
 def set_threads(threads: int) -> None:
     """torch intra-op threads; 0: as the service and the trainer run by default, torch's default (a thread per
-    core) but at most the usable CPUs (``models.cpus``: a container's CPU limit counted)."""
-    torch.set_num_threads(threads or default_torch_threads(torch.get_num_threads()))
+    core) but at most the CPU allowance (``models.cpus``: a container's CPU limit counted)."""
+    wanted = threads or default_torch_threads(torch.get_num_threads())
+    if wanted != torch.get_num_threads():  # as before the allowance, torch is left alone where it already agrees
+        torch.set_num_threads(wanted)
 
 
 def set_malloc(retain_mb: int, source: str = "VQVAE_MALLOC_RETAIN_MB, as the service") -> str:

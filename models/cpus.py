@@ -31,22 +31,27 @@ def cpu_quota(root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgro
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (``taskset``, a cpuset), lowered to its cgroup's CPU quota
-    rounded up; at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cpu_quota()
+    """CPUs this process may run on: its affinity mask (a container's cpuset, ``taskset``), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_allowance() -> int:
+    """CPUs' worth of time this process may use: the usable CPUs, lowered to its cgroup's quota rounded up."""
+    cores, quota = usable_cpus(), cpu_quota()
     return max(1, min(cores, math.ceil(quota)) if quota is not None else cores)
 
 
 def default_torch_threads(torch_default: int) -> int:
     """The torch threads a process runs with when no setting asks for a number: torch's own default (a thread per
-    core it sees) but at most the usable CPUs, which count a cgroup quota that torch does not see."""
-    return max(1, min(torch_default, usable_cpus()))
+    core it sees) but at most the CPU allowance, which counts a cgroup quota that torch does not see."""
+    return max(1, min(torch_default, cpu_allowance()))
 
 
 def max_torch_threads() -> int:
     """The most torch threads a setting may ask for. Far more than the CPUs is a typo, not a tuning: 100000 threads
-    ended the process with a segfault, and 4096 left the service stuck at start-up with 19 GB of memory."""
+    ended the process with a segfault, and 4096 left the service stuck at start-up with 19 GB of memory. Counted
+    from the usable CPUs, not the quota: an operator's choice under a CPU limit (more threads than its CPUs, which
+    may pay where the passes wait on memory) stays theirs, and what worked before a limit still starts."""
     return THREADS_PER_CPU_LIMIT * usable_cpus()
 
 

@@ -45,3 +45,11 @@ def test_the_offline_tools_end_in_one_line(capsys: pytest.CaptureFixture[str]) -
     assert evaluate(["--checkpoint", "never-read.safetensors"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no temporary folder to write in ({NONE_FOUND})") and "\n" not in err
+
+
+@pytest.mark.usefixtures("no_temp_folder")
+def test_help_needs_no_temporary_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    """``vqvae-eval --help`` was refused for want of one (a review): usage reads no file."""
+    with pytest.raises(SystemExit) as done:
+        evaluate(["--help"])
+    assert done.value.code == 0 and "usage:" in capsys.readouterr().out

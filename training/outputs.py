@@ -141,7 +141,8 @@ def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
-        problem = temp_folder_problem()  # torch cannot run without one: one line, not its traceback mid-run
+        # torch cannot run without one: one line, not its traceback mid-run; --help needs none
+        problem = None if _asks_for_help(args, kwargs) else temp_folder_problem()
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             return 1
@@ -169,6 +170,13 @@ def clean_exits(main: Callable[P, int]) -> Callable[P, int]:
             sys.stdout = stdout
 
     return guarded
+
+
+def _asks_for_help(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
+    """Whether a command's ``main(argv)`` was asked for its usage (``argv`` None: the process's own arguments)."""
+    argv = args[0] if args else kwargs.get("argv")
+    words = sys.argv[1:] if argv is None else argv
+    return isinstance(words, (list, tuple)) and not {"-h", "--help"}.isdisjoint(words)
 
 
 class StdoutError(OSError):

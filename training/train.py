@@ -165,7 +165,9 @@ class Trainer:
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
         # before the precision: auto's probe measures with the run's threads; by default at most the usable CPUs
-        torch.set_num_threads(config.threads or default_torch_threads(torch.get_num_threads()))
+        threads = config.threads or default_torch_threads(torch.get_num_threads())
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.malloc_retain_mb > 0:  # process-wide, like the thread count: see models.allocator
             retain_freed_memory(config.malloc_retain_mb * 1024 * 1024)

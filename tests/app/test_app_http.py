@@ -24,12 +24,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from app.cli import main
 from app.http_protocol import MAX_HEADER_BYTES, ServiceProtocol
+from app.listen_socket import STARTUP_FAILURE, serve_on_both_families
 from app.settings import Settings
 from benchmarks.server import Server, free_port, model_loads, running_server, wait_ready
 
@@ -735,7 +737,44 @@ def test_serve_on_ipv6s_any_address_takes_ipv4_callers_too(checkpoint: Path, tmp
         port = httpx.URL(process.base_url).port
         for base in (process.base_url, f"http://127.0.0.1:{port}"):
             assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}, base
-    assert f"Uvicorn running on http://[::]:{port}, IPv4 and IPv6" in process.log.read_text()
+        process.process.send_signal(signal.SIGINT)  # Ctrl-C: a KeyboardInterrupt traceback on this path once
+        assert process.process.wait(timeout=30) == 0
+    log = process.log.read_text()
+    assert f"Uvicorn running on http://[::]:{port}, IPv4 and IPv6" in log
+    assert "Traceback" not in log and "Finished server process" in log
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="this machine has no IPv6 loopback")
+def test_serve_on_ipv6s_any_address_stops_in_one_line_if_the_port_is_taken_while_it_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two sockets bound but not listening may share a port (SO_REUSEADDR): the one that listens second is refused,
+    and uvloop closed it without a word. The server logged an OSError traceback (a review's race of two
+    instances), or, had it not logged, ran on listening nowhere."""
+    port = free_port()
+    taken: list[socket.socket] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # binds the port while "loading"
+        assert scope["type"] == "lifespan"
+        await receive()
+        rival = socket.socket(socket.AF_INET6)
+        rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rival.bind(("::", port))
+        rival.listen()
+        taken.append(rival)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    config = uvicorn.Config(app, host="::", port=port, lifespan="on", log_config=None)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            serve_on_both_families(config)
+    finally:
+        for rival in taken:
+            rival.close()
+    assert stopped.value.code == STARTUP_FAILURE and taken
+    assert f"cannot listen on [::]:{port}: the port is already in use (another vqvae-serve?)" in caplog.messages
 
 
 def test_model_docs_and_openapi(server: httpx.Client) -> None:

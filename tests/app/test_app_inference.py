@@ -152,7 +152,7 @@ def test_a_container_cpu_limit_sets_the_default_threads_and_the_log_says_so(
     finally:
         service.close()
     assert (
-        "1 torch thread(s) (torch's default, at most the 1 usable CPU(s), a cgroup CPU limit of 0.5); up to 1 forward "
-        "pass(es) at once under load (VQVAE_PARALLEL_BATCHES)"
+        "1 torch thread(s) (torch's default, at most 1 of the 2 usable CPU(s) under a cgroup CPU limit of 0.5); up to "
+        "1 forward pass(es) at once under load (VQVAE_PARALLEL_BATCHES)"
     ) in caplog.messages
     assert InferenceService(make_settings(torch_threads=2))._threads == 2  # a setting still wins

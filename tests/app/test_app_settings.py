@@ -27,6 +27,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert (settings.inline_max_pixels, settings.inline_max_bytes) == (0, 1000)
     assert settings.body_timeout_s == 2.5
     assert settings.device == "cpu"
+    assert Settings(root_path="/").root_path == ""  # no prefix, said as the root itself
 
 
 def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
@@ -182,8 +183,9 @@ def test_kubernetes_service_links_are_ignored_with_one_warning_and_the_service_s
     assert served == [Settings.model_fields["port"].default]
     names = ", ".join(sorted(name.replace("8000", service_port) for name in _SERVICE_LINKS))
     assert [line for line in capsys.readouterr().err.splitlines() if "warning:" in line] == [
-        f"vqvae-serve: warning: {names}: the service links Kubernetes sets for a Service named vqvae, not settings; "
-        "ignored (the port is not read from VQVAE_PORT). `enableServiceLinks: false` in the pod spec leaves them out",
+        f"vqvae-serve: warning: {names}: the service links Kubernetes sets for Services named vqvae or vqvae-..., not "
+        "settings; ignored (the port is not read from VQVAE_PORT). `enableServiceLinks: false` in the pod spec leaves "
+        "them out",
         "vqvae-serve: warning: VQVAE_FROBNICATE is not a setting and is ignored; the settings are listed in the README",
     ]
 
@@ -222,3 +224,19 @@ def test_a_port_refused_is_not_blamed_on_a_service_link(
     assert (
         capsys.readouterr().err.splitlines()[-1] == "vqvae-serve: cannot listen on 127.0.0.1:8000: in use (VQVAE_PORT)"
     )
+
+
+def test_another_services_links_are_named_as_such_not_as_misspelt_settings() -> None:
+    """A Service named vqvae-api gave seven "not a setting" warnings, the first "did you mean VQVAE_PORT?"."""
+    links = {
+        "VQVAE_API_PORT": "tcp://10.96.0.13:80",
+        "VQVAE_API_PORT_80_TCP": "tcp://10.96.0.13:80",
+        "VQVAE_API_PORT_80_TCP_ADDR": "10.96.0.13",
+        "VQVAE_API_SERVICE_HOST": "10.96.0.13",
+        "VQVAE_API_SERVICE_PORT": "80",
+    }
+    (warning,) = unknown_variables(links)
+    assert warning.startswith(", ".join(sorted(links)) + ": the service links Kubernetes sets")
+    assert "(the port is not read" not in warning  # VQVAE_PORT itself is not among them
+    (typo,) = unknown_variables({"VQVAE_MAX_PORT": "80"})  # a name of that shape with no link's value
+    assert typo.startswith("VQVAE_MAX_PORT is not a setting and is ignored; ")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import models.cpus as cpus
-from models.cpus import cpu_quota, default_torch_threads, usable_cpus
+from models.cpus import cpu_allowance, cpu_quota, default_torch_threads, max_torch_threads, usable_cpus
 
 
 def _files(root: Path, files: dict[str, str]) -> None:
@@ -56,12 +56,14 @@ def test_no_membership_file_still_reads_the_mounted_root(tmp_path: Path) -> None
     assert cpu_quota(tmp_path, tmp_path / "missing") == 0.2
 
 
-@pytest.mark.parametrize(("quota", "usable"), [(None, 2), (0.2, 1), (0.5, 1), (1.5, 2), (2.0, 2), (16.0, 2)])
-def test_usable_cpus_are_the_affinity_lowered_to_the_quota_rounded_up(
-    quota: float | None, usable: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("quota", "allowance"), [(None, 2), (0.2, 1), (0.5, 1), (1.5, 2), (2.0, 2), (16.0, 2)])
+def test_the_cpu_allowance_is_the_affinity_lowered_to_the_quota_rounded_up(
+    quota: float | None, allowance: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(cpus, "cpu_quota", lambda: quota)
-    assert usable_cpus() == usable
-    assert default_torch_threads(torch_default=2) == usable
+    assert cpu_allowance() == allowance
+    assert default_torch_threads(torch_default=2) == allowance
     assert default_torch_threads(torch_default=1) == 1  # torch's default (physical cores) is never raised
+    # what a setting may ask for is not lowered: VQVAE_TORCH_THREADS=8 on 2 cores started before a CPU limit
+    assert usable_cpus() == 2 and max_torch_threads() == 8
