@@ -3,8 +3,9 @@ so that ``vqvae-serve``'s supervisor process (``app.cli``) can use it too.
 
 A container's CPU limit (Kubernetes' ``resources.limits.cpu``, ``docker run --cpus``) is a cgroup quota of CPU
 time, not a set of cores: the process still sees every core of the node, and torch's default is a thread per core.
-With a 0.5-CPU quota on 2 cores the service's two threads were throttled, and a lone ``/reconstruct`` took 1.9x as
-long as with one thread (a review's measurement). So the quota counts as CPUs too, rounded up.
+With a 0.5-CPU quota on 2 cores the service's two threads were throttled: a lone ``/reconstruct`` took 185-194 ms
+against 103-104 ms on one thread (docs/performance.md, "A container's CPU limit"). So the quota, rounded up, caps
+the default thread count (``cpu_allowance``), though not what a setting may ask for.
 """
 
 from __future__ import annotations
