@@ -37,9 +37,17 @@ from models.cpus import THREADS_PER_CPU_LIMIT, cpu_allowance
 APP_FACTORY = "app.main:create_app"
 
 
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # ISO 8601 with the offset: 2026-11-27T09:15:02+0000
+
+
 def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes)."""
+    """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes), each line
+    with its time: uvicorn's has none, and a log kept in a file (``nohup``, an audit trail) could not say when a
+    request came. Docker and Kubernetes add their own only when asked (``docker logs -t``)."""
     config = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = f"%(asctime)s {formatter['fmt']}"
+        formatter["datefmt"] = LOG_TIME_FORMAT
     config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
 

@@ -410,6 +410,15 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_setting(short_keep_al
     assert KEEP_ALIVE_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 1
 
 
+def test_vqvae_serve_logs_each_line_with_its_time(short_keep_alive_server: Server) -> None:
+    """uvicorn's lines had no time: a log kept in a file could not say when a request came (a review)."""
+    assert httpx.get(f"{short_keep_alive_server.base_url}/healthz").status_code == 200
+    lines = [line for line in short_keep_alive_server.log.read_text().splitlines() if line.strip()]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (INFO|WARNING|ERROR):")
+    assert any('"GET /healthz HTTP/1.1" 200' in line for line in lines)
+    assert lines and all(stamp.match(line) for line in lines), lines
+
+
 def test_a_kept_connection_sending_only_line_ends_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
     """A review's case: the parser skips CR and LF between requests without starting one, and every byte cancels
     uvicorn's keep-alive timer, so a CRLF now and then after an answer held the connection open for ever."""
