@@ -169,7 +169,7 @@ def largest_encode_answer_bytes(config: VQVAEConfig, settings: Settings) -> int:
 def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:
     """Whether an /encode answer may be too large for /decode's JSON limit, said in the start-up log; else None.
 
-    With the defaults the bound is about 160 KB against 2 MiB, but raising ``VQVAE_MAX_PIXELS`` (or serving a
+    With the defaults the bound is about 160 KB against 256 KiB, but raising ``VQVAE_MAX_PIXELS`` (or serving a
     finer grid) could make /decode refuse /encode's own answers without a word to the operator."""
     size = largest_encode_answer_bytes(config, settings)
     if size <= settings.max_json_bytes:

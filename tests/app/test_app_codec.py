@@ -493,3 +493,12 @@ async def test_start_up_warns_when_encode_answers_may_outgrow_the_json_limit(
         async with serve(max_pixels=64 * 64, max_json_bytes=bound):
             pass
         assert "VQVAE_MAX_JSON_BYTES" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["vqvae.safetensors", "vqvae_grid16.safetensors"])
+def test_the_default_json_limit_takes_the_shipped_models_largest_encode_answers(name: str) -> None:
+    """VQVAE_MAX_JSON_BYTES went from 2 MiB to 256 KiB (a body of one-index rows held the event loop for 1.2 s at
+    2 MiB, a review): /decode must still take every /encode answer of the defaults, with no start-up warning."""
+    config = load(DEFAULT_CHECKPOINT.with_name(name))[0].config
+    assert codec.json_limit_problem(config, Settings()) is None
+    assert codec.largest_encode_answer_bytes(config, Settings()) <= Settings().max_json_bytes
