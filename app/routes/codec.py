@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
@@ -19,8 +19,21 @@ from app.schemas import DecodeRequest, EncodeResponse, ReconstructResponse
 from app.settings import Settings
 from models.config import VQVAEConfig
 
+
+# What a multipart upload may hold: one file is wanted, a second one is parsed so that one_file can name the
+# duplicate (422). FastAPI's defaults, 1,000 files and 1,000 fields of up to 1 MiB each kept in memory, let a
+# stalled upload of 19 parts hold 19.5 MB per connection until its body deadline (a security review).
+class FormLimits(TypedDict, total=False):
+    """FastAPI's ``form_limits`` (its own type is private)."""
+
+    max_files: int
+    max_fields: int
+    max_part_size: int
+
+
+FORM_LIMITS = FormLimits(max_files=2, max_fields=16, max_part_size=64 * 1024)
 # JSONBodyRoute: a /decode body that cannot be parsed gets one 400 naming the problem, whatever it is.
-router = APIRouter(tags=["codec"], route_class=JSONBodyRoute)
+router = APIRouter(tags=["codec"], route_class=JSONBodyRoute, form_limits=FORM_LIMITS)
 
 JSON, PNG = "application/json", "image/png"
 # FastAPI reads the whole body before any check (a form it cannot parse is Starlette's 400); then each route checks,

@@ -200,6 +200,23 @@ async def test_two_files_in_one_request_are_refused(client: httpx.AsyncClient, i
     assert_error(response, 422, "one image per request", "2 times")
 
 
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([("file", ("a.png", b"x"))] * 3, "Too many files. Maximum number of files is 2."),
+        ([("file", ("a.png", b"x"))] + [(f"f{n}", (None, b"y")) for n in range(17)], "Maximum number of fields is 16"),
+        ([("file", ("a.png", b"x")), ("note", (None, b"y" * (64 * 1024 + 1)))], "Part exceeded maximum size of 64KB."),
+    ],
+)
+async def test_a_form_of_more_parts_than_an_upload_needs_is_refused(
+    client: httpx.AsyncClient, parts: list[tuple[str, tuple[str | None, bytes]]], message: str
+) -> None:
+    """FastAPI's defaults let a form hold 1,000 files and 1,000 fields of up to 1 MiB each in memory: a stalled
+    upload of 19 such parts held 19.5 MB per connection until its body deadline (a security review)."""
+    response = await client.post("/encode", files=parts)
+    assert_error(response, 400, message)
+
+
 async def test_an_absurd_image_size_is_refused_without_echoing_it(client: httpx.AsyncClient) -> None:
     """Before: a 4000-digit image_size came back whole in an 8 KB message."""
     body = '{"indices": [[1]], "image_size": [' + "9" * 4000 + ", 8]}"
