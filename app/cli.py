@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_s,
         "root_path": settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
+        "server_header": False,  # "server: uvicorn" told every caller what serves them, for nothing (a review)
     }
     with shared_by_workers(args.workers):
         if args.workers == 1 and takes_both_families(args.host):  # see app.listen_socket

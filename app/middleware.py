@@ -140,12 +140,18 @@ class ContentEncodingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (framing := _unframed(scope)):
+            detail = (
+                f"the body's length cannot be told (Transfer-Encoding: {_shown(framing)}): a Transfer-Encoding "
+                "must end in chunked (RFC 9112); send a Content-Length or chunked"
+            )
+            await send_json_error(send, 400, detail, close=True)
+            return
         if scope["type"] == "http" and _declares_body(scope):
             for header, plain in _PLAIN_CODINGS.items():
                 if coding := _codings(scope, header, plain):
-                    shown = coding if len(coding) <= _MAX_SHOWN_CODING else coding[:_MAX_SHOWN_CODING] + "..."
                     detail = (
-                        f"compressed request bodies are not accepted ({header.decode().title()}: {shown}); "
+                        f"compressed request bodies are not accepted ({header.decode().title()}: {_shown(coding)}); "
                         "send it uncompressed"
                     )
                     accepted = [(b"accept-encoding", b"identity")] if header == b"content-encoding" else []  # RFC 7694
@@ -159,6 +165,22 @@ class ContentEncodingMiddleware:
 # RFC 9112 suggests 501 for a transfer coding not understood; 415 keeps one answer for every compressed body,
 # and it is the caller's to change.
 _PLAIN_CODINGS = {b"content-encoding": {"", "identity"}, b"transfer-encoding": {"", "identity", "chunked"}}
+
+
+def _shown(coding: str) -> str:
+    """A coding header's value as an answer repeats it: cut after ``_MAX_SHOWN_CODING`` characters."""
+    return coding if len(coding) <= _MAX_SHOWN_CODING else coding[:_MAX_SHOWN_CODING] + "..."
+
+
+def _unframed(scope: Scope) -> str:
+    """The request's Transfer-Encoding when its last coding is not chunked, "" otherwise. Such a body has no length
+    (RFC 9112, 6.3: answer 400 and close): ``identity`` was read until the connection closed, taking a pipelined
+    request after it as body, and answered 408 after the body deadline (a security review)."""
+    joined = ", ".join(
+        value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"transfer-encoding"
+    )
+    last = joined.rsplit(",", 1)[-1].strip().lower()
+    return joined if joined.strip() and last != "chunked" else ""
 
 
 def _codings(scope: Scope, header: bytes, plain: set[str]) -> str:

@@ -411,8 +411,10 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_setting(short_keep_al
 
 
 def test_vqvae_serve_logs_each_line_with_its_time(short_keep_alive_server: Server) -> None:
-    """uvicorn's lines had no time: a log kept in a file could not say when a request came (a review)."""
-    assert httpx.get(f"{short_keep_alive_server.base_url}/healthz").status_code == 200
+    """uvicorn's lines had no time: a log kept in a file could not say when a request came (a review). (And its
+    answers no longer name their server: "server: uvicorn" told every caller what to attack.)"""
+    answer = httpx.get(f"{short_keep_alive_server.base_url}/healthz")
+    assert answer.status_code == 200 and "server" not in answer.headers
     lines = [line for line in short_keep_alive_server.log.read_text().splitlines() if line.strip()]
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (INFO|WARNING|ERROR):")
     assert any('"GET /healthz HTTP/1.1" 200' in line for line in lines)
@@ -563,6 +565,26 @@ def test_a_body_in_a_compressing_transfer_coding_is_a_415(header_deadline_server
         "compressed request bodies are not accepted (Transfer-Encoding: gzip, chunked)"
     )
     assert "accept-encoding" not in answer.headers  # it names content codings (RFC 7694), not transfer codings
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_a_body_whose_transfer_coding_does_not_end_in_chunked_is_a_400_at_once(
+    header_deadline_server: Server, coding: str
+) -> None:
+    """``identity`` was read until the connection closed: a request pipelined after it became body, and the answer
+    was a 408 after the body deadline (a security review). RFC 9112: 400, then close."""
+    request = (
+        f"POST /decode HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: {coding}\r\n\r\n"
+        '{"indices": [[1, 2]]}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n'
+    ).encode()
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        sock.sendall(request)
+        answer = read_answer(sock)
+        assert sock.recv(1024) == b""  # closed after it: the pipelined request is not read as a body, nor served
+    assert time.monotonic() - started < 5
+    assert answer.status_code == 400 and answer.headers["connection"] == "close"
+    assert answer.json()["detail"].startswith(f"the body's length cannot be told (Transfer-Encoding: {coding})")
 
 
 def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
