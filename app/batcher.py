@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -38,10 +39,10 @@ RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
 
 
 class QueueFullError(RuntimeError):
-    """Too many requests are waiting; the caller should retry after ``retry_after_s`` seconds."""
+    """Too many requests, or too much work, are waiting; the caller should retry after ``retry_after_s`` seconds."""
 
-    def __init__(self, limit: int, retry_after_s: int = 1) -> None:
-        super().__init__(f"server busy: {limit} requests already waiting for the model; retry shortly")
+    def __init__(self, waiting: str, retry_after_s: int = 1) -> None:
+        super().__init__(f"server busy: {waiting} already waiting for the model; retry shortly")
         self.retry_after_s = retry_after_s
 
 
@@ -53,6 +54,7 @@ class BatcherClosedError(RuntimeError):
 class _Job:
     key: Hashable
     payload: Any
+    cost: int = 1  # its share of ``max_queue_cost``: the service counts pixels
     future: Future[Any] = field(default_factory=Future)
 
 
@@ -66,6 +68,8 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        max_queue_cost: float = math.inf,
+        max_batch_cost: float = math.inf,
         on_batch: Callable[[Hashable, int, float], None] | None = None,
         initializer: Callable[[], None] | None = None,
         name: str = "inference",
@@ -79,6 +83,8 @@ class MicroBatcher:
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
+        self._max_queue_cost = max_queue_cost
+        self._max_batch_cost = max_batch_cost
         self._on_batch = on_batch
         self._initializer = initializer
         self._initialized: Future[None] = Future()
@@ -138,18 +144,23 @@ class MicroBatcher:
         with self._condition:
             return len(self._pending)
 
-    async def submit(self, key: Hashable, payload: Any) -> Any:
+    async def submit(self, key: Hashable, payload: Any, cost: int = 1) -> Any:
         """Queue one item and wait for its result; cancelling the caller drops the item if not yet started."""
-        return await asyncio.wrap_future(self.enqueue(key, payload))
+        return await asyncio.wrap_future(self.enqueue(key, payload, cost))
 
-    def enqueue(self, key: Hashable, payload: Any) -> Future[Any]:
-        """Thread-safe, non-blocking: the future is resolved by the worker thread."""
-        job = _Job(key, payload)
+    def enqueue(self, key: Hashable, payload: Any, cost: int = 1) -> Future[Any]:
+        """Thread-safe, non-blocking: the future is resolved by the worker thread. Refused (``QueueFullError``) when
+        ``max_queue`` items wait, or when this one's ``cost`` would take the waiting ones' past ``max_queue_cost``;
+        an item is never refused for its cost alone when none waits."""
+        job = _Job(key, payload, cost)
         with self._condition:
             if self._closed:
                 raise BatcherClosedError("the service is shutting down")
             if len(self._pending) >= self._max_queue:
-                raise QueueFullError(self._max_queue)
+                raise QueueFullError(f"{self._max_queue} requests")
+            queued_cost = sum(waiting.cost for waiting in self._pending)  # at most max_queue of them
+            if self._pending and queued_cost + cost > self._max_queue_cost:
+                raise QueueFullError(f"{len(self._pending)} requests of {queued_cost} pixels in all")
             self._pending.append(job)
             job.future.add_done_callback(self._forget)  # not bound to the job: job -> future -> job would be a cycle
             self._condition.notify()
@@ -245,7 +256,7 @@ class MicroBatcher:
             self._take_matching(batch)
             if crowded and self._max_wait_s > 0:
                 deadline = time.monotonic() + self._max_wait_s
-                while len(batch) < self._max_batch_size and not self._closed:
+                while self._has_room(batch) and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -253,11 +264,18 @@ class MicroBatcher:
                     self._take_matching(batch)
             return batch
 
+    def _has_room(self, batch: list[_Job]) -> bool:
+        """Whether one more job of the batch's key fits it: ``max_batch_size`` jobs, ``max_batch_cost`` in all (a
+        key's jobs cost alike: the service keys by image shape and counts pixels)."""
+        return len(batch) < self._max_batch_size and sum(job.cost for job in batch) + batch[0].cost <= (
+            self._max_batch_cost
+        )
+
     def _take_matching(self, batch: list[_Job]) -> None:
-        """Move queued jobs with the batch's key into it, keeping the others in arrival order."""
+        """Move queued jobs with the batch's key into it while it has room, keeping the others in arrival order."""
         key = batch[0].key
         others: deque[_Job] = deque()
-        while self._pending and len(batch) < self._max_batch_size:
+        while self._pending and self._has_room(batch):
             job = self._pending.popleft()
             (batch if job.key == key else others).append(job)
         others.extend(self._pending)

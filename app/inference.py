@@ -34,6 +34,10 @@ ObserveBatch = Callable[[str, int, float], None]  # (operation, requests in the 
 
 
 WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
+# Pixels one forward pass may gather from several requests (one larger image still runs, alone): four 512x512
+# images, but no two of 1024x1024. Four of those would take about 4 x 304 MB of activations in one pass (one 1024x1024
+# reconstruct: +304 MB, python -m benchmarks.bench_image_size), and batches gain little even for slices (README).
+BATCH_PIXELS = 1024 * 1024
 # torch's own default, read at import: torch.set_num_threads (which helper threads call) also changes the default
 # that threads starting later inherit.
 DEFAULT_TORCH_THREADS = torch.get_num_threads()
@@ -132,6 +136,8 @@ class InferenceService:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue=settings.max_queue,
+            max_queue_cost=settings.queue_pixels,
+            max_batch_cost=BATCH_PIXELS,
             on_batch=self._on_batch,
             initializer=self._load,
             helpers=self.parallel_batches - 1,
@@ -232,17 +238,17 @@ class InferenceService:
 
     async def encode(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float image -> (h, w) int64 index grid."""
-        result: np.ndarray = await self.batcher.submit(("encode", image.shape), image)
+        result: np.ndarray = await self.batcher.submit(("encode", image.shape), image, image.size)
         return result
 
     async def reconstruct(self, image: np.ndarray) -> Reconstruction:
         """(H, W) float image -> its reconstruction (exactly ``model.reconstruct``), SSIM and PSNR."""
-        result: Reconstruction = await self.batcher.submit(("reconstruct", image.shape), image)
+        result: Reconstruction = await self.batcher.submit(("reconstruct", image.shape), image, image.size)
         return result
 
     async def decode(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(h, w) index grid -> image in [0, 1] cropped to ``size`` (at most the grid times the stride)."""
-        result: np.ndarray = await self.batcher.submit(("decode", indices.shape), (indices, size))
+        result: np.ndarray = await self.batcher.submit(("decode", indices.shape), (indices, size), size[0] * size[1])
         return result
 
     def _on_batch(self, key: Hashable, size: int, seconds: float) -> None:

@@ -33,6 +33,7 @@ SSIM_MIN_SIDE = 7
 MAX_PIXELS_CEILING = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
+QUEUE_IMAGES = 16  # VQVAE_MAX_QUEUE_PIXELS's default, in images of VQVAE_MAX_PIXELS
 ENV_PREFIX = "VQVAE_"  # each setting is the environment variable of its name in capitals after this
 _ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")  # path segments, none empty, no ? or #
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -153,6 +154,14 @@ class Settings(BaseSettings):
         default=2.0, ge=0, le=1000, description="how long a batch waits for companions, only under load (at most 1 s)"
     )
     max_queue: int = Field(default=256, ge=1, description="requests waiting for the model before 503 is answered")
+    max_queue_pixels: int = Field(
+        default=0,
+        ge=0,
+        description="pixels of the images waiting for the model before 503 is answered (a request is never refused "
+        f"for its size while none waits); 0: {QUEUE_IMAGES} times VQVAE_MAX_PIXELS (with the defaults 256 OASIS "
+        "slices, or 16 images of 1024x1024). Counting requests alone let 256 of the largest images queue: minutes of "
+        "work and gigabytes of memory from a few hundred KB of uploads",
+    )
     log_level: LogLevel = "info"
 
     @field_validator("checkpoint", mode="before")
@@ -198,6 +207,22 @@ class Settings(BaseSettings):
                 f"at most {MAX_PIXELS_CEILING} (Pillow's decompression-bomb threshold, about {side}x{side})"
             )
         return value
+
+    @property
+    def queue_pixels(self) -> int:
+        """The budget of queued pixels in force (``max_queue_pixels``, or its default)."""
+        return self.max_queue_pixels or QUEUE_IMAGES * self.max_pixels
+
+    @model_validator(mode="after")
+    def _a_largest_image_can_queue(self) -> Settings:
+        """A queue that cannot hold one of the largest images would refuse it whenever another request waits."""
+        if self.max_queue_pixels and self.max_queue_pixels < self.max_pixels:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_QUEUE_PIXELS ({self.max_queue_pixels}) is under {ENV_PREFIX}MAX_PIXELS "
+                f"({self.max_pixels}): the largest images would be refused whenever another request waits; raise "
+                "the one or lower the other"
+            )
+        return self
 
     @model_validator(mode="after")
     def _an_image_can_pass(self) -> Settings:

@@ -103,6 +103,41 @@ async def test_full_queue_refuses_at_once(held: FakeModel) -> None:
     batcher.close()
 
 
+async def test_the_queue_refuses_work_past_its_cost_budget_but_never_a_lone_item(held: FakeModel) -> None:
+    """Counting requests alone let 256 of the largest images queue: minutes of work and gigabytes of memory from a
+    few hundred KB of uploads (a security review). The service's cost is an image's pixels."""
+    batcher = make(held, max_queue=16, max_queue_cost=100)
+    running = asyncio.ensure_future(batcher.submit("a", 0, cost=1000))  # taken at once: nothing waits before it
+    await wait_until(held.running.is_set)
+    alone = asyncio.ensure_future(batcher.submit("a", 1, cost=150))  # over the budget, but the queue is empty
+    await wait_until(lambda: batcher.queued == 1)
+    with pytest.raises(QueueFullError, match=r"1 requests of 150 pixels in all already waiting") as caught:
+        await batcher.submit("a", 2, cost=1)
+    assert caught.value.retry_after_s >= 1
+    alone.cancel()  # a caller who gives up frees its share at once
+    await wait_until(lambda: batcher.queued == 0)
+    small = [asyncio.ensure_future(batcher.submit("a", n, cost=50)) for n in (3, 4)]
+    await wait_until(lambda: batcher.queued == 2)
+    with pytest.raises(QueueFullError, match="2 requests of 100 pixels"):
+        await batcher.submit("a", 5, cost=1)
+    held.gate.set()
+    assert len(await asyncio.gather(running, *small)) == 3
+    batcher.close()
+
+
+async def test_a_batch_gathers_no_more_than_its_cost_budget(held: FakeModel) -> None:
+    """Four of the largest images in one pass took four times the memory; one image over the budget still runs."""
+    batcher = make(held, max_batch_size=4, max_batch_cost=100)
+    first = asyncio.ensure_future(batcher.submit("a", 0, cost=500))  # alone over the budget: runs all the same
+    await wait_until(held.running.is_set)
+    queued = [asyncio.ensure_future(batcher.submit("a", n, cost=40)) for n in range(1, 6)]
+    await wait_until(lambda: batcher.queued == 5)
+    held.gate.set()
+    await asyncio.gather(first, *queued)
+    assert [len(payloads) for _, payloads in held.batches] == [1, 2, 2, 1]  # 40 + 40 fit in 100, a third would not
+    batcher.close()
+
+
 async def test_a_failing_batch_fails_its_callers_only() -> None:
     batcher = make(FakeModel())
     with pytest.raises(RuntimeError, match="model failed"):

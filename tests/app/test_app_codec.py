@@ -471,6 +471,35 @@ async def test_full_queue_answers_503_with_retry_after(
     assert [response.status_code for response in answered] == [200, 200, 200]
 
 
+async def test_queued_pixels_past_their_budget_answer_503(
+    make_app: Callable[..., FastAPI],
+    run: Callable[[FastAPI], Any],
+    as_upload: Files,
+    image_file: Any,
+    noise: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """VQVAE_MAX_QUEUE_PIXELS: two 64x64 images fill a budget of 8192 pixels; a 16x16 one more is refused, though
+    the queue holds 256 requests."""
+    app = make_app(max_queue_pixels=2 * 64 * 64, max_pixels=64 * 64, max_batch_size=1)
+    async with run(app) as client:
+        service = app.state.service
+        held = HeldModel(service.model, monkeypatch, "encode")
+        large, small = as_upload(image_file(noise(64, 64))), as_upload(image_file(noise(16, 16)))
+        running = asyncio.ensure_future(client.post("/encode", files=small))
+        await wait_for(held.entered.is_set)
+        queued = [asyncio.ensure_future(client.post("/encode", files=large)) for _ in range(2)]
+        await wait_for(lambda: service.batcher.queued == 2)
+        refused = await client.post("/encode", files=small)
+        held.gate.set()
+        answered = await asyncio.gather(running, *queued)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["detail"] == (
+        "server busy: 2 requests of 8192 pixels in all already waiting for the model; retry shortly"
+    )
+    assert [response.status_code for response in answered] == [200, 200, 200]
+
+
 async def test_start_up_warns_when_encode_answers_may_outgrow_the_json_limit(
     serve: Serve, model: VQVAE, as_upload: Files, image_file: Any, noise: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

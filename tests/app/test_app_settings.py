@@ -28,6 +28,8 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.body_timeout_s == 2.5
     assert settings.device == "cpu"
     assert Settings(root_path="/").root_path == ""  # no prefix, said as the root itself
+    assert settings.queue_pixels == 16 * 1024  # VQVAE_MAX_QUEUE_PIXELS unset: 16 of the largest images
+    assert Settings(max_queue_pixels=5000).queue_pixels == 5000
 
 
 def test_the_default_checkpoint_is_found_from_the_package_not_the_working_directory() -> None:
@@ -48,6 +50,7 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("parallel_batches", 128),  # a thread each: 1.6 GB at start-up
         ("malloc_retain_mb", 4096),  # glibc takes an int of bytes: clamped, while the log said 4096 MB
         ("max_pixels", 10),  # under min_size squared: every image would be refused
+        ("max_queue_pixels", 1000),  # under max_pixels: the largest images refused whenever another waits
         ("max_pixels", 89_478_486),  # over Pillow's bomb threshold: it warned of, then refused, images under it
         ("port", 65536),
         ("port", 0),  # any free port: the Docker health check could not know which
