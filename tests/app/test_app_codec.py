@@ -445,6 +445,14 @@ async def test_concurrent_requests_share_a_forward_pass_and_keep_their_results(
     assert (registry.get_sample_value("vqvae_inference_batch_duration_seconds_sum", labels) or 0.0) >= held_s
 
 
+@pytest.mark.parametrize(
+    ("settings", "side", "detail"),
+    [
+        ({"max_queue": 2}, 16, "2 requests"),
+        # VQVAE_MAX_QUEUE_PIXELS: two 64x64 images fill 8192 pixels; a 16x16 one more is refused, in a queue of 256
+        ({"max_queue_pixels": 2 * 64 * 64, "max_pixels": 64 * 64}, 64, "2 requests of 8192 pixels in all"),
+    ],
+)
 async def test_full_queue_answers_503_with_retry_after(
     make_app: Callable[..., FastAPI],
     run: Callable[[FastAPI], Any],
@@ -452,51 +460,25 @@ async def test_full_queue_answers_503_with_retry_after(
     image_file: Any,
     noise: Any,
     monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, int],
+    side: int,
+    detail: str,
 ) -> None:
-    app = make_app(max_queue=2, max_batch_size=1)
+    app = make_app(max_batch_size=1, **settings)
     async with run(app) as client:
         service = app.state.service
         held = HeldModel(service.model, monkeypatch, "encode")
-        upload = as_upload(image_file(noise(16, 16)))
-        running = asyncio.ensure_future(client.post("/encode", files=upload))
-        await wait_for(held.entered.is_set)
-        queued = [asyncio.ensure_future(client.post("/encode", files=upload)) for _ in range(2)]
-        await wait_for(lambda: service.batcher.queued == 2)
-        refused = await client.post("/encode", files=upload)
-        held.gate.set()
-        answered = await asyncio.gather(running, *queued)
-    assert refused.status_code == 503
-    assert int(refused.headers["retry-after"]) >= 1
-    assert "busy" in refused.json()["detail"]
-    assert [response.status_code for response in answered] == [200, 200, 200]
-
-
-async def test_queued_pixels_past_their_budget_answer_503(
-    make_app: Callable[..., FastAPI],
-    run: Callable[[FastAPI], Any],
-    as_upload: Files,
-    image_file: Any,
-    noise: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """VQVAE_MAX_QUEUE_PIXELS: two 64x64 images fill a budget of 8192 pixels; a 16x16 one more is refused, though
-    the queue holds 256 requests."""
-    app = make_app(max_queue_pixels=2 * 64 * 64, max_pixels=64 * 64, max_batch_size=1)
-    async with run(app) as client:
-        service = app.state.service
-        held = HeldModel(service.model, monkeypatch, "encode")
-        large, small = as_upload(image_file(noise(64, 64))), as_upload(image_file(noise(16, 16)))
+        small, queued_upload = as_upload(image_file(noise(16, 16))), as_upload(image_file(noise(side, side)))
         running = asyncio.ensure_future(client.post("/encode", files=small))
         await wait_for(held.entered.is_set)
-        queued = [asyncio.ensure_future(client.post("/encode", files=large)) for _ in range(2)]
+        queued = [asyncio.ensure_future(client.post("/encode", files=queued_upload)) for _ in range(2)]
         await wait_for(lambda: service.batcher.queued == 2)
         refused = await client.post("/encode", files=small)
         held.gate.set()
         answered = await asyncio.gather(running, *queued)
-    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
-    assert refused.json()["detail"] == (
-        "server busy: 2 requests of 8192 pixels in all already waiting for the model; retry shortly"
-    )
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["detail"] == f"server busy: {detail} already waiting for the model; retry shortly"
     assert [response.status_code for response in answered] == [200, 200, 200]
 
 
