@@ -21,7 +21,7 @@ _ERROR_TEXT = {
     415: "wrong content type, or a compressed body (a Content-Encoding other than identity, a Transfer-Encoding "
     "other than chunked)",
     422: "invalid fields (the message names them)",
-    503: "model not loaded yet, or too many requests queued (see Retry-After)",
+    503: "model not loaded yet, or too many requests (or pixels) queued (see Retry-After)",
 }
 
 
