@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default=256 * 1024,
         ge=1,
         description="largest JSON body (/decode) accepted (413 above): parsed and validated on the event loop, so "
-        "kept small (2 MiB of one-index rows held the loop for 1.6 s); an /encode answer of the largest image "
+        "kept small (2 MiB of one-index rows held the loop for about 1.2 s); an /encode answer of the largest image "
         "VQVAE_MAX_PIXELS lets through takes at most about 160 KB (a start-up warning says when it could take more)",
     )
     body_timeout_s: float = Field(
