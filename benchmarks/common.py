@@ -27,7 +27,8 @@ from app.arguments import int_from_to, positive_int
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, save
 from models.config import PRESETS
-from models.cpus import default_torch_threads, max_torch_threads, usable_cpus
+from models.cpus import max_torch_threads, usable_cpus
+from models.device import set_torch_threads
 from models.files import json_text, not_replaceable
 from models.vqvae import VQVAE
 from training.data import DEFAULT_DATA_ROOT, DataError, image_folders, load_folder, resolve_folder
@@ -90,9 +91,7 @@ def print_header(title: str) -> dict[str, Any]:
 def set_threads(threads: int) -> None:
     """torch intra-op threads; 0: as the service and the trainer run by default, torch's default (a thread per
     core) but at most the CPU allowance (``models.cpus``: a container's CPU limit counted)."""
-    wanted = threads or default_torch_threads(torch.get_num_threads())
-    if wanted != torch.get_num_threads():  # as before the allowance, torch is left alone where it already agrees
-        torch.set_num_threads(wanted)
+    set_torch_threads(threads)
 
 
 def set_malloc(retain_mb: int, source: str = "VQVAE_MALLOC_RETAIN_MB, as the service") -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from models.cpus import default_torch_threads
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
@@ -91,3 +93,12 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
     init_amx = getattr(torch._C._cpu, "_init_amx", None)  # private; torch 2.13 has it
     return bool(init_amx()) if init_amx is not None else True
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for this process: ``threads``, or 0 for torch's default (a thread per core) capped at
+    the CPU allowance, which counts a container's CPU limit (``models.cpus``). torch is left alone where it already
+    agrees, as it was before the allowance. Shared by ``vqvae-train`` and the benchmarks."""
+    wanted = threads or default_torch_threads(torch.get_num_threads())
+    if wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from models.allocator import retain_freed_memory
 from models.checkpoint import CheckpointError, load, recorded, save, to_bytes
-from models.cpus import default_torch_threads
-from models.device import cpu_prefers_bf16, pick_device
+from models.device import cpu_prefers_bf16, pick_device, set_torch_threads
 from models.files import WriteError, json_text, write_atomically, write_together
 from models.quality_torch import MIN_SIZE
 from models.vqvae import VQVAE
@@ -164,10 +163,7 @@ class Trainer:
         self.config = config
         self.stop_signals = StopSignals()  # main() installs its handlers around run()
         self.device = pick_device(config.device)
-        # before the precision: auto's probe measures with the run's threads; by default at most the usable CPUs
-        threads = config.threads or default_torch_threads(torch.get_num_threads())
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        set_torch_threads(config.threads)  # before the precision: auto's probe measures with the run's threads
         self.autocast_dtype = autocast_dtype(config.precision, self.device)
         if config.malloc_retain_mb > 0:  # process-wide, like the thread count: see models.allocator
             retain_freed_memory(config.malloc_retain_mb * 1024 * 1024)
