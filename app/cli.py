@@ -7,7 +7,6 @@ only supervises the N server processes, and importing torch here would keep its 
 from __future__ import annotations
 
 import argparse
-import copy
 import errno
 import multiprocessing
 import os
@@ -23,33 +22,18 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.config import LOGGING_CONFIG
 
 from app.arguments import host_name, port_number, worker_count
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.listen_socket import bind_problem, serve_on_both_families, takes_both_families, where
+from app.logs import log_config
 from app.metrics import shared_by_workers
 from app.service_links import PORT_VARIABLE, is_link_value
 from app.settings import Settings, unknown_variables
 from models.cpus import THREADS_PER_CPU_LIMIT, cpu_allowance
 
 APP_FACTORY = "app.main:create_app"
-
-
-LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # ISO 8601 with the offset: 2026-11-27T09:15:02+0000
-
-
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes), each line
-    with its time: uvicorn's has none, and a log kept in a file (``nohup``, an audit trail) could not say when a
-    request came. Docker and Kubernetes add their own only when asked (``docker logs -t``)."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    for formatter in config["formatters"].values():
-        formatter["fmt"] = f"%(asctime)s {formatter['fmt']}"
-        formatter["datefmt"] = LOG_TIME_FORMAT
-    config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -242,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": port,
         "workers": args.workers,
         "log_level": settings.log_level,
-        "log_config": _log_config(settings.log_level),
+        "log_config": log_config(
+            settings.log_level, settings.log_format, probes=settings.log_probes, root_path=settings.root_path
+        ),
         "http": ServiceProtocol,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "timeout_keep_alive": settings.keep_alive_s,

@@ -7,8 +7,9 @@ starts the app, never at import.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -54,6 +55,26 @@ balancers probe with either.
 """
 
 
+def _docs_app(docs: bool, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> FastAPI:
+    """The app, with the docs pages and the schema (``VQVAE_DOCS``) or without: none of their paths is served then."""
+    options: dict[str, Any] = {"title": "Brain-MRI VQ-VAE", "version": "1.0", "description": DESCRIPTION}
+    # /encode/ is a 404, not a 307 to /encode: that redirect named an absolute http:// URL, wrong behind a TLS proxy,
+    # and a client that follows it with a POST sends its whole upload twice.
+    options.update(lifespan=lifespan, redirect_slashes=False)
+    if not docs:
+        return FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **options)
+    # FastAPIOffline: the docs pages' assets come from the installed package, not from a CDN (air-gapped networks).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io either
+        **options,
+    )
+    for route in app.routes:  # the docs pages' assets, mounted by FastAPIOffline
+        if isinstance(route, Mount) and route.path == DOCS_ASSETS:
+            route.app = JSONStaticErrors(route.app)
+    return app
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own settings and metrics registry; the lifespan loads the model."""
     settings = settings or Settings()
@@ -78,26 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service = None
             await run_in_threadpool(service.close)
 
-    # FastAPIOffline: the docs pages' assets come from the installed package, not from a CDN (air-gapped networks).
-    app = FastAPIOffline(
-        title="Brain-MRI VQ-VAE",
-        version="1.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        static_url=DOCS_ASSETS,
-        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io either
-        # /encode/ is a 404, not a 307 to /encode: that redirect named an absolute http:// URL, wrong behind a TLS
-        # proxy, and a client that follows it with a POST sends its whole upload twice.
-        redirect_slashes=False,
-    )
-    for route in app.routes:  # the docs pages' assets, mounted by FastAPIOffline
-        if isinstance(route, Mount) and route.path == DOCS_ASSETS:
-            route.app = JSONStaticErrors(route.app)
+    app = _docs_app(settings.docs, lifespan)
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.service = None
     app.state.startup_error = None
-    routers = (codec.router, model.router, health.router, metrics.router)
+    routers = (codec.router, model.router, health.router, *([metrics.router] if settings.metrics else []))
     for router in routers:
         app.include_router(router)
     # The routers' own routes, then the app's (docs pages, their assets, the schema): FastAPI lists an included

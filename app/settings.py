@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.arguments import MAX_PORT
+from app.logs import LogFormat
 from app.service_links import is_link_value, link_variables, links_warning
 from models.allocator import DEFAULT_RETAIN_MB, MAX_RETAIN_MB
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
@@ -163,6 +164,22 @@ class Settings(BaseSettings):
         "work and gigabytes of memory from a few hundred KB of uploads",
     )
     log_level: LogLevel = "info"
+    log_format: LogFormat = Field(
+        default="text",
+        description="text: a line per record, its time first; json: one JSON object per line (time, level, logger, "
+        "message, and an access line's client, method, path, http_version and status), for log pipelines. Applied "
+        "by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app`",
+    )
+    log_probes: bool = Field(
+        default=False,
+        description="write the access-log lines of health probes (GET or HEAD /healthz and /readyz) answered 2xx; "
+        "a failed probe is always logged. Applied by vqvae-serve (and the Docker image)",
+    )
+    docs: bool = Field(
+        default=True,
+        description="serve the API's docs pages (/docs, /redoc) and its schema (/openapi.json); false: each is a 404",
+    )
+    metrics: bool = Field(default=True, description="serve GET /metrics (Prometheus); false: a 404")
 
     @field_validator("checkpoint", mode="before")
     @classmethod
@@ -234,7 +251,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("log_level", "device", mode="before")
+    @field_validator("log_level", "log_format", "device", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         """Accept INFO as well as info, CPU as well as cpu: operators type both."""

@@ -614,6 +614,27 @@ async def test_metrics_count_unusual_methods_under_one_label(client: httpx.Async
     assert "PROPFIND" not in text and "MKCALENDAR" not in text
 
 
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css")
+
+
+async def test_the_docs_pages_and_metrics_can_be_switched_off(
+    serve: Serve, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """An ops review: a hospital network may not want the schema, the docs pages or the counters shown to whoever
+    reaches the port (VQVAE_DOCS, VQVAE_METRICS). Each is then a JSON 404 like any unknown path; the API is as
+    before."""
+    async with serve() as client:
+        assert [(await client.get(path)).status_code for path in (*DOCS_PATHS, "/metrics")] == [200] * 6
+    async with serve(docs=False, metrics=False) as client:
+        for path in (*DOCS_PATHS, "/metrics"):
+            assert_error(await client.get(path), 404, "Not Found")
+        assert (await client.post("/encode", files=as_upload(image_file(noise(16, 16))))).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+    async with serve(docs=False) as client:  # each on its own
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/openapi.json")).status_code == 404
+
+
 async def test_the_docs_assets_answer_range_errors_in_json(client: httpx.AsyncClient) -> None:
     """Before: a text/plain 400 for a malformed Range header and an empty 416 for one past the end, the only
     answers of the service that were not {"detail": ...}. A satisfiable range is still a 206 of the file."""

@@ -410,15 +410,56 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_setting(short_keep_al
     assert KEEP_ALIVE_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 1
 
 
-def test_vqvae_serve_logs_each_line_with_its_time(short_keep_alive_server: Server) -> None:
+def test_vqvae_serve_logs_each_line_with_its_time_and_no_probes(short_keep_alive_server: Server) -> None:
     """uvicorn's lines had no time: a log kept in a file could not say when a request came (a review). (And its
-    answers no longer name their server: "server: uvicorn" told every caller what to attack.)"""
+    answers no longer name their server: "server: uvicorn" told every caller what to attack.) Probes answered 200
+    (this one, and the start-up wait's /readyz) are left out (VQVAE_LOG_PROBES)."""
     answer = httpx.get(f"{short_keep_alive_server.base_url}/healthz")
     assert answer.status_code == 200 and "server" not in answer.headers
-    lines = [line for line in short_keep_alive_server.log.read_text().splitlines() if line.strip()]
+    assert httpx.get(f"{short_keep_alive_server.base_url}/model").status_code == 200
+    lines = wait_for_log_line(short_keep_alive_server, '"GET /model HTTP/1.1" 200')
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (INFO|WARNING|ERROR):")
-    assert any('"GET /healthz HTTP/1.1" 200' in line for line in lines)
     assert lines and all(stamp.match(line) for line in lines), lines
+    assert not any("/healthz" in line or "/readyz" in line for line in lines), lines
+
+
+def wait_for_log_line(server: Server, text: str) -> list[str]:
+    """The server's log lines once one holds ``text``: uvicorn writes an access line as the answer starts, so it
+    may come just after the client has the answer."""
+    deadline = time.monotonic() + ANSWER_BOUND_S
+    while True:
+        lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+        if any(text in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def json_log_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``vqvae-serve`` logging JSON lines, probes included, under a root path."""
+    env = {
+        "VQVAE_CHECKPOINT": str(checkpoint),
+        "VQVAE_LOG_FORMAT": "json",
+        "VQVAE_LOG_PROBES": "true",
+        "VQVAE_ROOT_PATH": "/vqvae",
+    }
+    with running_server(
+        env, tmp_path_factory.mktemp("json-log"), log_level="info", startup_timeout_s=60, cli=True
+    ) as process:
+        yield process
+
+
+def test_vqvae_serve_logs_json_lines_with_the_requests_fields(json_log_server: Server) -> None:
+    """Log pipelines (Loki, Elasticsearch) index fields; each line of the server's log is one JSON object, its
+    start-up lines too, and the probes are there when asked for."""
+    assert httpx.get(f"{json_log_server.base_url}/healthz?from=test").status_code == 200
+    lines = wait_for_log_line(json_log_server, "/vqvae/healthz?from=test")
+    entries = [json.loads(line) for line in lines]  # a line that is not JSON fails here
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any(entry["message"].startswith("Uvicorn running on") for entry in entries)
+    probe = [entry for entry in entries if entry.get("path") == "/vqvae/healthz?from=test"]
+    assert [(entry["method"], entry["status"], entry["logger"]) for entry in probe] == [("GET", 200, "uvicorn.access")]
+    assert any(entry.get("path") == "/vqvae/readyz" for entry in entries)  # the start-up wait's probes
 
 
 def test_a_kept_connection_sending_only_line_ends_gets_the_header_deadline(short_keep_alive_server: Server) -> None:

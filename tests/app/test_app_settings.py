@@ -21,12 +21,17 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("VQVAE_INLINE_MAX_BYTES", "1000")
     monkeypatch.setenv("VQVAE_BODY_TIMEOUT_S", "2.5")
     monkeypatch.setenv("VQVAE_DEVICE", "CPU")  # as VQVAE_LOG_LEVEL, either case (it was refused)
+    monkeypatch.setenv("VQVAE_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("VQVAE_LOG_PROBES", "yes")
+    monkeypatch.setenv("VQVAE_DOCS", "false")
+    monkeypatch.setenv("VQVAE_METRICS", "0")
     settings = Settings()
     assert settings.checkpoint == tmp_path / "m.safetensors"
     assert (settings.max_pixels, settings.max_wait_ms, settings.log_level) == (1024, 0.5, "warning")
     assert (settings.inline_max_pixels, settings.inline_max_bytes) == (0, 1000)
     assert settings.body_timeout_s == 2.5
     assert settings.device == "cpu"
+    assert (settings.log_format, settings.log_probes, settings.docs, settings.metrics) == ("json", True, False, False)
     assert Settings(root_path="/").root_path == ""  # no prefix, said as the root itself
     assert settings.queue_pixels == 16 * 1024  # VQVAE_MAX_QUEUE_PIXELS unset: 16 of the largest images
     assert Settings(max_queue_pixels=5000).queue_pixels == 5000
@@ -65,6 +70,9 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("root_path", "/lab//vqvae"),
         ("root_path", "/vqvae?x=1"),
         ("root_path", "/vqvae#top"),
+        ("log_format", "xml"),
+        ("log_probes", "sometimes"),
+        ("docs", "maybe"),
     ],
 )
 def test_invalid_values_are_refused(name: str, value: object) -> None:

@@ -1,0 +1,79 @@
+"""``vqvae-serve``'s logging: uvicorn's config plus the app's loggers, each line with its time, as text or as JSON,
+and the access-log lines of successful health probes left out unless asked for."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any, Literal, get_args
+
+from uvicorn.config import LOGGING_CONFIG
+
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # ISO 8601 with the offset: 2026-11-27T09:15:02+0000
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+PROBE_PATHS = ("/healthz", "/readyz")  # app.routes.health
+_PROBE_METHODS = frozenset({"GET", "HEAD"})
+_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")  # uvicorn's access-log arguments, in order
+
+
+def access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
+    """The fields of one of uvicorn's access-log lines (``'%s - "%s %s HTTP/%s" %d'``), or None for any other
+    record. The path carries the root path and the query string, as uvicorn logs it."""
+    if record.name != "uvicorn.access" or not isinstance(record.args, tuple) or len(record.args) != 5:
+        return None
+    return dict(zip(_ACCESS_FIELDS, record.args, strict=True))
+
+
+class QuietProbes(logging.Filter):
+    """Leaves out the access-log lines of health probes answered 2xx: a Kubernetes pod's liveness and readiness
+    probes every 10 s, and the Docker image's health check, wrote thousands of lines a day that said nothing (an ops
+    review). A probe that fails is kept, as is every other request."""
+
+    def __init__(self, root_path: str = "") -> None:
+        super().__init__()
+        self._paths = frozenset(f"{root_path}{path}" for path in PROBE_PATHS)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = access_fields(record)
+        if fields is None:
+            return True
+        path = str(fields["path"]).partition("?")[0]
+        probe = fields["method"] in _PROBE_METHODS and path in self._paths
+        return not (probe and isinstance(fields["status"], int) and 200 <= fields["status"] < 300)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``time``, ``level``, ``logger``, ``message``; an access line's request in fields of
+    its own; ``exception`` for a traceback), for log pipelines that index fields rather than parse text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, LOG_TIME_FORMAT),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(access_fields(record) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_config(level: str, log_format: LogFormat = "text", probes: bool = False, root_path: str = "") -> dict[str, Any]:
+    """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes), each line
+    with its time: uvicorn's has none, and a log kept in a file (``nohup``, an audit trail) could not say when a
+    request came. Docker and Kubernetes add their own only when asked (``docker logs -t``)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name, formatter in config["formatters"].items():
+        if log_format == "json":
+            config["formatters"][name] = {"()": f"{__name__}.JsonFormatter"}
+        else:
+            formatter["fmt"] = f"%(asctime)s {formatter['fmt']}"
+            formatter["datefmt"] = LOG_TIME_FORMAT
+    if not probes:
+        config["filters"] = {"quiet_probes": {"()": f"{__name__}.QuietProbes", "root_path": root_path}}
+        config["handlers"]["access"]["filters"] = ["quiet_probes"]
+    config["loggers"]["app"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
