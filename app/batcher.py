@@ -154,19 +154,31 @@ class MicroBatcher:
         an item is never refused for its cost alone when none waits."""
         job = _Job(key, payload, cost)
         with self._condition:
-            if self._closed:
-                raise BatcherClosedError("the service is shutting down")
-            if len(self._pending) >= self._max_queue:
-                raise QueueFullError(f"{self._max_queue} requests")
-            queued_cost = sum(waiting.cost for waiting in self._pending)  # at most max_queue of them
-            if self._pending and queued_cost + cost > self._max_queue_cost:
-                raise QueueFullError(f"{len(self._pending)} requests of {queued_cost} pixels in all")
+            self._refuse_if_full(cost)
             self._pending.append(job)
             job.future.add_done_callback(self._forget)  # not bound to the job: job -> future -> job would be a cycle
             self._condition.notify()
             if self._sharing:  # helpers only take work then: waking them otherwise costs a lone caller time
                 self._helper_wakeup.notify_all()  # one helper may be waiting for companions of another key
         return job.future
+
+    def check_room(self, cost: int = 1) -> None:
+        """Raise what ``enqueue`` would raise for an item of ``cost`` now, without queueing anything: the service
+        asks before decoding an image, whose pixels it knows from the header, so that a flood refused with 503s
+        does not pay for decoding every image first (a security review). The queue may fill in between: ``enqueue``
+        checks again."""
+        with self._condition:
+            self._refuse_if_full(cost)
+
+    def _refuse_if_full(self, cost: int) -> None:
+        """The admission rules (``enqueue``); the caller holds the lock."""
+        if self._closed:
+            raise BatcherClosedError("the service is shutting down")
+        if len(self._pending) >= self._max_queue:
+            raise QueueFullError(f"{self._max_queue} requests")
+        queued_cost = sum(waiting.cost for waiting in self._pending)  # at most max_queue of them
+        if self._pending and queued_cost + cost > self._max_queue_cost:
+            raise QueueFullError(f"{len(self._pending)} requests of {queued_cost} pixels in all")
 
     def _forget(self, future: Future[Any]) -> None:
         """A caller that gave up (hung up, timed out) leaves the queue at once. Before, its job kept a place until a

@@ -236,6 +236,11 @@ class InferenceService:
     def close(self) -> None:
         self.batcher.close()
 
+    def check_room(self, pixels: int) -> None:
+        """Raise ``QueueFullError`` (503) now if an image of ``pixels`` would be refused by the queue: asked once
+        an upload's header is read, before its pixels are decoded (``app.offload.decode_upload``)."""
+        self.batcher.check_room(pixels)
+
     async def encode(self, image: np.ndarray) -> np.ndarray:
         """(H, W) float image -> (h, w) int64 index grid."""
         result: np.ndarray = await self.batcher.submit(("encode", image.shape), image, image.size)

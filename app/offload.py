@@ -14,13 +14,15 @@ Everything else runs on a worker thread, as all of it did before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 import numpy as np
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.imaging import PNG_SIGNATURE, Pixels, decode_image, encode_png, load_pixels, open_image
+from app.imaging import PNG_SIGNATURE, Pixels, encode_png, load_pixels, open_image
 from app.settings import Settings
 
 P = ParamSpec("P")
@@ -36,13 +38,31 @@ async def run_sized(
     return await run_in_threadpool(function, *args, **kwargs)
 
 
-async def decode_upload(data: bytes, settings: Settings) -> Pixels:
+Admit = Callable[[int], None]  # called with the image's pixel count once its header is read; raises to refuse it
+
+
+async def decode_upload(data: bytes, settings: Settings, admit: Admit | None = None) -> Pixels:
     """Uploaded file -> float32 (H, W) in [0, 1] and notes (``app.imaging.decode_image``), on the loop when
-    small."""
+    small. ``admit`` (the model's queue) may refuse the image between its header and its pixels."""
     if len(data) > settings.inline_max_bytes or not data.startswith(PNG_SIGNATURE):
-        return await run_in_threadpool(decode_image, data, max_pixels=settings.max_pixels, min_size=settings.min_size)
-    with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
+        return await run_in_threadpool(decode_admitted, data, settings, admit)
+    with _admitted(data, settings, admit) as image:
         return await run_sized(image.width * image.height, settings.inline_max_pixels, load_pixels, image)
+
+
+def decode_admitted(data: bytes, settings: Settings, admit: Admit | None) -> Pixels:
+    """``decode_image``, asking ``admit`` between the header and the pixels (on a worker thread)."""
+    with _admitted(data, settings, admit) as image:
+        return load_pixels(image)
+
+
+@contextmanager
+def _admitted(data: bytes, settings: Settings, admit: Admit | None) -> Iterator[Image.Image]:
+    """The opened image (``app.imaging.open_image``: its header read and checked), once ``admit`` let it pass."""
+    with open_image(data, max_pixels=settings.max_pixels, min_size=settings.min_size) as image:
+        if admit is not None:
+            admit(image.width * image.height)
+        yield image
 
 
 async def encode_answer(image: np.ndarray, settings: Settings) -> bytes:

@@ -60,7 +60,7 @@ def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response
     summary="Image -> grid of codebook indices",
 )
 async def encode(file: ImageFile, service: Service) -> EncodeResponse:
-    upload = await decode_upload(await file.read(), service.settings)
+    upload = await decode_upload(await file.read(), service.settings, service.check_room)
     indices = await service.encode(upload.image)
     height, width = upload.image.shape
     return EncodeResponse(
@@ -209,7 +209,7 @@ def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:
     summary="Image -> reconstruction through the codebook, with SSIM and PSNR",
 )
 async def reconstruct(file: ImageFile, service: Service, answer: Answer) -> ReconstructResponse | Response:
-    upload = await decode_upload(await file.read(), service.settings)
+    upload = await decode_upload(await file.read(), service.settings, service.check_room)
     result = await service.reconstruct(upload.image)
     png = await encode_answer(result.image, service.settings)
     if answer == PNG:

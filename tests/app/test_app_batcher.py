@@ -103,6 +103,25 @@ async def test_full_queue_refuses_at_once(held: FakeModel) -> None:
     batcher.close()
 
 
+async def test_check_room_says_what_enqueue_would_without_queueing(held: FakeModel) -> None:
+    """The service asks before decoding an image: the same rules as ``enqueue``, nothing queued either way."""
+    batcher = make(held, max_queue=2, max_queue_cost=100)
+    running = asyncio.ensure_future(batcher.submit("a", 0, cost=1000))
+    await wait_until(held.running.is_set)
+    batcher.check_room(1000)  # none waits: never refused for its size alone
+    queued = asyncio.ensure_future(batcher.submit("a", 1, cost=60))
+    await wait_until(lambda: batcher.queued == 1)
+    batcher.check_room(40)
+    with pytest.raises(QueueFullError, match="1 requests of 60 pixels"):
+        batcher.check_room(41)
+    assert batcher.queued == 1
+    held.gate.set()
+    await asyncio.gather(running, queued)
+    batcher.close()
+    with pytest.raises(BatcherClosedError):
+        batcher.check_room(1)
+
+
 async def test_the_queue_refuses_work_past_its_cost_budget_but_never_a_lone_item(held: FakeModel) -> None:
     """Counting requests alone let 256 of the largest images queue: minutes of work and gigabytes of memory from a
     few hundred KB of uploads (a security review). The service's cost is an image's pixels."""

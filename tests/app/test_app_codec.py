@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi import FastAPI
-from PIL import Image
+from PIL import Image, ImageFile
 from prometheus_client import CollectorRegistry
 
 from app.inference import StartupError
@@ -453,7 +453,8 @@ async def test_concurrent_requests_share_a_forward_pass_and_keep_their_results(
         ({"max_queue_pixels": 2 * 64 * 64, "max_pixels": 64 * 64}, 64, "2 requests of 8192 pixels in all"),
     ],
 )
-async def test_full_queue_answers_503_with_retry_after(
+@pytest.mark.parametrize("refused_format", ["PNG", "TIFF"])  # decoded on the event loop, on a worker thread
+async def test_full_queue_answers_503_with_retry_after_before_decoding(
     make_app: Callable[..., FastAPI],
     run: Callable[[FastAPI], Any],
     as_upload: Files,
@@ -463,7 +464,18 @@ async def test_full_queue_answers_503_with_retry_after(
     settings: dict[str, int],
     side: int,
     detail: str,
+    refused_format: str,
 ) -> None:
+    """The refused image's pixels are never decoded: the queue is asked once its header is read. Before, a flood
+    refused with 503s paid for decoding each of its images first (a security review)."""
+    decoded: list[str | None] = []
+    pillow_load = ImageFile.ImageFile.load
+
+    def counted(image: ImageFile.ImageFile) -> Any:
+        decoded.append(image.format)
+        return pillow_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)  # where Pillow decodes pixels, whichever thread
     app = make_app(max_batch_size=1, **settings)
     async with run(app) as client:
         service = app.state.service
@@ -473,10 +485,12 @@ async def test_full_queue_answers_503_with_retry_after(
         await wait_for(held.entered.is_set)
         queued = [asyncio.ensure_future(client.post("/encode", files=queued_upload)) for _ in range(2)]
         await wait_for(lambda: service.batcher.queued == 2)
-        refused = await client.post("/encode", files=small)
+        decoded_before = len(decoded)
+        refused = await client.post("/encode", files=as_upload(image_file(noise(16, 16), refused_format)))
+        decoded_after = len(decoded)
         held.gate.set()
         answered = await asyncio.gather(running, *queued)
-    assert refused.status_code == 503
+    assert decoded_before > 0 and decoded_after == decoded_before  # the three answered ones were decoded
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["detail"] == f"server busy: {detail} already waiting for the model; retry shortly"
     assert [response.status_code for response in answered] == [200, 200, 200]

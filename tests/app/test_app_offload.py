@@ -77,7 +77,7 @@ async def test_a_large_file_is_opened_on_a_worker_thread_even_when_its_image_is_
         worker_calls.clear()
         small = await client.post("/encode", files=as_upload(png))
         large = await client.post("/encode", files=as_upload(padded))
-        assert worker_calls == ["decode_image"]
+        assert worker_calls == ["decode_admitted"]
     assert small.status_code == large.status_code == 200
     assert small.json() == large.json()
 
@@ -92,4 +92,4 @@ async def test_only_png_is_opened_on_the_event_loop(
         for fmt in ("JPEG", "BMP", "TIFF"):
             response = await client.post("/encode", files=as_upload(image_file(pixels, fmt)))
             assert response.status_code == 200, response.text
-        assert worker_calls == ["decode_image"] * 3
+        assert worker_calls == ["decode_admitted"] * 3
