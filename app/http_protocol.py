@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol with three things the service needs that uvicorn lacks: a deadline for each request's
-headers, a bound on their size, and JSON for the errors that uvicorn gives itself.
+"""uvicorn's HTTP protocol with four things the service needs that uvicorn lacks: a deadline for each request's
+headers, a bound on their size, a bound on the connections open at once, and JSON for the errors that uvicorn gives
+itself.
 
 uvicorn closes an idle keep-alive connection after a response (``timeout_keep_alive``), and any byte received
 cancels that timer. A client that connects and sends nothing, or trickles its headers, held its connection, and so a
@@ -10,6 +11,11 @@ headers are in, since the app sees nothing before that.
 uvicorn's httptools protocol sets no bound on a request's headers (its h11 one does: 16 KiB): a reviewer's header of
 120 MB was answered 200, the server grew by 224 MB, and other callers waited seconds while it was parsed. A request
 whose request line and headers pass ``MAX_HEADER_BYTES`` now gets a 431 and its connection is closed.
+
+Each connection may carry an upload of up to ``VQVAE_MAX_BODY_BYTES``, read (and spooled to the temporary folder
+past 1 MiB) before the model's queue is asked, and holds a file descriptor: a connection past
+``VQVAE_MAX_CONNECTIONS`` open at once gets a JSON 503 with ``Retry-After`` as soon as it is made, and is closed.
+(uvicorn's own ``limit_concurrency`` answers a ``text/plain`` 503, and only once the request's headers are in.)
 
 A request that is not valid HTTP never reaches the app either: uvicorn answered it with a ``text/plain`` 400, where
 every other error of the service is JSON ``{"detail": ...}``.
@@ -36,12 +42,17 @@ MAX_HEADER_BYTES = 64 * 1024
 # After such a refusal the connection's input is read and dropped for this long before it is closed: closing it with
 # input unread makes the kernel reset the connection, and the client, still sending, lost the answer to the reset.
 LINGER_S = 2.0
+CONNECTIONS_RETRY_AFTER_S = 1  # the Retry-After of a connection refused by VQVAE_MAX_CONNECTIONS
 
 
 @functools.cache
-def header_timeout_s() -> float:
+def _settings() -> Settings:
     """Read once per process: uvicorn's worker processes inherit the environment that ``vqvae-serve`` checked."""
-    return Settings().header_timeout_s
+    return Settings()
+
+
+def header_timeout_s() -> float:
+    return _settings().header_timeout_s
 
 
 def _closing_answer(status_line: str, detail: str) -> bytes:
@@ -72,6 +83,15 @@ HEADERS_TOO_LARGE_ANSWER = _closing_answer(
     "431 Request Header Fields Too Large",
     f"the request line and headers are over {MAX_HEADER_BYTES // 1024} KiB; the service reads no more",
 )
+
+
+def _too_many_connections_answer(limit: int) -> bytes:
+    return _closing_answer(
+        f"503 Service Unavailable\r\nretry-after: {CONNECTIONS_RETRY_AFTER_S}",
+        f"server busy: {limit} connections already open (limit set by VQVAE_MAX_CONNECTIONS); retry shortly",
+    )
+
+
 INVALID_REQUEST_ANSWER = _closing_answer(
     "400 Bad Request", "not a valid HTTP/1.1 request: its request line or headers could not be parsed"
 )
@@ -128,6 +148,10 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        limit = _settings().max_connections
+        if len(self.connections) > limit:  # this one counted: it is the one over the limit
+            self._refuse(_too_many_connections_answer(limit), f"over {limit} connections: 503")
+            return
         self._arm()
 
     def on_headers_complete(self) -> None:

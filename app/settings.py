@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         "otherwise hold a connection, and a file descriptor, forever. Applied by vqvae-serve (and the Docker image), "
         "not by a plain `uvicorn app.main:create_app` (at most 600 s)",
     )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="connections open at once, idle kept ones included; one more gets a 503 with Retry-After as soon "
+        "as it is made, and is closed. Each may be uploading up to VQVAE_MAX_BODY_BYTES, spooled to the temporary "
+        "folder past 1 MiB, before the model's queue is asked. Per server process (each of --workers N has its "
+        "own). Applied by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app`",
+    )
     root_path: str = Field(
         default="",
         description="the path prefix a reverse proxy serves the service under (/vqvae) and strips from the "

@@ -462,6 +462,42 @@ def test_vqvae_serve_logs_json_lines_with_the_requests_fields(json_log_server: S
     assert any(entry.get("path") == "/vqvae/readyz" for entry in entries)  # the start-up wait's probes
 
 
+MAX_CONNECTIONS = 2
+
+
+@pytest.fixture(scope="module")
+def two_connection_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"VQVAE_CHECKPOINT": str(checkpoint), "VQVAE_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}
+    with running_server(
+        env, tmp_path_factory.mktemp("conns"), log_level="info", startup_timeout_s=60, cli=True
+    ) as process:
+        yield process
+
+
+def test_a_connection_past_the_limit_gets_a_json_503_and_the_others_are_served(two_connection_server: Server) -> None:
+    """Each open connection may be uploading up to VQVAE_MAX_BODY_BYTES, spooled to the temporary folder, before
+    the model's queue is asked; there was no bound on how many (a security review). The one over the limit is
+    answered at once, in JSON with Retry-After, and closed; the ones open are served; a freed place is taken again."""
+    with raw_connection(two_connection_server) as first, raw_connection(two_connection_server) as second:
+        with raw_connection(two_connection_server) as third:
+            third.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            refused = read_answer(third)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/json" and refused.headers["connection"] == "close"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "2 connections already open" in refused.json()["detail"]
+        assert "VQVAE_MAX_CONNECTIONS" in refused.json()["detail"]
+        for sock in (first, second):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_kept_answer(sock).startswith(b"HTTP/1.1 200")
+        second.close()
+        deadline = time.monotonic() + ANSWER_BOUND_S  # the server hears of the close, then of the third's, at once
+        while (answer := httpx.get(f"{two_connection_server.base_url}/healthz")).status_code == 503:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.05)
+        assert answer.status_code == 200
+
+
 def test_a_kept_connection_sending_only_line_ends_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
     """A review's case: the parser skips CR and LF between requests without starting one, and every byte cancels
     uvicorn's keep-alive timer, so a CRLF now and then after an answer held the connection open for ever."""

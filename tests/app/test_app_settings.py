@@ -71,6 +71,7 @@ def test_the_default_checkpoint_is_found_from_the_package_not_the_working_direct
         ("root_path", "/vqvae?x=1"),
         ("root_path", "/vqvae#top"),
         ("log_format", "xml"),
+        ("max_connections", 0),
         ("log_probes", "sometimes"),
         ("docs", "maybe"),
     ],
