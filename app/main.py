@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.hang_up import HangUpMiddleware
 from app.head import HeadAsGetMiddleware
 from app.inference import InferenceService, StartupError
+from app.libtiff import silence_libtiff
 from app.metrics import Metrics, MetricsMiddleware
 from app.middleware import (
     BodySizeLimitMiddleware,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app_metrics = Metrics()
     logging.getLogger("python_multipart").setLevel(MULTIPART_LOG_LEVEL)
+    silence_libtiff()  # its lines about corrupt TIFF uploads, likewise (app.libtiff)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -150,6 +150,13 @@ def as_upload() -> Callable[..., dict[str, tuple[str, bytes, str]]]:
 
 
 @pytest.fixture
+def corrupt_tiff(image_file: Callable[..., bytes], noise: Callable[..., np.ndarray]) -> bytes:
+    """A deflate-compressed TIFF whose strip is damaged: libtiff decodes it, and fails (writing to stderr)."""
+    data = image_file(noise(64, 64), "TIFF", compression="tiff_deflate")
+    return data[:20] + bytes(byte ^ 0xFF for byte in data[20:60]) + data[60:]  # the deflate stream's start
+
+
+@pytest.fixture
 def oasis_slice() -> Path:
     """One real OASIS test slice, when ../shared/data holds the data set."""
     slices = sorted(OASIS_TEST.glob("*.png")) if OASIS_TEST.is_dir() else []

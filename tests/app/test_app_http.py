@@ -449,9 +449,14 @@ def json_log_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
         yield process
 
 
-def test_vqvae_serve_logs_json_lines_with_the_requests_fields(json_log_server: Server) -> None:
+def test_vqvae_serve_logs_json_lines_with_the_requests_fields(
+    json_log_server: Server, corrupt_tiff: bytes, as_upload: Files
+) -> None:
     """Log pipelines (Loki, Elasticsearch) index fields; each line of the server's log is one JSON object, its
-    start-up lines too, and the probes are there when asked for."""
+    start-up lines too, and the probes are there when asked for. libtiff's own line about a corrupt upload
+    (``ZIPDecode: Decoding error...``) is not written (app.libtiff)."""
+    refused = httpx.post(f"{json_log_server.base_url}/encode", files=as_upload(corrupt_tiff, "scan.tif"))
+    assert refused.status_code == 400 and "could not decode the TIFF image" in refused.json()["detail"]
     assert httpx.get(f"{json_log_server.base_url}/healthz?from=test").status_code == 200
     lines = wait_for_log_line(json_log_server, "/vqvae/healthz?from=test")
     entries = [json.loads(line) for line in lines]  # a line that is not JSON fails here
