@@ -16,6 +16,8 @@ Each connection may carry an upload of up to ``VQVAE_MAX_BODY_BYTES``, read (and
 past 1 MiB) before the model's queue is asked, and holds a file descriptor: a connection past
 ``VQVAE_MAX_CONNECTIONS`` open at once gets a JSON 503 with ``Retry-After`` as soon as it is made, and is closed.
 (uvicorn's own ``limit_concurrency`` answers a ``text/plain`` 503, and only once the request's headers are in.)
+The answer is written before the request is read, so a HEAD request refused so gets the JSON body too, as the
+connection's last bytes; the connection no longer counts once refused, though it lingers (``LINGER_S``).
 
 A request that is not valid HTTP never reaches the app either: uvicorn answered it with a ``text/plain`` 400, where
 every other error of the service is JSON ``{"detail": ...}``.
@@ -26,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -97,6 +101,30 @@ INVALID_REQUEST_ANSWER = _closing_answer(
 )
 
 
+class _RefusalLog:
+    """Connections refused by ``VQVAE_MAX_CONNECTIONS``, logged as a warning at most once per ``every_s`` with how
+    many there were: a line per refusal turned a flood of connections into a flood of log lines (a review)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self._every_s = every_s
+        self._last = -math.inf
+        self._since = 0  # refusals not yet logged
+
+    def note(self, limit: int) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self._every_s:
+            return
+        within = "" if math.isinf(self._last) else f" in the last {now - self._last:.0f} s"
+        logger.warning(
+            "%d connection(s) refused with 503%s: %d already open (VQVAE_MAX_CONNECTIONS)", self._since, within, limit
+        )
+        self._last, self._since = now, 0
+
+
+_CONNECTION_REFUSALS = _RefusalLog()  # one per process: the event loop's thread alone calls it
+
+
 class ServiceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus: a connection's next request must have sent all its headers within
     ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or, on a kept connection, of the previous answer or the
@@ -150,7 +178,8 @@ class ServiceProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         limit = _settings().max_connections
         if len(self.connections) > limit:  # this one counted: it is the one over the limit
-            self._refuse(_too_many_connections_answer(limit), f"over {limit} connections: 503")
+            _CONNECTION_REFUSALS.note(limit)
+            self._refuse(_too_many_connections_answer(limit), None)  # logged in sum, not a line each
             return
         self._arm()
 
@@ -244,6 +273,9 @@ class ServiceProtocol(HttpToolsProtocol):
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _answer_and_close(self, answer: bytes) -> None:
+        # No longer one of the open connections (VQVAE_MAX_CONNECTIONS, and what uvicorn waits for at shutdown):
+        # a refused one, lingering below, kept callers out for up to LINGER_S after a burst had ended (a review).
+        self.connections.discard(self)
         if self.transport.is_closing():
             return
         self.transport.write(answer)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 # could not open, say).
 MULTIPART_LOG_LEVEL = logging.ERROR
 
+TITLE = "Brain-MRI VQ-VAE"  # the schema's and the docs pages'
 DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts and styles
 
 DESCRIPTION = """\
@@ -58,7 +59,7 @@ balancers probe with either.
 
 def _docs_app(docs: bool, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> FastAPI:
     """The app, with the docs pages and the schema (``VQVAE_DOCS``) or without: none of their paths is served then."""
-    options: dict[str, Any] = {"title": "Brain-MRI VQ-VAE", "version": "1.0", "description": DESCRIPTION}
+    options: dict[str, Any] = {"title": TITLE, "version": "1.0", "description": DESCRIPTION}
     # /encode/ is a 404, not a 307 to /encode: that redirect named an absolute http:// URL, wrong behind a TLS proxy,
     # and a client that follows it with a POST sends its whole upload twice.
     options.update(lifespan=lifespan, redirect_slashes=False)
@@ -81,7 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app_metrics = Metrics()
     logging.getLogger("python_multipart").setLevel(MULTIPART_LOG_LEVEL)
-    silence_libtiff()  # its lines about corrupt TIFF uploads, likewise (app.libtiff)
+    if not silence_libtiff():  # its lines about corrupt TIFF uploads, likewise (app.libtiff)
+        # Said where it matters: a JSON log would get libtiff's plain lines again (a review).
+        logger.log(
+            logging.WARNING if settings.log_format == "json" else logging.DEBUG,
+            "libtiff's messages about corrupt TIFF uploads could not be switched off: they reach stderr as plain "
+            "lines, outside the log's format",
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -113,7 +113,8 @@ class Settings(BaseSettings):
         description="connections open at once, idle kept ones included; one more gets a 503 with Retry-After as soon "
         "as it is made, and is closed. Each may be uploading up to VQVAE_MAX_BODY_BYTES, spooled to the temporary "
         "folder past 1 MiB, before the model's queue is asked. Per server process (each of --workers N has its "
-        "own). Applied by vqvae-serve (and the Docker image), not by a plain `uvicorn app.main:create_app`",
+        "own, and the kernel may hand one of them more connections than the others). Applied by vqvae-serve (and "
+        "the Docker image), not by a plain `uvicorn app.main:create_app`",
     )
     root_path: str = Field(
         default="",

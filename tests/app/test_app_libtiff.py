@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from app.libtiff import loaded_libtiff
+import pytest
+
+from app import main
+from app.libtiff import MAPS, loaded_libtiff
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # In a child process: libtiff's handlers are process-wide, and the one process shows the line before and not after.
@@ -26,6 +31,7 @@ for attempt in ("before", "after"):
 """
 
 
+@pytest.mark.skipif(not MAPS.is_file(), reason=f"{MAPS} is Linux's; elsewhere libtiff's lines stay on stderr")
 def test_libtiff_writes_to_stderr_until_silenced(corrupt_tiff: bytes) -> None:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], input=corrupt_tiff, capture_output=True, cwd=REPO_ROOT, timeout=120, check=True
@@ -38,6 +44,7 @@ def test_libtiff_writes_to_stderr_until_silenced(corrupt_tiff: bytes) -> None:
     assert after.strip() == "", err
 
 
+@pytest.mark.skipif(not MAPS.is_file(), reason=f"{MAPS} is Linux's; elsewhere libtiff's lines stay on stderr")
 def test_the_loaded_libtiff_is_found_in_the_process_maps(tmp_path: Path) -> None:
     found = loaded_libtiff()
     assert found is not None and Path(found).name.startswith("libtiff") and Path(found).is_file()
@@ -49,3 +56,14 @@ def test_the_loaded_libtiff_is_found_in_the_process_maps(tmp_path: Path) -> None
     )
     assert loaded_libtiff(maps) == "/opt/my libs/libtiff.so.6"
     assert loaded_libtiff(tmp_path / "absent") is None
+
+
+def test_a_json_log_is_warned_when_libtiff_cannot_be_silenced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, make_settings: Any
+) -> None:
+    monkeypatch.setattr(main, "silence_libtiff", lambda: False)
+    with caplog.at_level(logging.DEBUG, logger="app.main"):
+        main.create_app(make_settings(log_format="json"))
+        main.create_app(make_settings())
+    levels = [record.levelno for record in caplog.records if "libtiff" in record.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG]

@@ -252,7 +252,7 @@ def test_a_server_runs_the_code_of_its_own_tree(tiny_checkpoint: Path, tmp_path:
     for package in ("app", "models", "training"):
         shutil.copytree(common.REPO_ROOT / package, tree / package, ignore=shutil.ignore_patterns("*.safetensors"))
     main = tree / "app" / "main.py"
-    main.write_text(main.read_text().replace('title="Brain-MRI VQ-VAE"', 'title="the other tree"'))
+    main.write_text(main.read_text().replace('TITLE = "Brain-MRI VQ-VAE"', 'TITLE = "the other tree"'))
     env = {"VQVAE_CHECKPOINT": str(tiny_checkpoint)}
     for root, title in ((tree, "the other tree"), (common.REPO_ROOT, "Brain-MRI VQ-VAE")):
         with running_server(env, tmp_path, log_level="warning", startup_timeout_s=60, root=root) as server:
