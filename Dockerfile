@@ -27,8 +27,9 @@ USER 10001:10001
 EXPOSE 8000
 
 # The port is VQVAE_PORT (8000 unless set: docker run -e VQVAE_PORT=9000 -p 9000:9000 ...), which the health check
-# reads through the service's own settings; a --port in a replaced command would not be seen by it.
+# reads through the service's own settings, as it reads whether the service serves HTTPS (VQVAE_TLS_CERTFILE); a
+# --port in a replaced command would not be seen by it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; from app.settings import Settings; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{Settings().port}/healthz', timeout=4).status != 200)"]
+    CMD ["python", "-m", "app.healthcheck"]
 
 CMD ["vqvae-serve", "--host", "0.0.0.0"]

@@ -31,6 +31,8 @@ from app.logs import log_config
 from app.metrics import shared_by_workers
 from app.service_links import PORT_VARIABLE, is_link_value
 from app.settings import Settings, unknown_variables
+from app.tls import tls_problem
+from app.tls import uvicorn_options as tls_options
 from models.cpus import THREADS_PER_CPU_LIMIT, cpu_allowance
 
 APP_FACTORY = "app.main:create_app"
@@ -203,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vqvae-serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
         return 2
+    problem = tls_problem(settings)
+    if problem is not None:
+        print(f"vqvae-serve: {problem}", file=sys.stderr)
+        return 2
     port = settings.port if args.port is None else args.port
     problem = listen_problem(args.host, port)
     if problem is not None:
@@ -234,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timeout_keep_alive": settings.keep_alive_s,
         "root_path": settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
         "server_header": False,  # "server: uvicorn" told every caller what serves them, for nothing (a review)
+        **tls_options(settings),
     }
     with shared_by_workers(args.workers):
         if args.workers == 1 and takes_both_families(args.host):  # see app.listen_socket

@@ -95,9 +95,9 @@ class _DualStackServer(uvicorn.Server):
             return
         if sockets[0].fileno() == -1:  # closed by uvloop: its listen() failed
             await self._refused(OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)))
-        logger.info(
-            "Uvicorn running on http://%s, IPv4 and IPv6 (Press CTRL+C to quit)", where(self.config.host, self.port)
-        )
+        scheme = "https" if self.config.is_ssl else "http"  # VQVAE_TLS_*
+        address = where(self.config.host, self.port)
+        logger.info("Uvicorn running on %s://%s, IPv4 and IPv6 (Press CTRL+C to quit)", scheme, address)
 
     async def _refused(self, exc: OSError) -> None:
         logger.error("%s", bind_problem(self.config.host, self.port, exc))

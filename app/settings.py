@@ -116,6 +116,14 @@ class Settings(BaseSettings):
         "own, and the kernel may hand one of them more connections than the others). Applied by vqvae-serve (and "
         "the Docker image), not by a plain `uvicorn app.main:create_app`",
     )
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (its chain after it) to serve HTTPS with, with VQVAE_TLS_KEYFILE; unset: plain "
+        "HTTP, for a TLS-terminating proxy in front. Applied by vqvae-serve (and the Docker image)",
+    )
+    tls_keyfile: Path | None = Field(
+        default=None, description="the certificate's private key (PEM, unencrypted), with VQVAE_TLS_CERTFILE"
+    )
     root_path: str = Field(
         default="",
         description="the path prefix a reverse proxy serves the service under (/vqvae) and strips from the "
@@ -197,6 +205,22 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             raise ValueError("empty; leave it unset to serve the shipped checkpoint, or give a .safetensors file")
         return value
+
+    @field_validator("tls_certfile", "tls_keyfile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``VQVAE_TLS_CERTFILE=`` (a compose file's unset ``${VAR}``): no TLS, not the current folder."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = ("CERTFILE", "KEYFILE") if self.tls_keyfile is None else ("KEYFILE", "CERTFILE")
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_{given} is set but {ENV_PREFIX}TLS_{missing} is not: HTTPS needs the certificate "
+                "and its private key"
+            )
+        return self
 
     @field_validator("port", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ class Server:
     process: subprocess.Popen[bytes]
     base_url: str
     log: Path
+    verify: ssl.SSLContext | bool = True  # how an httpx client checks its certificate (https only)
 
     @property
     def pid(self) -> int:
@@ -58,7 +60,7 @@ def wait_ready(server: Server, timeout_s: float, workers: int = 1) -> None:
     """Until /readyz answers 200 and, with several workers, every worker has loaded the model: /readyz speaks
     for whichever worker answers, but /metrics counts the loads of all (``vqvae_model_loads_total``)."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
+    with httpx.Client(base_url=server.base_url, timeout=2.0, verify=server.verify) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited with code {server.process.returncode}:\n{server.log_tail()}")
@@ -93,13 +95,15 @@ def running_server(
     cli: bool = False,
     root: Path = REPO_ROOT,
     host: str = "127.0.0.1",
+    tls_ca: Path | None = None,
 ) -> Iterator[Server]:
     """A uvicorn subprocess serving ``app.main:create_app`` with ``env`` on a free port, stopped on exit; the code
     is that of the source tree ``root`` (another checkout, for an A/B: ``benchmarks.bench_ab``).
 
     One worker: plain ``uvicorn --factory``, unless ``cli``. Several, or ``cli``: ``vqvae-serve --workers N``, which
     is what sums their metrics (``app.metrics.shared_by_workers``) and sets the header deadline
-    (``app.http_protocol``).
+    (``app.http_protocol``). ``tls_ca``: the server serves HTTPS (``VQVAE_TLS_*`` in ``env``, with ``cli``), with a
+    certificate this CA file vouches for.
     """
     port = free_port()
     log = log_dir / f"server-{port}.log"
@@ -120,7 +124,8 @@ def running_server(
             start_new_session=True,  # its own process group: a kill below reaches the workers too
         )
     address = {"::": "[::1]", "0.0.0.0": "127.0.0.1"}.get(host, f"[{host}]" if ":" in host else host)  # asked here
-    server = Server(process, f"http://{address}:{port}", log)
+    scheme, verify = ("http", True) if tls_ca is None else ("https", ssl.create_default_context(cafile=tls_ca))
+    server = Server(process, f"{scheme}://{address}:{port}", log, verify)
     try:
         wait_ready(server, startup_timeout_s, workers)
         yield server

@@ -855,18 +855,25 @@ def _has_ipv6() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6(), reason="this machine has no IPv6 loopback")
-def test_serve_on_ipv6s_any_address_takes_ipv4_callers_too(checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_serve_on_ipv6s_any_address_takes_ipv4_callers_too(checkpoint: Path, tmp_path: Path, scheme: str) -> None:
     """``--host ::`` with one worker took IPv6 callers alone (asyncio sets IPV6_V6ONLY), while two workers took both:
-    127.0.0.1 was refused, and so was the Docker image's health check (a review)."""
-    env = {"VQVAE_CHECKPOINT": str(checkpoint)}
-    with running_server(env, tmp_path, log_level="info", startup_timeout_s=60, cli=True, host="::") as process:
+    127.0.0.1 was refused, and so was the Docker image's health check (a review). Over HTTPS too (VQVAE_TLS_*), which
+    its start-up line names (it said http)."""
+    env, ca = {"VQVAE_CHECKPOINT": str(checkpoint)}, None
+    if scheme == "https":
+        ca = REPO_ROOT / "tests" / "app" / "tls" / "localhost.crt"
+        env.update(VQVAE_TLS_CERTFILE=str(ca), VQVAE_TLS_KEYFILE=str(ca.with_suffix(".key")))
+    options: dict[str, Any] = {"log_level": "info", "startup_timeout_s": 60, "cli": True, "host": "::", "tls_ca": ca}
+    with running_server(env, tmp_path, **options) as process:
         port = httpx.URL(process.base_url).port
-        for base in (process.base_url, f"http://127.0.0.1:{port}"):
-            assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}, base
+        for base in (process.base_url, f"{scheme}://127.0.0.1:{port}"):
+            answer = httpx.get(f"{base}/healthz", timeout=30, verify=process.verify)
+            assert answer.json() == {"status": "ok"}, base
         process.process.send_signal(signal.SIGINT)  # Ctrl-C: a KeyboardInterrupt traceback on this path once
         assert process.process.wait(timeout=30) == 0
     log = process.log.read_text()
-    assert f"Uvicorn running on http://[::]:{port}, IPv4 and IPv6" in log
+    assert f"Uvicorn running on {scheme}://[::]:{port}, IPv4 and IPv6" in log
     assert "Traceback" not in log and "Finished server process" in log
 
 
