@@ -101,28 +101,40 @@ INVALID_REQUEST_ANSWER = _closing_answer(
 )
 
 
-class _RefusalLog:
+class RefusalLog:
     """Connections refused by ``VQVAE_MAX_CONNECTIONS``, logged as a warning at most once per ``every_s`` with how
-    many there were: a line per refusal turned a flood of connections into a flood of log lines (a review)."""
+    many there were: a line per refusal turned a flood of connections into a flood of log lines (a review). The
+    first refusal is logged at once; those after it within ``every_s``, once it has passed, so that a burst's last
+    refusals are counted too. Runs on the event loop's thread."""
 
     def __init__(self, every_s: float = 10.0) -> None:
         self._every_s = every_s
-        self._last = -math.inf
-        self._since = 0  # refusals not yet logged
+        self._last = -math.inf  # when a line was last written
+        self._pending = 0  # refusals not yet logged
+        self._limit = 0
+        self._flush: asyncio.TimerHandle | None = None
 
     def note(self, limit: int) -> None:
-        self._since += 1
+        self._pending, self._limit = self._pending + 1, limit
+        wait_s = self._last + self._every_s - time.monotonic()
+        if wait_s <= 0:
+            self._write()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(wait_s, self._write)
+
+    def _write(self) -> None:
         now = time.monotonic()
-        if now - self._last < self._every_s:
-            return
         within = "" if math.isinf(self._last) else f" in the last {now - self._last:.0f} s"
         logger.warning(
-            "%d connection(s) refused with 503%s: %d already open (VQVAE_MAX_CONNECTIONS)", self._since, within, limit
+            "%d connection(s) refused with 503%s: %d already open (VQVAE_MAX_CONNECTIONS)",
+            self._pending,
+            within,
+            self._limit,
         )
-        self._last, self._since = now, 0
+        self._last, self._pending, self._flush = now, 0, None
 
 
-_CONNECTION_REFUSALS = _RefusalLog()  # one per process: the event loop's thread alone calls it
+_CONNECTION_REFUSALS = RefusalLog()  # one per process: the event loop's thread alone calls it
 
 
 class ServiceProtocol(HttpToolsProtocol):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gzip
 import itertools
 import json
+import logging
 import os
 import re
 import select
@@ -30,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from app.cli import main
-from app.http_protocol import LINGER_S, MAX_HEADER_BYTES, ServiceProtocol
+from app.http_protocol import LINGER_S, MAX_HEADER_BYTES, RefusalLog, ServiceProtocol
 from app.listen_socket import STARTUP_FAILURE, serve_on_both_families
 from app.settings import Settings
 from benchmarks.server import Server, free_port, model_loads, running_server, wait_ready
@@ -514,6 +516,24 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_others_are_served(t
         line for line in lines if "1 connection(s) refused with 503: 2 already open (VQVAE_MAX_CONNECTIONS)" in line
     ]
     assert any("1 connection(s) refused with 503" in line for line in lines)
+
+
+def test_connection_refusals_are_logged_in_sum_the_burst_s_last_ones_too(caplog: pytest.LogCaptureFixture) -> None:
+    """One line for the first refusal, then one per period with the count since: before, the refusals after the
+    first within a period were written only when another came after it, so a burst's last ones went unsaid."""
+
+    async def burst() -> None:
+        log = RefusalLog(every_s=0.2)
+        for _ in range(5):
+            log.note(256)
+        await asyncio.sleep(0.4)  # no refusal after the burst: its count is written all the same
+
+    with caplog.at_level(logging.WARNING, logger="app.http_protocol"):
+        asyncio.run(burst())
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0] == "1 connection(s) refused with 503: 256 already open (VQVAE_MAX_CONNECTIONS)"
+    assert lines[1].startswith("4 connection(s) refused with 503 in the last 0 s: 256 already open")
 
 
 def test_a_kept_connection_sending_only_line_ends_gets_the_header_deadline(short_keep_alive_server: Server) -> None:
