@@ -36,6 +36,7 @@ from app.tls import uvicorn_options as tls_options
 from models.cpus import THREADS_PER_CPU_LIMIT, cpu_allowance
 
 APP_FACTORY = "app.main:create_app"
+LOOP_FACTORY = "app.event_loop:new_event_loop"  # uvloop, with the TLS handshake bounded (app.event_loop)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -241,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "root_path": settings.root_path,  # uvicorn adds it to each path, as the ASGI spec has it
         "server_header": False,  # "server: uvicorn" told every caller what serves them, for nothing (a review)
         **tls_options(settings),
+        "loop": LOOP_FACTORY,
     }
     with shared_by_workers(args.workers):
         if args.workers == 1 and takes_both_families(args.host):  # see app.listen_socket

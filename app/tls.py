@@ -15,7 +15,8 @@ from typing import Any
 from app.settings import Settings
 
 # TLS 1.2's suites when a client cannot speak 1.3 (whose own suites are all strong and always on): forward-secret
-# AEAD ones only (Mozilla's "intermediate" list). uvicorn's default, "TLSv1", lets in CBC suites with SHA-1 MACs.
+# AEAD ones only, the ECDHE part of Mozilla's "intermediate" list (its DHE suites need DH parameters, which Python's
+# ssl never loads, so a server could not use them). uvicorn's default, "TLSv1", lets in CBC suites with SHA-1 MACs.
 # The minimum version is Python's default for a server, TLS 1.2.
 CIPHERS = ":".join(
     (
@@ -25,11 +26,10 @@ CIPHERS = ":".join(
         "ECDHE-RSA-AES256-GCM-SHA384",
         "ECDHE-ECDSA-CHACHA20-POLY1305",
         "ECDHE-RSA-CHACHA20-POLY1305",
-        "DHE-RSA-AES128-GCM-SHA256",
-        "DHE-RSA-AES256-GCM-SHA384",
-        "DHE-RSA-CHACHA20-POLY1305",
     )
 )
+# What marks a PEM private key as protected by a passphrase: PKCS#8's own label, or the older OpenSSL header.
+_ENCRYPTED_KEY_MARKERS = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
 
 
 def scheme(settings: Settings) -> str:
@@ -67,6 +67,8 @@ def tls_problem(settings: Settings) -> str | None:
     contents = {}
     for variable, path in (("VQVAE_TLS_CERTFILE", certfile), ("VQVAE_TLS_KEYFILE", keyfile)):
         try:
+            if path.exists() and not path.is_file():  # a folder, a FIFO (whose read would wait for a writer)...
+                return f"{variable}: {path} is not a regular file"
             with path.open("rb") as handle:
                 contents[variable] = handle.read(MAX_PEM_BYTES)
         except OSError as exc:
@@ -74,7 +76,7 @@ def tls_problem(settings: Settings) -> str | None:
     if b"-----BEGIN CERTIFICATE-----" not in contents["VQVAE_TLS_CERTFILE"]:
         return f"VQVAE_TLS_CERTFILE: {certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
     key = contents["VQVAE_TLS_KEYFILE"]
-    if b"ENCRYPTED" in key:  # PKCS#8 "ENCRYPTED PRIVATE KEY", or the older "Proc-Type: 4,ENCRYPTED"
+    if any(marker in key for marker in _ENCRYPTED_KEY_MARKERS):
         return (
             f"VQVAE_TLS_KEYFILE: {keyfile} is protected by a passphrase, which the service has no way to be given; "
             "serve a copy without it (openssl pkey -in the.key -out plain.key), readable by the service alone"
@@ -84,7 +86,10 @@ def tls_problem(settings: Settings) -> str | None:
     try:
         server_context(certfile, keyfile)
     except ssl.SSLError as exc:
-        mismatch = exc.reason == "KEY_VALUES_MISMATCH"
-        what = "is not the key of the certificate in" if mismatch else "and its certificate could not be loaded from"
-        return f"VQVAE_TLS_KEYFILE: {keyfile} {what} VQVAE_TLS_CERTFILE {certfile} (OpenSSL: {exc})"
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"VQVAE_TLS_KEYFILE: {keyfile} is not the key of the certificate in VQVAE_TLS_CERTFILE {certfile}"
+        return (  # a damaged certificate or key, a key too small for OpenSSL's security level...: either file
+            f"VQVAE_TLS_CERTFILE {certfile} and VQVAE_TLS_KEYFILE {keyfile} could not be loaded together "
+            f"(OpenSSL: {exc})"
+        )
     return None
