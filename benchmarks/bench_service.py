@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -628,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-env", type=env_pair, action="append", default=[], metavar="VQVAE_NAME=VALUE", help="server setting"
     )
     parser.add_argument(
+        "--vqvae-serve",
+        action="store_true",
+        help="run the server as vqvae-serve, as deployed (its HTTP protocol, connection bound and event loop); by "
+        "default, with one worker, a plain uvicorn --factory, as in the README's figures",
+    )
+    parser.add_argument(
         "--workers",
         type=worker_count,
         default=1,
@@ -725,9 +732,7 @@ def measure_service(
     reference (raises RuntimeError when the server misbehaves)."""
     started = time.perf_counter()
     levels: list[LevelFigures] = []
-    with running_server(
-        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout, workers=args.workers
-    ) as server:
+    with running_server(env, log_dir, **server_options(args)) as server:
         print(
             f"-- server pid {server.pid} at {server.base_url} ready in {time.perf_counter() - started:.1f} s, "
             f"RSS {memory_text(proc_memory_mb(server.pid), 'VmRSS')} MB; {args.requests} requests per level"
@@ -753,14 +758,27 @@ def measure_service(
     return levels
 
 
+def server_command(args: argparse.Namespace) -> str:
+    """What runs the server: ``vqvae-serve`` (asked for, or for several workers), else a plain uvicorn."""
+    return "vqvae-serve" if args.vqvae_serve or args.workers > 1 else "uvicorn --factory"
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``running_server``'s options from the command line (the same for both servers of a run)."""
+    return {
+        "log_level": args.server_log_level,
+        "startup_timeout_s": args.startup_timeout,
+        "workers": args.workers,
+        "cli": args.vqvae_serve,
+    }
+
+
 def measure_overload(
     args: argparse.Namespace, env: dict[str, str], log_dir: Path, endpoint: str, uploads: list[Upload]
 ) -> LevelFigures:
     """A fresh server with max_queue = --overload-queue, driven at --overload-concurrency."""
     env = {**env, "VQVAE_MAX_QUEUE": str(args.overload_queue)}
-    with running_server(
-        env, log_dir, log_level=args.server_log_level, startup_timeout_s=args.startup_timeout, workers=args.workers
-    ) as server:
+    with running_server(env, log_dir, **server_options(args)) as server:
         problem = check_endpoint(server.base_url, endpoint, uploads[0], times=1)
         if problem:
             raise RuntimeError(f"{problem}\n{server.log_tail()}")
@@ -808,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"server settings: max_batch_size {settings.max_batch_size}, max_wait_ms {settings.max_wait_ms}, "
             f"max_queue {settings.max_queue}, torch_threads {server_threads(settings, args.workers)}, "
-            f"device {settings.device}, workers {args.workers}; from env {dict(args.server_env) or 'defaults'}"
+            f"device {settings.device}, workers {args.workers}; server {server_command(args)}; "
+            f"from env {dict(args.server_env) or 'defaults'}"
         )
         print("-- in-process reference (same slices; stack -> model -> numpy under inference_mode)")
         model = load(checkpoint.path, device)[0].for_inference()  # as the service runs it

@@ -145,6 +145,7 @@ def test_bench_service(
     text = capsys.readouterr().out
     for expected in ("in-process reference", "req/s", "p99 ms", "peak MB", "-- overload:", "issue 6 targets"):
         assert expected in text
+    assert "server uvicorn --factory;" in text
     figures = json.loads(out.read_text())
     levels = figures["levels"]
     one_round = [("encode", 1), ("encode", 3), ("reconstruct", 1), ("reconstruct", 3)]
@@ -166,16 +167,25 @@ def test_bench_service(
     assert figures["overload"]["requests"] == 12 and figures["overload"]["blocks"] == []
 
 
-def test_bench_service_with_workers(
-    fixture_oasis: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("server", "said"), [(["--workers", "2"], "workers 2"), (["--vqvae-serve"], "workers 1")])
+def test_bench_service_under_vqvae_serve(
+    fixture_oasis: Path,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    server: list[str],
+    said: str,
 ) -> None:
-    """--workers 2 runs vqvae-serve's workers; the server's CPU and memory are summed over its processes."""
+    """--workers 2 runs vqvae-serve's workers, the server's CPU and memory summed over its processes; --vqvae-serve
+    runs one worker as deployed (its HTTP protocol and event loop), not a plain uvicorn."""
     out = tmp_path / "service.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "8", "--workers", "2"]
+    argv = ["--checkpoint", str(tiny_checkpoint), *data_args(fixture_oasis), "--requests", "8", *server]
     argv += ["--concurrency", "2", "--rounds", "1", "--batch-sizes", "1", "--seconds", "0", "--repeats", "1"]
     argv += ["--reference-seconds", "0", "--blocks", "1", "--endpoints", "encode", "--no-overload"]
     assert bench_service.main([*argv, "--json", str(out)]) == 0
-    assert "workers 2" in capsys.readouterr().out
+    assert f"{said}; server vqvae-serve;" in capsys.readouterr().out
+    options = bench_service.server_options(bench_service.build_parser().parse_args(server))
+    assert options["cli"] or options["workers"] > 1  # what makes running_server start app.cli, not uvicorn
     (level,) = json.loads(out.read_text())["levels"]
     assert level["errors"] == 0 and level["requests"] == 8
 
