@@ -22,11 +22,12 @@ TIMEOUT_S = 4.0  # within the image's HEALTHCHECK --timeout=5s
 
 def main() -> int:
     settings = Settings()
-    url = f"{scheme(settings)}://127.0.0.1:{settings.port}/healthz"
+    protocol = scheme(settings)
+    url = f"{protocol}://127.0.0.1:{settings.port}/healthz"
     # No proxy: an https_proxy or http_proxy in the container's environment (a corporate one) would be asked for
     # 127.0.0.1, and the service reported unhealthy while it served (a review).
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if scheme(settings) == "https":
+    if protocol == "https":
         handlers.append(urllib.request.HTTPSHandler(context=_unverified()))
     try:
         with urllib.request.build_opener(*handlers).open(url, timeout=TIMEOUT_S) as answer:

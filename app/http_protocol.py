@@ -89,6 +89,7 @@ HEADERS_TOO_LARGE_ANSWER = _closing_answer(
 )
 
 
+@functools.cache  # one answer per limit, not rebuilt for each connection of a flood
 def _too_many_connections_answer(limit: int) -> bytes:
     return _closing_answer(
         f"503 Service Unavailable\r\nretry-after: {CONNECTIONS_RETRY_AFTER_S}",
