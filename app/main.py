@@ -32,6 +32,7 @@ from app.middleware import (
 )
 from app.routes import codec, health, metrics, model
 from app.settings import Settings
+from app.startup_objects import startup_objects_frozen
 from app.static_errors import JSONStaticErrors
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if problem := codec.json_limit_problem(service.config, settings):
             logger.warning(problem)
         try:
-            yield
+            with startup_objects_frozen():  # the first burst of requests no longer pays a full collection
+                yield
         finally:
             app.state.service = None
             await run_in_threadpool(service.close)
