@@ -34,6 +34,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.metrics import HTTP_REFUSALS
 from app.middleware import error_body
 from app.settings import Settings
 
@@ -192,6 +193,7 @@ class ServiceProtocol(HttpToolsProtocol):
         limit = _settings().max_connections
         if len(self.connections) > limit:  # this one counted: it is the one over the limit
             _CONNECTION_REFUSALS.note(limit)
+            HTTP_REFUSALS.labels(reason="max_connections").inc()
             self._refuse(_too_many_connections_answer(limit), None)  # logged in sum, not a line each
             return
         self._arm()
@@ -234,6 +236,7 @@ class ServiceProtocol(HttpToolsProtocol):
         """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
+        HTTP_REFUSALS.labels(reason="invalid_request").inc()
         self._refuse(INVALID_REQUEST_ANSWER, None)  # after the answers to requests before it, as a 431 or 408 is
 
     def handle_websocket_upgrade(self) -> None:
@@ -258,6 +261,7 @@ class ServiceProtocol(HttpToolsProtocol):
     def _headers_late(self) -> None:
         self._header_deadline = None
         if not self.transport.is_closing() and not self._refused:
+            HTTP_REFUSALS.labels(reason="header_timeout").inc()
             self._refuse(
                 _late_headers_answer(header_timeout_s()), f"headers not in full within {header_timeout_s():g} s: 408"
             )
@@ -279,6 +283,7 @@ class ServiceProtocol(HttpToolsProtocol):
             self._answer_and_close(answer)
 
     def _refuse_too_large(self) -> None:
+        HTTP_REFUSALS.labels(reason="header_too_large").inc()
         self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
 
     def _answering(self) -> bool:

@@ -22,8 +22,30 @@ COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 OTHER_METHOD = "other"
 
 
+# Why the HTTP layer (``app.http_protocol``) answered a connection or request itself, before the app saw a request:
+# these answers are in no ``vqvae_http_requests`` count, whose middleware never runs for them.
+REFUSAL_REASONS = {
+    "max_connections": "503, a connection past VQVAE_MAX_CONNECTIONS",
+    "header_timeout": "408, headers not in within VQVAE_HEADER_TIMEOUT_S",
+    "header_too_large": "431, request line and headers too large",
+    "invalid_request": "400, not parsable as HTTP/1.1",
+}
+# One per process, not per app: the HTTP protocol knows no app. Each app's registry lists it (a collector may be in
+# several registries); under --workers its values are file-backed like the others' and summed by /metrics.
+HTTP_REFUSALS = Counter(
+    "vqvae_http_refused",
+    "connections and requests answered by the HTTP layer before reaching the app, by reason: "
+    + "; ".join(f"{reason} ({meaning})" for reason, meaning in REFUSAL_REASONS.items()),
+    ["reason"],
+    registry=None,
+)
+for _reason in REFUSAL_REASONS:
+    HTTP_REFUSALS.labels(reason=_reason)  # every reason shown from the start, at 0: an alert's rate has a series
+
+
 class Metrics:
-    """Request counts by route template and status, latency in seconds, inference batch sizes and times.
+    """Request counts by route template and status, latency in seconds, inference batch sizes and times, and the
+    process's refusals by the HTTP layer (``HTTP_REFUSALS``).
 
     The time of a batch's pass beside the request latency tells queueing and HTTP apart from the model.
     """
@@ -63,6 +85,7 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.registry.register(HTTP_REFUSALS)
 
     def observe_batch(self, operation: str, size: int, seconds: float) -> None:
         self.batch_size.labels(operation=operation).observe(size)

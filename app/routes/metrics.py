@@ -15,7 +15,7 @@ router = APIRouter(tags=["operations"])
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"}},
-    summary="Prometheus metrics: requests by route and status, latency, batch sizes",
+    summary="Prometheus metrics: requests by route and status, latency, batch sizes, refusals by the HTTP layer",
 )
 async def metrics(request: Request) -> Response:
     return Response(exposition(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from app.cli import main
 from app.http_protocol import LINGER_S, MAX_HEADER_BYTES, RefusalLog, ServiceProtocol
 from app.listen_socket import STARTUP_FAILURE, serve_on_both_families
+from app.metrics import REFUSAL_REASONS
 from app.settings import Settings
 from benchmarks.server import Server, free_port, model_loads, running_server, wait_ready
 
@@ -79,6 +80,18 @@ def request_count(client: httpx.Client, route: str, status: str) -> float:
         if family.name == "vqvae_http_requests"
         for sample in family.samples
         if sample.name.endswith("_total") and (sample.labels["route"], sample.labels["status"]) == (route, status)
+    )
+
+
+def refusals(server: Server, reason: str) -> float:
+    """vqvae_http_refused_total for one reason: answers the HTTP layer gave before the app saw a request."""
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "vqvae_http_refused"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["reason"] == reason
     )
 
 
@@ -288,12 +301,14 @@ def trickle(sock: socket.socket, data: bytes, every_s: float) -> None:
 @pytest.mark.parametrize("sent", [b"", b"POST /encode HTTP/1.1\r\nHost: t\r\n"])
 def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_server: Server, sent: bytes) -> None:
     """Before: held open for as long as the client liked (uvicorn has no header timeout); 21,000 of them exhausted
-    the server's file descriptors."""
+    the server's file descriptors. Counted in /metrics, where no request count has it."""
+    before = refusals(header_deadline_server, "header_timeout")
     with raw_connection(header_deadline_server) as sock:
         started = time.monotonic()
         sock.sendall(sent)
         answer = read_answer(sock)
     assert_header_timeout(answer, time.monotonic() - started)
+    assert refusals(header_deadline_server, "header_timeout") == before + 1
     assert f"headers not in full within {HEADER_TIMEOUT_S:g} s: 408, connection closed" in (
         header_deadline_server.log.read_text(errors="replace")
     )
@@ -311,6 +326,7 @@ def test_a_connection_that_never_finishes_its_headers_gets_408(header_deadline_s
 def test_headers_over_the_bound_get_a_json_431(header_deadline_server: Server, head: bytes) -> None:
     """Before: answered 200 whatever their size (uvicorn's httptools protocol has no bound): a 120 MB header grew
     the server by 224 MB and held other callers for seconds while it was parsed."""
+    before = refusals(header_deadline_server, "header_too_large")
     with raw_connection(header_deadline_server) as sock:
         with contextlib.suppress(OSError):  # the server may close before it has all of it
             sock.sendall(head)
@@ -319,6 +335,7 @@ def test_headers_over_the_bound_get_a_json_431(header_deadline_server: Server, h
     assert answer.headers["connection"] == "close"
     assert f"over {MAX_HEADER_BYTES // 1024} KiB" in answer.json()["detail"]
     assert "431, connection closed" in header_deadline_server.log.read_text(errors="replace")
+    assert refusals(header_deadline_server, "header_too_large") == before + 1
 
 
 def test_headers_over_the_bound_in_one_read_get_a_431(header_deadline_server: Server) -> None:
@@ -486,7 +503,9 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_others_are_served(t
     the model's queue is asked; there was no bound on how many (a security review). The one over the limit is
     answered at once, in JSON with Retry-After, and closed; the ones open are served; a freed place is taken again
     at once, though the refused connection still lingers (it held its place for LINGER_S, a review); and the
-    refusals are logged in sum, not a line each."""
+    refusals are logged in sum, not a line each, and counted in /metrics."""
+    before = refusals(two_connection_server, "max_connections")
+    polled_503 = 0
     with raw_connection(two_connection_server) as first, raw_connection(two_connection_server) as second:
         refused_ones = [raw_connection(two_connection_server) for _ in range(3)]  # left open: they linger
         try:
@@ -506,11 +525,13 @@ def test_a_connection_past_the_limit_gets_a_json_503_and_the_others_are_served(t
             deadline = time.monotonic() + LINGER_S / 2  # the server hears of the close at once
             while (answer := httpx.get(f"{two_connection_server.base_url}/healthz")).status_code == 503:
                 assert time.monotonic() < deadline, answer.text
+                polled_503 += 1
                 time.sleep(0.05)
             assert answer.status_code == 200
         finally:
             for sock in refused_ones:
                 sock.close()
+    assert refusals(two_connection_server, "max_connections") == before + 3 + polled_503
     lines = two_connection_server.log.read_text().splitlines()
     assert [line for line in lines if "refused" in line or "connection closed" in line] == [
         line for line in lines if "1 connection(s) refused with 503: 2 already open (VQVAE_MAX_CONNECTIONS)" in line
@@ -652,9 +673,11 @@ def test_headers_under_the_bound_are_read(header_deadline_server: Server) -> Non
 def test_a_request_that_is_not_http_gets_a_json_400(header_deadline_server: Server, sent: bytes) -> None:
     """uvicorn answers what it cannot parse itself. Before: "Invalid HTTP request received." as text/plain, where
     every other error of the service is JSON."""
+    before = refusals(header_deadline_server, "invalid_request")
     with raw_connection(header_deadline_server) as sock:
         sock.sendall(sent)
         answer = read_answer(sock)
+    assert refusals(header_deadline_server, "invalid_request") == before + 1
     assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
     assert answer.headers["connection"] == "close"
     assert (
@@ -1054,18 +1077,26 @@ def test_metrics_exposition(server: httpx.Client) -> None:
     assert request_count(server, "/healthz", "200") >= 1
     assert request_count(server, "/metrics", "200") >= 1
     assert model_loads(server) == 1
+    for reason in REFUSAL_REASONS:  # each there from the start, so that an alert on its rate has a series
+        assert re.search(rf'^vqvae_http_refused_total{{reason="{reason}"}} \d', text, re.MULTILINE), reason
 
 
 def test_metrics_add_up_over_worker_processes(
     checkpoint: Path, tmp_path: Path, as_upload: Files, image_file: Any, noise: Any
 ) -> None:
-    """`vqvae-serve --workers 2`: /metrics counts every worker's model load and requests, whichever answers."""
+    """`vqvae-serve --workers 2`: /metrics counts every worker's model load, requests and refusals by the HTTP
+    layer, whichever answers."""
     upload = as_upload(image_file(noise(32, 32)))
     env = {"VQVAE_CHECKPOINT": str(checkpoint)}
     with running_server(env, tmp_path, log_level="warning", startup_timeout_s=120, workers=2) as process:
         for _ in range(12):
             with httpx.Client(base_url=process.base_url, timeout=30) as client:  # a new connection: any worker
                 assert client.post("/encode", files=upload).status_code == 200
+        for _ in range(6):
+            with raw_connection(process) as sock:
+                sock.sendall(b"HELLO\r\n\r\n")
+                assert read_answer(sock).status_code == 400
+        assert refusals(process, "invalid_request") == 6
         with httpx.Client(base_url=process.base_url, timeout=30) as client:
             assert model_loads(client) == 2  # one load per worker, counted by whichever answers
             assert request_count(client, "/encode", "200") == 12
