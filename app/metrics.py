@@ -26,21 +26,19 @@ OTHER_METHOD = "other"
 # these answers are in no ``vqvae_http_requests`` count, whose middleware never runs for them.
 REFUSAL_REASONS = {
     "max_connections": "503, a connection past VQVAE_MAX_CONNECTIONS",
-    "header_timeout": "408, headers not in within VQVAE_HEADER_TIMEOUT_S",
+    "header_timeout": "408, headers not in full within VQVAE_HEADER_TIMEOUT_S",
     "header_too_large": "431, request line and headers too large",
-    "invalid_request": "400, not parsable as HTTP/1.1",
+    "invalid_request": "400, a request that could not be parsed",
 }
 # One per process, not per app: the HTTP protocol knows no app. Each app's registry lists it (a collector may be in
 # several registries); under --workers its values are file-backed like the others' and summed by /metrics.
 HTTP_REFUSALS = Counter(
     "vqvae_http_refused",
-    "connections and requests answered by the HTTP layer before reaching the app, by reason: "
+    "connections and requests refused by vqvae-serve's HTTP layer before reaching the app, by reason: "
     + "; ".join(f"{reason} ({meaning})" for reason, meaning in REFUSAL_REASONS.items()),
     ["reason"],
     registry=None,
 )
-for _reason in REFUSAL_REASONS:
-    HTTP_REFUSALS.labels(reason=_reason)  # every reason shown from the start, at 0: an alert's rate has a series
 
 
 class Metrics:
@@ -86,6 +84,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(HTTP_REFUSALS)
+        for reason in REFUSAL_REASONS:  # each shown from the start, at 0, so that an alert on its rate has a series;
+            HTTP_REFUSALS.labels(reason=reason)  # here, not at import: the supervisor would write a file of zeros
 
     def observe_batch(self, operation: str, size: int, seconds: float) -> None:
         self.batch_size.labels(operation=operation).observe(size)

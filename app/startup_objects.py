@@ -21,17 +21,24 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _holders = 0  # apps serving in this process: the last one to stop hands the objects back to the collector
+_thawed = False  # objects were unfrozen: a stopped app's, among them, wait for a full collection
 
 
 @contextmanager
 def startup_objects_frozen() -> Iterator[None]:
     """Freeze what the process holds now, for as long as the block runs (the lifespan of a started app).
 
-    On leaving, the last app of the process to stop unfreezes them, so that a process that starts apps over and over
-    (the tests, an in-process benchmark) gets the ones it drops collected again.
+    The last app of the process to stop unfreezes them, and the next app to start in the process first runs a full
+    collection, so that a process that starts apps over and over (the tests, an in-process benchmark) gets the ones
+    it dropped freed: a service and its model are held in reference cycles, and refreezing them before a collection
+    kept every stopped app's model (a review: 12 of 12 after 12 starts). The service's own process starts one app,
+    and pays for neither. An app stopped while another of the process serves stays frozen until that one stops.
     """
-    global _holders
+    global _holders, _thawed
     with _lock:
+        if _holders == 0 and _thawed:
+            gc.collect()
+            _thawed = False
         gc.freeze()
         _holders += 1
     try:
@@ -41,3 +48,4 @@ def startup_objects_frozen() -> Iterator[None]:
             _holders -= 1
             if _holders == 0:
                 gc.unfreeze()
+                _thawed = True
