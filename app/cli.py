@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,6 +25,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.arguments import host_name, port_number, worker_count
+from app.command_output import say
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.listen_socket import bind_problem, serve_on_both_families, takes_both_families, where
@@ -200,31 +202,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["VQVAE_CHECKPOINT"] = str(args.checkpoint.resolve())  # the worker processes read it too
     share_cpus_among_workers(args.workers)
     for warning in unknown_variables(os.environ):
-        print(f"vqvae-serve: warning: {warning}", file=sys.stderr)
+        say(warning, logging.WARNING)
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"vqvae-serve: invalid settings: {settings_problems(exc)}", file=sys.stderr)
+        say(f"invalid settings: {settings_problems(exc)}")
         return 2
     problem = tls_problem(settings)
     if problem is not None:
-        print(f"vqvae-serve: {problem}", file=sys.stderr)
+        say(problem)
         return 2
     port = settings.port if args.port is None else args.port
     problem = listen_problem(args.host, port)
     if problem is not None:
         from_variable = PORT_VARIABLE in os.environ and not is_link_value(os.environ[PORT_VARIABLE])
         source = f" ({PORT_VARIABLE})" if args.port is None and from_variable else ""
-        print(f"vqvae-serve: {problem}{source}", file=sys.stderr)
+        say(f"{problem}{source}")
         return 2
     try:
         with _STOP_SIGNALS.installed():
             problem = check_before_serving(settings, args.workers)
     except _Stopped as stopped:
-        print(f"vqvae-serve: stopped ({stopped}) while checking the checkpoint; not serving", file=sys.stderr)
+        say(f"stopped ({stopped}) while checking the checkpoint; not serving")
         return 128 + stopped.signum
     if problem is not None:
-        print(f"vqvae-serve: {problem}", file=sys.stderr)
+        say(problem)
         return 2
 
     options: dict[str, Any] = {

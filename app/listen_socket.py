@@ -20,6 +20,8 @@ import sys
 
 import uvicorn
 
+from app.command_output import say
+
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start
 logger = logging.getLogger("uvicorn.error")  # where uvicorn says where it listens
 
@@ -51,7 +53,7 @@ def serve_on_both_families(config: uvicorn.Config) -> int:
     try:
         sock = _dual_stack_socket(config.host, config.port)
     except OSError as exc:  # taken since vqvae-serve's own check looked
-        print(f"vqvae-serve: {bind_problem(config.host, config.port, exc)}", file=sys.stderr)
+        say(bind_problem(config.host, config.port, exc))
         return 2
     server = _DualStackServer(config, port=sock.getsockname()[1])
     # As uvicorn.run: uvicorn raises Ctrl-C again once it has shut down cleanly.

@@ -66,6 +66,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def command_line(message: str, level: int, log_format: LogFormat, command: str = "vqvae-serve") -> str:
+    """A line the command writes itself before the server starts (a setting's warning, a refusal to start): plain
+    ``vqvae-serve: warning: ...``, or under the JSON format a JSON object as the server's own lines are. Plain, a
+    pipeline that parses JSON took a failed start's reason as a line without a level, and an alert on errors did
+    not see it."""
+    if log_format == "json":
+        record = logging.makeLogRecord({"name": command, "levelno": level, "levelname": logging.getLevelName(level)})
+        record.msg = message
+        return JsonFormatter().format(record)
+    prefix = "warning: " if level == logging.WARNING else ""
+    return f"{command}: {prefix}{message}"
+
+
 def log_config(level: str, log_format: LogFormat = "text", probes: bool = False, root_path: str = "") -> dict[str, Any]:
     """uvicorn's logging config plus our ``app`` loggers on the same handler (also in worker processes), each line
     with its time: uvicorn's has none, and a log kept in a file (``nohup``, an audit trail) could not say when a

@@ -291,6 +291,14 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
 
+def requested_log_format(environ: Mapping[str, str]) -> LogFormat:
+    """``VQVAE_LOG_FORMAT`` as ``Settings`` reads it (the name and the value in any case), "text" unless it says
+    json: for the lines written before the settings are known to be valid."""
+    name = f"{ENV_PREFIX}LOG_FORMAT"
+    value = next((value for key, value in environ.items() if key.upper() == name), "")
+    return "json" if value.lower() == "json" else "text"
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Warnings for ``VQVAE_*`` variables that name no setting, which pydantic-settings ignores: a misspelt
     ``VQVAE_MAX_PIXEL`` would leave the limit at its default without a word. Each names the nearest setting; the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,35 @@ def test_serve_reports_invalid_settings_in_one_line(
     assert _serve_refusal(monkeypatch, capsys, VQVAE_MIN_SIZE="2000") == (
         "vqvae-serve: invalid settings: VQVAE_MAX_PIXELS (1048576) is under VQVAE_MIN_SIZE squared (4000000): every "
         "image would be refused; raise the one or lower the other"
+    )
+
+
+@pytest.mark.parametrize(("name", "value"), [("VQVAE_LOG_FORMAT", "json"), ("vqvae_log_format", "JSON")])
+def test_under_json_logs_the_lines_before_the_server_are_json_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, value: str
+) -> None:
+    """A pipeline that parses each line as JSON took the reason of a failed start, plain text, as a line without a
+    level: an alert on errors missed it. The variable is read as ``Settings`` reads it, in any case."""
+    missing = tmp_path / "nowhere.safetensors"
+    env = {name: value, "VQVAE_FROBNICATE": "1", "VQVAE_CHECKPOINT": str(missing)}
+    error = _serve_refusal(monkeypatch, capsys, **env)
+    warning, refusal = (json.loads(line) for line in error.splitlines())  # every line is JSON, and there are two
+    assert {key: warning[key] for key in ("level", "logger")} == {"level": "WARNING", "logger": "vqvae-serve"}
+    assert warning["message"].startswith("VQVAE_FROBNICATE is not a setting and is ignored")
+    assert {key: refusal[key] for key in ("level", "logger")} == {"level": "ERROR", "logger": "vqvae-serve"}
+    assert refusal["message"] == f"cannot load checkpoint: {missing}: checkpoint file not found"
+    assert refusal["time"].startswith(str(datetime.now().year))
+    # The settings themselves wrong: still JSON, as asked.
+    refusal = json.loads(_serve_refusal(monkeypatch, capsys, VQVAE_MIN_SIZE="3").splitlines()[-1])
+    assert refusal["level"] == "ERROR" and refusal["message"].startswith("invalid settings: VQVAE_MIN_SIZE: ")
+
+
+def test_a_log_format_that_is_not_json_leaves_the_lines_before_the_server_plain(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``VQVAE_LOG_FORMAT=xml`` is itself the invalid setting: said plainly, as the default format would."""
+    assert _serve_refusal(monkeypatch, capsys, VQVAE_LOG_FORMAT="xml").startswith(
+        "vqvae-serve: invalid settings: VQVAE_LOG_FORMAT: "
     )
 
 
