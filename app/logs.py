@@ -72,9 +72,8 @@ def command_line(message: str, level: int, log_format: LogFormat, command: str =
     pipeline that parses JSON took a failed start's reason as a line without a level, and an alert on errors did
     not see it."""
     if log_format == "json":
-        record = logging.makeLogRecord({"name": command, "levelno": level, "levelname": logging.getLevelName(level)})
-        record.msg = message
-        return JsonFormatter().format(record)
+        fields = {"name": command, "msg": message, "levelno": level, "levelname": logging.getLevelName(level)}
+        return JsonFormatter().format(logging.makeLogRecord(fields))
     prefix = "warning: " if level == logging.WARNING else ""
     return f"{command}: {prefix}{message}"
 

@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vqvae-serve",
         action="store_true",
         help="run the server as vqvae-serve, as deployed (its HTTP protocol, connection bound and event loop); by "
-        "default, with one worker, a plain uvicorn --factory, as in the README's figures",
+        "default, with one worker, a plain uvicorn --factory, as in the README's Xeon figures",
     )
     parser.add_argument(
         "--workers",
