@@ -20,7 +20,8 @@ The answer is written before the request is read, so a HEAD request refused so g
 connection's last bytes; the connection no longer counts once refused, though it lingers (``LINGER_S``).
 
 A request that is not valid HTTP never reaches the app either: uvicorn answered it with a ``text/plain`` 400, where
-every other error of the service is JSON ``{"detail": ...}``.
+every other error of the service is JSON ``{"detail": ...}``. Nor does one whose chunked body cannot be parsed,
+though its headers were: the app, reading that body, is told that the client left.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import math
 import time
 from typing import Any
 
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope  # the types uvicorn's pipeline holds
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.metrics import HTTP_REFUSALS
+from app.metrics import HTTP_REFUSALS, REFUSED_BY_HTTP_LAYER
 from app.middleware import error_body
 from app.settings import Settings
 
@@ -101,6 +103,21 @@ def _too_many_connections_answer(limit: int) -> bytes:
 INVALID_REQUEST_ANSWER = _closing_answer(
     "400 Bad Request", "not a valid HTTP/1.1 request: its request line or headers could not be parsed"
 )
+INVALID_CHUNKED_BODY_ANSWER = _closing_answer(
+    "400 Bad Request",
+    "the request's chunked body could not be parsed (Transfer-Encoding: chunked): each chunk is its size in "
+    "hexadecimal digits, CRLF, that many bytes, CRLF; a chunk of size 0 ends the body",
+)
+
+
+def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request's last transfer coding is chunked (uvicorn's header names are lower case)."""
+    codings = b",".join(value for name, value in headers if name == b"transfer-encoding")
+    return codings.rpartition(b",")[2].strip().lower() == b"chunked"
+
+
+async def _never_served(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """What a pipelined request refused before it was started runs instead of the app: nothing."""
 
 
 class RefusalLog:
@@ -237,7 +254,27 @@ class ServiceProtocol(HttpToolsProtocol):
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
         HTTP_REFUSALS.labels(reason="invalid_request").inc()
-        self._refuse(INVALID_REQUEST_ANSWER, None)  # after the answers to requests before it, as a 431 or 408 is
+        answer = self._answer_to_broken_body()
+        self._refuse(INVALID_REQUEST_ANSWER if answer is None else answer, None)  # after the answers before it
+
+    def _answer_to_broken_body(self) -> bytes | None:
+        """The answer if what could not be parsed is the chunked body of the latest request, or None.
+
+        The app was reading that body (or would have, once the answers before it were done) and waited for the
+        rest until ``VQVAE_BODY_TIMEOUT_S``, then answered 408 "did not arrive" (a review). It is now told that
+        the client left, and its metrics leave the request out, as they leave out the HTTP layer's other refusals:
+        the 400 is the HTTP layer's. One whose answer the app has begun (before reading the body: a 415) keeps it."""
+        cycle = self.cycle
+        if self._in_headers or cycle is None or not cycle.more_body or cycle.response_started:
+            return None  # the error is in a request line or headers, follows a request read in full, or is answered
+        if not _chunked(self.headers):
+            return None  # a framing the parser refuses (Transfer-Encoding: identity): the app says why, first
+        cycle.scope[REFUSED_BY_HTTP_LAYER] = True  # type: ignore[literal-required]
+        if self.pipeline and self.pipeline[0][0] is cycle:
+            self.pipeline[0] = (cycle, _never_served)  # queued behind an answer under way: the app never sees it
+        cycle.disconnected = True  # what the app's receive() says from now on: http.disconnect
+        cycle.message_event.set()
+        return INVALID_CHUNKED_BODY_ANSWER
 
     def handle_websocket_upgrade(self) -> None:
         if not self._refused:  # a refused request asking to upgrade has no scope to upgrade with
@@ -288,7 +325,8 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def _answering(self) -> bool:
         """An answer is under way on this connection, or a request parsed before is waiting for one."""
-        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete and not cycle.disconnected)
 
     def _answer_and_close(self, answer: bytes) -> None:
         # No longer one of the open connections (VQVAE_MAX_CONNECTIONS, and what uvicorn waits for at shutdown):

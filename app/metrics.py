@@ -30,6 +30,9 @@ REFUSAL_REASONS = {
     "header_too_large": "431, request line and headers too large",
     "invalid_request": "400, a request that could not be parsed",
 }
+# Set in a request's scope by the HTTP layer when it answers a request the app had begun to read (a chunked body
+# that cannot be parsed): the app's answer reaches no one, and the request is counted as the refusal it is only.
+REFUSED_BY_HTTP_LAYER = "vqvae.refused_by_http_layer"
 # One per process, not per app: the HTTP protocol knows no app. Each app's registry lists it (a collector may be in
 # several registries); under --workers its values are file-backed like the others' and summed by /metrics.
 HTTP_REFUSALS = Counter(
@@ -153,10 +156,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            method = scope["method"] if scope["method"] in COUNTED_METHODS else OTHER_METHOD
-            route = self._route(scope, path)
-            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
+            if not scope.get(REFUSED_BY_HTTP_LAYER):
+                method = scope["method"] if scope["method"] in COUNTED_METHODS else OTHER_METHOD
+                route = self._route(scope, path)
+                self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
+                self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - start)
 
     def _route(self, scope: Scope, path: str) -> str:
         """The template the router matched; for answers given before routing (413), ``path`` if it is ours."""

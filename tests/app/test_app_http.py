@@ -72,27 +72,26 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield client
 
 
-def request_count(client: httpx.Client, route: str, status: str) -> float:
-    """vqvae_http_requests_total for one route template and status, summed over methods."""
+def metric_sum(text: str, name: str, suffix: str = "_total", **labels: str) -> float:
+    """The samples of the metric family ``name`` whose names end in ``suffix`` and whose labels include ``labels``,
+    summed (over the labels not given), from a /metrics answer's text."""
     return sum(
         sample.value
-        for family in text_string_to_metric_families(client.get("/metrics").text)
-        if family.name == "vqvae_http_requests"
+        for family in text_string_to_metric_families(text)
+        if family.name == name
         for sample in family.samples
-        if sample.name.endswith("_total") and (sample.labels["route"], sample.labels["status"]) == (route, status)
+        if sample.name.endswith(suffix) and all(sample.labels.get(key) == value for key, value in labels.items())
     )
+
+
+def request_count(client: httpx.Client, route: str, status: str) -> float:
+    """vqvae_http_requests_total for one route template and status, summed over methods."""
+    return metric_sum(client.get("/metrics").text, "vqvae_http_requests", route=route, status=status)
 
 
 def refusals(server: Server, reason: str) -> float:
     """vqvae_http_refused_total for one reason: answers the HTTP layer gave before the app saw a request."""
-    text = httpx.get(f"{server.base_url}/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "vqvae_http_refused"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels["reason"] == reason
-    )
+    return metric_sum(httpx.get(f"{server.base_url}/metrics").text, "vqvae_http_refused", reason=reason)
 
 
 def test_codec_round_trip_over_http(server: httpx.Client, as_upload: Files, image_file: Any, noise: Any) -> None:
@@ -172,7 +171,11 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 def read_answer(sock: socket.socket) -> httpx.Response:
     """The server's one answer, read until it closes the connection."""
-    data = read_until_closed(sock)
+    return read_answer_bytes(read_until_closed(sock))
+
+
+def read_answer_bytes(data: bytes) -> httpx.Response:
+    """One answer, from its status line to the end of ``data``."""
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines]
@@ -725,6 +728,71 @@ def test_a_body_whose_transfer_coding_does_not_end_in_chunked_is_a_400_at_once(
     assert answer.json()["detail"].startswith(f"the body's length cannot be told (Transfer-Encoding: {coding})")
 
 
+def requests_counted(server: Server, route: str) -> float:
+    """vqvae_http_requests_total for one route template, summed over methods and statuses."""
+    return metric_sum(httpx.get(f"{server.base_url}/metrics").text, "vqvae_http_requests", route=route)
+
+
+BROKEN_CHUNKS = {
+    "a chunk size that is not hexadecimal": b"zz\r\nabc\r\n0\r\n\r\n",
+    "a chunk longer than its size": b"3\r\nabcdef\r\n0\r\n\r\n",
+}
+
+
+def chunked_request(path: str, content_type: str) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head.encode()
+
+
+def assert_broken_chunks_answer(answer: httpx.Response) -> None:
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/json", answer.text
+    assert answer.headers["connection"] == "close"
+    assert answer.json()["detail"].startswith("the request's chunked body could not be parsed"), answer.text
+
+
+@pytest.mark.parametrize("chunks", BROKEN_CHUNKS.values(), ids=BROKEN_CHUNKS.keys())
+@pytest.mark.parametrize(
+    ("path", "content_type"), [("/decode", "application/json"), ("/encode", "multipart/form-data; boundary=b")]
+)
+def test_a_chunked_body_that_cannot_be_parsed_gets_a_400_at_once_counted_once(
+    header_deadline_server: Server, path: str, content_type: str, chunks: bytes
+) -> None:
+    """Before: uvicorn logged the parse error, and the app, reading the body, waited for the rest until
+    VQVAE_BODY_TIMEOUT_S (30 s), then answered 408 "did not arrive in full", counted as a request besides the
+    refusal (a review)."""
+    before = refusals(header_deadline_server, "invalid_request"), requests_counted(header_deadline_server, path)
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        sock.sendall(chunked_request(path, content_type) + chunks)
+        answer = read_answer(sock)
+    assert time.monotonic() - started < 5
+    assert_broken_chunks_answer(answer)
+    time.sleep(0.5)  # the app's task, told that its client left, has ended: it would have been counted by now
+    after = refusals(header_deadline_server, "invalid_request"), requests_counted(header_deadline_server, path)
+    assert after == (before[0] + 1, before[1])
+
+
+def test_a_broken_chunked_body_pipelined_behind_an_answer_under_way_gets_its_400_after_it(
+    header_deadline_server: Server, image_file: Any
+) -> None:
+    """The broken request waits behind a long /reconstruct, is never started, and gets its 400 once that is done."""
+    form = upload_form(image_file(ramp(1024)))
+    first = (
+        "POST /reconstruct HTTP/1.1\r\nHost: t\r\nAccept: image/png\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(form)}\r\n\r\n"
+    ).encode()
+    second = chunked_request("/decode", "application/json") + BROKEN_CHUNKS["a chunk size that is not hexadecimal"]
+    before = requests_counted(header_deadline_server, "/decode")
+    with raw_connection(header_deadline_server) as sock:
+        started = time.monotonic()
+        sock.sendall(first + form + second)
+        data = read_until_closed(sock)
+    assert time.monotonic() - started < 10
+    assert re.findall(rb"HTTP/1.1 (\d+)", data) == [b"200", b"400"]
+    assert_broken_chunks_answer(read_answer_bytes(data[data.rindex(b"HTTP/1.1 400") :]))
+    assert requests_counted(header_deadline_server, "/decode") == before
+
+
 def test_trickled_headers_get_408(header_deadline_server: Server) -> None:
     """Every byte used to cancel uvicorn's only timer: the deadline is for the headers, not for a read."""
     head = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Padding: " + b"x" * 1000 + b"\r\n\r\n"
@@ -804,13 +872,8 @@ def test_a_caller_gone_with_its_body_half_sent_is_counted_as_499(
 
 def batches_run(client: httpx.Client, operation: str) -> float:
     """How many forward passes of ``operation`` the server has run (its batch-duration histogram's count)."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(client.get("/metrics").text)
-        if family.name == "vqvae_inference_batch_duration_seconds"
-        for sample in family.samples
-        if sample.name.endswith("_count") and sample.labels["operation"] == operation
-    )
+    text = client.get("/metrics").text
+    return metric_sum(text, "vqvae_inference_batch_duration_seconds", "_count", operation=operation)
 
 
 def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path, image_file: Any, noise: Any) -> None:
