@@ -91,11 +91,11 @@ class TrainConfig:
         default=DEFAULT_RETAIN_MB,
         metadata={"help": "freed memory each malloc arena keeps mapped for the next step (glibc; 0 = its defaults)"},
     )
-    max_train_images: int | None = None
+    max_train_images: int | None = field(default=None, metadata={"help": "training images (spread; default all)"})
     max_val_images: int | None = field(default=256, metadata={"help": "validation images per epoch (spread)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out (last.pt) if there is one"})
     overwrite: bool = field(default=False, metadata={"help": "replace the run already in --out (removes its files)"})
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "progress bars, where stderr is a terminal"})
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, deep in a step, or train nonsense silently: one line each."""
@@ -118,7 +118,7 @@ class TrainConfig:
                 ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
                 ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite 0 or more"),
                 ("ssim_weight", 0 <= self.ssim_weight <= 1, "from 0 to 1"),
-                ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or a finite number"),
+                ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0, "0 (off) or finite above 0"),
                 ("threads", 0 <= self.threads <= max_torch_threads(), f"0 (all usable CPUs) to {max_torch_threads()}"),
                 ("seed", 0 <= self.seed <= MAX_SEED, f"from 0 to {MAX_SEED}"),  # what torch and numpy take
                 ("preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),

@@ -52,7 +52,10 @@ def check(out: Path, *, resume: bool, overwrite: bool) -> None:
             )
         if len(state) < len(RESUME_STATE):  # resuming from half of it would restart from step 0 over the run's files
             missing = next(name for name in RESUME_STATE if name not in state)
-            raise OutputError(f"{out}: incomplete resume state, no {missing}; use another --out")
+            raise OutputError(
+                f"{out}: incomplete resume state, no {missing}; start the run over with --overwrite, or use another "
+                "--out"
+            )
         return
     if held and not overwrite:
         raise OutputError(

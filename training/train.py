@@ -156,8 +156,9 @@ class Trainer:
         if config.out.is_dir():  # before the checks of the run's files, which another run may be writing
             run_lock.claim(config.out)
         run_folder.check(config.out, resume=config.resume, overwrite=config.overwrite)
-        run_folder.check_settings(config)
+        # A damaged last.pt first: its refusal was preceded by check_settings' note on a changed --epochs (a review).
         self.resume_state = run_folder.load_resume_state(config)  # a damaged one refused before the data loads
+        run_folder.check_settings(config)
         for folder in image_folders(config.data, config.train_split, config.val_split):
             check_apart(config.out, folder, "the run's files would be mixed into the data", folder=True)
         self.config = config
@@ -204,6 +205,12 @@ class Trainer:
         run_lock.claim(self.out)  # a folder made just now; held already if it was there
         if config.overwrite:
             run_folder.clear(self.out)
+        if config.warmup_steps >= self.total_steps:  # a short trial run with the default warm-up of 300 steps
+            note(  # once the run is sure to start: not before a refusal
+                f"--warmup-steps {config.warmup_steps} is not under the run's {self.total_steps} steps: the learning "
+                f"rate rises for the whole run, never reaching --lr {config.lr:g} or decaying, and a short run "
+                f"learns little; try --warmup-steps {max(1, self.total_steps // 10)}"
+            )
 
     @property
     def precision(self) -> str:
@@ -425,7 +432,7 @@ class Trainer:
             initial=self.state.epoch_steps,
             total=self.steps_per_epoch,
             desc=f"epoch {epoch}/{self.config.epochs}",
-            disable=not self.config.progress,
+            disable=None if self.config.progress else True,  # None: only where stderr is a terminal, not a log file
             leave=False,
             dynamic_ncols=True,
         )
@@ -562,10 +569,11 @@ def run_training(config: TrainConfig) -> int:
     except OutOfMemory as exc:  # padding every image to the crop size (--crop 0 and one very long image, say)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    steps = trainer.steps_per_epoch
     print(
         f"training {sum(p.numel() for p in trainer.model.parameters()):,} parameters on {trainer.device}: "
         f"{len(trainer.train_set)} train / {len(trainer.val_set)} validation images, "
-        f"{trainer.steps_per_epoch} steps per epoch, crop {trainer.sampler.crop}, {trainer.precision}; "
+        f"{steps} step{'' if steps == 1 else 's'} per epoch, crop {trainer.sampler.crop}, {trainer.precision}; "
         f"output in {config.out}"
     )
     finished = config.out / "best.safetensors"

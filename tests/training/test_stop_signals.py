@@ -326,7 +326,7 @@ def test_a_stop_whose_state_cannot_be_saved_says_so_in_one_line(
 
     _signal_in_a_step(monkeypatch, 3)
     monkeypatch.setattr(Trainer, "save_state", unwritable)
-    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=50))
+    monkeypatch.setattr(train, "parse_args", lambda argv: tiny_config(epochs=50, warmup_steps=2))
     assert train.main([]) == 1
     err = capsys.readouterr().err
     assert err.strip() == (
