@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 from models.cpus import THREADS_PER_CPU_LIMIT, max_torch_threads
 
@@ -49,6 +50,15 @@ def host_name(text: str) -> str:
     if text.startswith("[") and text.endswith("]"):  # as in a URL; the socket layer takes the bare address
         raise argparse.ArgumentTypeError(f"write an IPv6 address without brackets ({text[1:-1]}), got {text!r}")
     return text
+
+
+def checkpoint_path(text: str) -> Path:
+    """argparse type for ``vqvae-serve --checkpoint``. An empty one (``--checkpoint "$CKPT"`` with the variable
+    unset) was read as the current folder: "cannot load checkpoint: /srv: a folder, not a checkpoint file" (a
+    review). ``VQVAE_CHECKPOINT=`` is refused alike by the settings."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; leave it out to serve the shipped checkpoint, or name a .safetensors")
+    return Path(text)
 
 
 MAX_PORT = 65535

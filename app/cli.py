@@ -17,14 +17,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
-from app.arguments import host_name, port_number, worker_count
+from app.arguments import checkpoint_path, host_name, port_number, worker_count
 from app.command_output import say
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
@@ -58,7 +57,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{THREADS_PER_CPU_LIMIT} workers per usable CPU at most)",
     )
     parser.add_argument(
-        "--checkpoint", type=Path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
+        "--checkpoint", type=checkpoint_path, help="checkpoint file (default: VQVAE_CHECKPOINT or the shipped one)"
     )
     return parser.parse_args(argv)
 

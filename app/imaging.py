@@ -43,9 +43,13 @@ _BMP_SIGNATURE = b"BM"
 _BMP_HEADER_SIZE_AT, _BMP_SIZE_AT, _BMP_SIZE_END = 14, 18, 26
 _BMP_SIDES_BY_HEADER_SIZE = {12: "<HH", **dict.fromkeys((40, 52, 56, 64, 108, 124), "<ii")}
 _BMP_LOWEST_HEIGHT = -(1 << 24)  # a top-down BMP's height, as Pillow reads it: below this, a huge positive one
+MIB = 1024 * 1024
+MAX_PNG_TEXT_BYTES = 4 * MIB
 _SIGNATURES = {"PNG": PNG_SIGNATURE, "JPEG": JPEG_SIGNATURE, "TIFF": b"II*\x00", "big-endian TIFF": b"MM\x00*"}
-MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES  # over it Pillow raises ValueError: a 400 below
+# What Pillow's ValueErrors for those limits name; its text ("Decompressed data too large for
+# PngImagePlugin.MAX_TEXT_CHUNK") was passed on under "truncated or corrupt file?", of a file that was neither.
+_PNG_METADATA_LIMITS = ("MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
 
 
 class ImageError(Exception):
@@ -116,6 +120,12 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
             ) from exc
         raise UnsupportedImageError(f"not a supported image: the content is not {_ACCEPTED_TEXT}") from exc
     except DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
+        if isinstance(exc, ValueError) and any(limit in str(exc) for limit in _PNG_METADATA_LIMITS):
+            raise UnsupportedImageError(
+                "the PNG's compressed metadata (text or ICC profile chunks) inflates past "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK // MIB} MiB in one chunk or {MAX_PNG_TEXT_BYTES // MIB} MiB of text "
+                "in all; a slice needs none: save the image without it"
+            ) from exc
         raise UnsupportedImageError(f"could not read the image header (truncated or corrupt file?): {exc}") from exc
     try:
         _check_size(image.width, image.height, max_pixels=max_pixels, min_size=min_size)
@@ -180,8 +190,8 @@ def _check_bmp_dimensions(data: bytes) -> None:
     width, height = struct.unpack_from(layout, data, _BMP_SIZE_AT)
     if width <= 0 or height == 0 or height < _BMP_LOWEST_HEIGHT:
         raise UnsupportedImageError(
-            f"the BMP header gives invalid image dimensions {width}x{height}: the width must be positive and the "
-            f"height not zero, nor below {_BMP_LOWEST_HEIGHT} (corrupt or crafted file?)"
+            f"the BMP header gives invalid image dimensions, width {width} and height {height}: the width must be "
+            f"positive and the height not zero, nor below {_BMP_LOWEST_HEIGHT} (corrupt or crafted file?)"
         )
 
 
@@ -196,9 +206,13 @@ def _check_jpeg_markers(data: bytes) -> None:
 def _check_size(width: int, height: int, *, max_pixels: int, min_size: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels")
+        raise ImageTooLargeError(
+            f"image is {height}x{width} (height x width) = {pixels} pixels, over the limit of {max_pixels} pixels"
+        )
     if width < min_size or height < min_size:
-        raise ImageTooSmallError(f"image is {width}x{height} pixels; the minimum is {min_size}x{min_size}")
+        raise ImageTooSmallError(
+            f"image is {height}x{width} (height x width) pixels; the minimum is {min_size}x{min_size}"
+        )
 
 
 def encode_png(image: np.ndarray) -> bytes:

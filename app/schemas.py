@@ -35,7 +35,7 @@ NOTES_TEXT = (
 class ErrorResponse(BaseModel):
     """Every error, whatever its status code."""
 
-    detail: str = Field(examples=["image is 1x1 pixels; the minimum is 8x8"])
+    detail: str = Field(examples=["image is 1x1 (height x width) pixels; the minimum is 8x8"])
 
 
 class EncodeResponse(BaseModel):

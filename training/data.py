@@ -119,7 +119,9 @@ def read_grayscale(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     if min(pixels.shape) < MIN_SIDE:
         height, width = pixels.shape
-        raise DataError(f"{path}: image is {width}x{height} pixels; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+        raise DataError(
+            f"{path}: image is {height}x{width} (height x width) pixels; the minimum is {MIN_SIDE}x{MIN_SIDE}"
+        )
     if narrow is not None:
         warnings.warn(NarrowRangeWarning(path, narrow), stacklevel=2)
     return pixels
@@ -154,8 +156,8 @@ def open_checked(path: Path) -> Image.Image:
     if width * height > MAX_PIXELS:
         image.close()
         raise DataError(
-            f"{path}: image is {width}x{height} = {width * height} pixels, over the limit of {MAX_PIXELS} pixels "
-            f"({MAX_SIDE}x{MAX_SIDE})"
+            f"{path}: image is {height}x{width} (height x width) = {width * height} pixels, over the limit of "
+            f"{MAX_PIXELS} pixels ({MAX_SIDE}x{MAX_SIDE})"
         )
     return image
 

@@ -46,6 +46,18 @@ Answer = Annotated[str, Depends(_json_or_png)]  # the same call as in the route'
 _ERRORS = error_responses(400, 406, 408, 413, 415, 422, 431, 503)
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
 _PNG: dict[str, Any] = {"content": {PNG: {}}}
+# The headers of /reconstruct's PNG answer, declared so that generated clients know them (OpenAPI's response headers).
+_SCORE_HEADERS: dict[str, Any] = {
+    "X-SSIM": {
+        "description": "SSIM of the reconstruction against the upload (as the JSON answer's ssim)",
+        "schema": {"type": "number"},
+    },
+    "X-PSNR": {"description": "PSNR in dB (as the JSON answer's psnr)", "schema": {"type": "number"}},
+    "X-Note-1": {
+        "description": "the first of the notes on how the upload was read (X-Note-2... for the next ones), if any",
+        "schema": {"type": "string"},
+    },
+}
 
 
 def _png_response(png: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -203,6 +215,7 @@ def json_limit_problem(config: VQVAEConfig, settings: Settings) -> str | None:
             **_PNG,
             "description": "JSON, or with `Accept: image/png` the PNG itself (X-SSIM, X-PSNR headers; the notes, "
             "if any, as X-Note-1, X-Note-2...)",
+            "headers": _SCORE_HEADERS,
         },
         **_ERRORS,
     },

@@ -127,6 +127,10 @@ async def test_decode_of_encode_is_byte_identical_to_reconstruct(
     assert as_png.headers["content-type"] == "image/png"
     assert float(as_png.headers["x-ssim"]) == as_json["ssim"]
     assert float(as_png.headers["x-psnr"]) == as_json["psnr"]
+    # declared in the OpenAPI schema, for generated clients (before, named only in the answer's description)
+    spec = (await client.get("/openapi.json")).json()
+    declared = spec["paths"]["/reconstruct"]["post"]["responses"]["200"]["headers"]
+    assert {"X-SSIM", "X-PSNR", "X-Note-1"} == declared.keys()
 
 
 async def test_codes_kept_from_another_model_are_refused_not_decoded_into_another_image(

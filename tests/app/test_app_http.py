@@ -1322,6 +1322,7 @@ def test_serve_runs_uvicorn_with_the_factory(checkpoint: Path, monkeypatch: pyte
         ("--host", "", "must name an interface or address (0.0.0.0 for all of them)"),
         ("--host", " ", "must name an interface or address"),
         ("--host", "[::1]", "write an IPv6 address without brackets (::1), got '[::1]'"),
+        ("--checkpoint", "", "empty; leave it out to serve the shipped checkpoint"),  # was "a folder, not a checkpoint"
     ],
 )
 def test_serve_refuses_a_bad_worker_count_port_or_host(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from app.imaging import (
     load_pixels,
     open_image,
 )
-from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, with_header_size
+from benchmarks.crafted_png import TEXT_BOMB_CHUNK, padded_png, png_chunk, with_header_size
 from models.grayscale import to_uint8
 from models.jpeg_markers import MAX_EXTRANEOUS, MAX_SCANS, MAX_SEGMENTS, count_markers
 from tests.conftest import repeated_last_scan
@@ -154,10 +155,18 @@ def test_png_text_chunks_are_capped(image_file: ImageFile, noise: Noise) -> None
     """Compressed text inflating past MAX_PNG_TEXT_BYTES is refused (a slice needs no text at all)."""
     png = image_file(noise(16, 16))
     chunks = MAX_PNG_TEXT_BYTES // (1 << 20) + 1  # each inflates to 1 MiB
-    with pytest.raises(UnsupportedImageError, match="text chunks"):
+    said = "the PNG's compressed metadata (text or ICC profile chunks) inflates past 1 MiB in one chunk or 4 MiB"
+    with pytest.raises(UnsupportedImageError, match=re.escape(said)):
         decode(padded_png(png, TEXT_BOMB_CHUNK, len(png) + chunks * len(TEXT_BOMB_CHUNK)))
     within = padded_png(png, TEXT_BOMB_CHUNK, len(png) + (chunks - 2) * len(TEXT_BOMB_CHUNK))
     np.testing.assert_array_equal(decode(within), decode(png))
+    # One chunk past Pillow's 1 MiB: before, its words ("... too large for PngImagePlugin.MAX_TEXT_CHUNK") under
+    # "could not read the image header (truncated or corrupt file?)", of a file that was neither (a review).
+    for kind in (b"zTXt", b"iCCP"):
+        big = png_chunk(kind, b"k\x00\x00" + zlib.compress(bytes(2 << 20), 9))
+        with pytest.raises(UnsupportedImageError, match=re.escape(said)) as caught:
+            decode(padded_png(png, big, len(png) + len(big)))
+        assert "truncated" not in str(caught.value) and caught.value.status_code == 400
 
 
 def test_open_reads_the_header_only_and_load_decodes(image_file: ImageFile, noise: Noise) -> None:
@@ -172,7 +181,8 @@ def test_open_reads_the_header_only_and_load_decodes(image_file: ImageFile, nois
 
 
 def test_pixel_limit_is_checked_before_decoding(image_file: ImageFile, noise: Noise) -> None:
-    with pytest.raises(ImageTooLargeError, match="65x64 = 4160 pixels, over the limit of 4096") as caught:
+    said = r"64x65 \(height x width\) = 4160 pixels, over the limit of 4096"
+    with pytest.raises(ImageTooLargeError, match=said) as caught:
         decode(image_file(noise(64, 65)), max_pixels=4096)
     assert caught.value.status_code == 413
 
@@ -285,7 +295,8 @@ def test_bmp_with_a_non_positive_width_or_a_zero_height_is_invalid(
     """Before: a negative width was 413 "decompression bomb" (Pillow reads it unsigned), a zero side "not an image",
     and so was a height below -2**24 (Pillow takes only heights whose top byte is 0xFF as negative)."""
     bmp = with_bmp_size(image_file(noise(16, 12), "BMP"), width, height)
-    with pytest.raises(UnsupportedImageError, match=f"invalid image dimensions {width}x{height}") as caught:
+    said = f"invalid image dimensions, width {width} and height {height}:"
+    with pytest.raises(UnsupportedImageError, match=said) as caught:
         open_image(bmp, **LIMITS)
     assert caught.value.status_code == 400
 
@@ -454,7 +465,7 @@ def test_an_exif_block_that_cannot_be_parsed_is_ignored(image_file: ImageFile, n
 
 
 def test_too_small_for_ssim(image_file: ImageFile) -> None:
-    with pytest.raises(ImageTooSmallError, match="1x1 pixels; the minimum is 8x8") as caught:
+    with pytest.raises(ImageTooSmallError, match=r"1x1 \(height x width\) pixels; the minimum is 8x8") as caught:
         decode(image_file(np.zeros((1, 1), np.uint8)))
     assert caught.value.status_code == 422
 

@@ -69,7 +69,8 @@ def test_images_smaller_than_the_service_accepts_are_refused(tmp_path: Path, wid
     """Before: scored with a shrunken SSIM window, a figure the service (422 under 8x8) could not have given."""
     Image.new("L", (64, 64)).save(tmp_path / "a.png")
     Image.new("RGB", (width, height)).save(tmp_path / "b_small.png")
-    with pytest.raises(DataError, match=rf"b_small\.png: image is {width}x{height} pixels; the minimum is 8x8"):
+    said = rf"b_small\.png: image is {height}x{width} \(height x width\) pixels; the minimum is 8x8"
+    with pytest.raises(DataError, match=said):
         load_folder(tmp_path)
 
 
@@ -126,7 +127,8 @@ def test_images_over_the_pixel_limit_are_refused_from_their_header(tmp_path: Pat
     Pillow's DecompressionBombWarning from 89.5 million pixels. Now refused before a pixel is decoded (these files
     hold 8x8 pixels: decoding them would fail otherwise), with no warning of Pillow's."""
     _claiming(tmp_path, width, height)
-    said = rf"bomb\.png: image is {width}x{height} = {width * height} pixels, over the limit of {MAX_PIXELS} pixels"
+    said = rf"bomb\.png: image is {height}x{width} \(height x width\) = {width * height} pixels, over the limit of "
+    said += rf"{MAX_PIXELS} pixels"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's warning would be raised, and not be the DataError expected
         with pytest.raises(DataError, match=said):

@@ -88,8 +88,8 @@ def test_an_image_over_the_pixel_limit_is_one_error_line(
     args = ["--checkpoint", str(checkpoint), "--data", str(tmp_path / "bomb"), "--split", "", "--out", str(out)]
     assert evaluate.main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {tmp_path / 'bomb' / 'x.png'}: image is 12000x12000 = 144000000 pixels, over the limit of "
-        f"{MAX_PIXELS} pixels (4096x4096)"
+        f"error: {tmp_path / 'bomb' / 'x.png'}: image is 12000x12000 (height x width) = 144000000 pixels, over the "
+        f"limit of {MAX_PIXELS} pixels (4096x4096)"
     ]
     assert not out.exists()
 
