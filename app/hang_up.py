@@ -11,15 +11,21 @@ the request's task is cancelled. The micro-batcher skips a cancelled request tha
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn._types import HTTPScope
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from app.metrics import REFUSED_BY_HTTP_LAYER
 from app.middleware import AnswerWatch
 
 # What the metrics count for a request whose caller hung up first (nginx's "client closed request"). Sent to a closed
 # connection, it reaches no one: uvicorn drops what is sent after a disconnect.
 CLIENT_CLOSED_REQUEST = 499
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})  # cheap answers with no body to wait for: not watched
+_ACCESS_LOG = logging.getLogger("uvicorn.access")  # uvicorn's: its level, handlers and --no-access-log apply
 
 
 class HangUpMiddleware:
@@ -48,6 +54,8 @@ class HangUpMiddleware:
         async def answer_unless_gone(message: Message) -> None:
             """A caller gone with its body half sent gets its 400 ("error parsing the body") counted as a 499: it
             was counted as the caller's mistake, and nothing reaches it either way."""
+            if gone_mid_body and message["type"] == "http.response.start":
+                _log_closed_request(scope)
             await answer(_as_closed_request(message) if gone_mid_body else message)
 
         handling = asyncio.ensure_future(self.app(scope, tracked_receive, answer_unless_gone))
@@ -61,11 +69,28 @@ class HangUpMiddleware:
             await asyncio.wait({handling})  # not ``await handling``: that would swallow our own cancellation too
             if not handling.cancelled():
                 handling.exception()  # retrieved: whatever it raised while stopping has no caller left to tell
+            _log_closed_request(scope)
             await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
             await send({"type": "http.response.body", "body": b""})
         finally:
             for task in (handling, watching):
                 task.cancel()
+
+
+def _log_closed_request(scope: Scope) -> None:
+    """The access-log line of a 499, as uvicorn writes one as an answer starts: it writes none for an answer to a
+    closed connection, so callers giving up were in the metrics only (a review). Not for a request the HTTP layer
+    answered itself (a chunked body that cannot be parsed): its app was told that the client left, and it did not."""
+    if not scope.get(REFUSED_BY_HTTP_LAYER):
+        http = cast(HTTPScope, scope)  # what uvicorn's helpers are typed for
+        _ACCESS_LOG.info(
+            '%s - "%s %s HTTP/%s" %d',  # uvicorn's format, whose arguments app.logs reads as fields
+            get_client_addr(http),
+            http["method"],
+            get_path_with_query_string(http),
+            http["http_version"],
+            CLIENT_CLOSED_REQUEST,
+        )
 
 
 def _as_closed_request(message: Message) -> Message:

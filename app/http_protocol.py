@@ -161,7 +161,7 @@ class ServiceProtocol(HttpToolsProtocol):
     ``VQVAE_HEADER_TIMEOUT_S`` of the connection being made or, on a kept connection, of the previous answer or the
     request's first byte, whichever came later (an idle connection is uvicorn's keep-alive timer's), or it gets a 408
     and is closed; a request whose request line and headers pass ``MAX_HEADER_BYTES`` gets a 431 and is closed; and a
-    request that cannot be parsed gets a JSON 400 (uvicorn logs it).
+    request that cannot be parsed gets a JSON 400 (uvicorn logs it; a line with the client's address follows).
 
     The headers are measured twice: once parsed (``on_headers_complete``: the exact bound), and while they arrive,
     in the reads that hold nothing but one request's headers, so that headers that never end are refused once past
@@ -250,12 +250,13 @@ class ServiceProtocol(HttpToolsProtocol):
         # deadline starts with the next byte received (``data_received``).
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it)."""
+        """uvicorn's own answer to a request it cannot parse (``msg`` is uvicorn's text; it has logged it, without the
+        client's address, which the line logged here adds)."""
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
         HTTP_REFUSALS.labels(reason="invalid_request").inc()
         answer = self._answer_to_broken_body()
-        self._refuse(INVALID_REQUEST_ANSWER if answer is None else answer, None)  # after the answers before it
+        self._refuse(INVALID_REQUEST_ANSWER if answer is None else answer, "not valid HTTP: 400")  # after those before
 
     def _answer_to_broken_body(self) -> bytes | None:
         """The answer if what could not be parsed is the chunked body of the latest request, or None.
@@ -306,7 +307,7 @@ class ServiceProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes, what: str | None) -> None:
         """Answer a request whose headers never reached the app, and close its connection: at once, or once the
         requests before it on the connection (pipelined) are answered. Requests after it get no answer. ``what`` is
-        logged, unless None (uvicorn has logged it)."""
+        logged with the client's address, unless None (refusals of connections, logged in sum)."""
         self._disarm()
         if self._head:
             answer = _without_body(answer)
@@ -323,6 +324,13 @@ class ServiceProtocol(HttpToolsProtocol):
         HTTP_REFUSALS.labels(reason="header_too_large").inc()
         self._refuse(HEADERS_TOO_LARGE_ANSWER, f"headers over {MAX_HEADER_BYTES} bytes: 431")
 
+    def _with_default_headers(self, answer: bytes) -> bytes:
+        """The answer with the headers uvicorn gives each of its own (``Date``, which RFC 9110 asks of an origin
+        server's 4xx, and any set for the server): the prepared answers had none (a review)."""
+        status_line_end = answer.index(b"\r\n") + 2
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        return answer[:status_line_end] + extra + answer[status_line_end:]
+
     def _answering(self) -> bool:
         """An answer is under way on this connection, or a request parsed before is waiting for one."""
         cycle = self.cycle
@@ -334,7 +342,7 @@ class ServiceProtocol(HttpToolsProtocol):
         self.connections.discard(self)
         if self.transport.is_closing():
             return
-        self.transport.write(answer)
+        self.transport.write(self._with_default_headers(answer))
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the client reads the answer, then the end
         self.transport.resume_reading()  # drained, even if uvicorn had paused reading

@@ -465,6 +465,14 @@ async def test_bad_indices(client: httpx.AsyncClient, body: dict[str, Any], frag
     assert_error(await client.post("/decode", json=body), 422, *fragments)
 
 
+async def test_one_bad_index_is_named_one_that_is_no_index_first(client: httpx.AsyncClient) -> None:
+    """As the README says (a review found it promising "the first bad index"): 32 is outside the tiny model's
+    codebook, -1 no index at all, and is named; validation stops there, so "x" is not."""
+    response = await client.post("/decode", json={"indices": [[32, -1, "x"]]})
+    assert_error(response, 422, "indices[0][1]", "greater than or equal to 0")
+    assert "indices[0][0]" not in response.json()["detail"] and "indices[0][2]" not in response.json()["detail"]
+
+
 async def test_codes_of_another_stride_are_not_said_to_decode_without_their_tag(client: httpx.AsyncClient) -> None:
     """A review's find: grid16 codes posted to the default model were told to leave decoder_id out, which only
     moved them on to the grid's 422; the message says at once that this model cannot decode them."""

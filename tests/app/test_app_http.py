@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
 import gzip
 import itertools
 import json
@@ -276,6 +277,7 @@ def header_deadline_server(checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 def assert_header_timeout(answer: httpx.Response, waited_s: float) -> None:
     assert answer.status_code == 408, answer.text
+    assert email.utils.parsedate_to_datetime(answer.headers["date"]).tzinfo is not None  # RFC 9110's Date of a 4xx
     assert answer.headers["content-type"] == "application/json" and answer.headers["connection"] == "close"
     assert f"within {HEADER_TIMEOUT_S:g} s" in answer.json()["detail"]
     assert HEADER_TIMEOUT_S * 0.9 <= waited_s < HEADER_TIMEOUT_S + 10
@@ -682,7 +684,9 @@ def test_a_request_that_is_not_http_gets_a_json_400(header_deadline_server: Serv
         answer = read_answer(sock)
     assert refusals(header_deadline_server, "invalid_request") == before + 1
     assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
-    assert answer.headers["connection"] == "close"
+    assert answer.headers["connection"] == "close" and "date" in answer.headers  # as uvicorn's own answers have
+    log = header_deadline_server.log.read_text(errors="replace")
+    assert re.search(r"127\.0\.0\.1:\d+ - not valid HTTP: 400, connection closed", log), log  # who sent it
     assert (
         answer.content == b'{"detail":"not a valid HTTP/1.1 request: its request line or headers could not be parsed"}'
     )
@@ -868,6 +872,7 @@ def test_a_caller_gone_with_its_body_half_sent_is_counted_as_499(
             time.sleep(0.05)
         assert request_count(client, "/encode", "499") == before["499"] + 1
         assert request_count(client, "/encode", "400") == before["400"]
+    assert '"POST /encode HTTP/1.1" 499' in slow_client_server.log.read_text(errors="replace")
 
 
 def batches_run(client: httpx.Client, operation: str) -> float:
@@ -900,6 +905,8 @@ def test_a_caller_who_hangs_up_while_queued_costs_no_forward_pass(tmp_path: Path
         assert request_count(client, "/encode", "499") == 1
     log = process.log.read_text(errors="replace")
     assert "Traceback" not in log and " 500" not in log
+    # in the access log as in the metrics (before, only there: uvicorn writes no line for an answer to no one)
+    assert len(re.findall(r'127\.0\.0\.1:\d+ - "POST /encode HTTP/1\.1" 499', log)) == 1, log
 
 
 @pytest.mark.parametrize(
