@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn._types import HTTPScope
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from app.metrics import REFUSED_BY_HTTP_LAYER
@@ -82,13 +80,12 @@ def _log_closed_request(scope: Scope) -> None:
     closed connection, so callers giving up were in the metrics only (a review). Not for a request the HTTP layer
     answered itself (a chunked body that cannot be parsed): its app was told that the client left, and it did not."""
     if not scope.get(REFUSED_BY_HTTP_LAYER):
-        http = cast(HTTPScope, scope)  # what uvicorn's helpers are typed for
         _ACCESS_LOG.info(
             '%s - "%s %s HTTP/%s" %d',  # uvicorn's format, whose arguments app.logs reads as fields
-            get_client_addr(http),
-            http["method"],
-            get_path_with_query_string(http),
-            http["http_version"],
+            get_client_addr(scope),  # type: ignore[arg-type]  # typed for uvicorn's own scope, a TypedDict
+            scope["method"],
+            get_path_with_query_string(scope),  # type: ignore[arg-type]
+            scope["http_version"],
             CLIENT_CLOSED_REQUEST,
         )
 

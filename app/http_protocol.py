@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope  # the types uvicorn's pipeline holds
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.metrics import HTTP_REFUSALS, REFUSED_BY_HTTP_LAYER
 from app.middleware import error_body
@@ -92,7 +92,7 @@ HEADERS_TOO_LARGE_ANSWER = _closing_answer(
 )
 
 
-@functools.cache  # one answer per limit, not rebuilt for each connection of a flood
+@functools.cache  # one answer per limit, not made again for each connection of a flood
 def _too_many_connections_answer(limit: int) -> bytes:
     return _closing_answer(
         f"503 Service Unavailable\r\nretry-after: {CONNECTIONS_RETRY_AFTER_S}",
@@ -110,10 +110,10 @@ INVALID_CHUNKED_BODY_ANSWER = _closing_answer(
 )
 
 
-def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request's last transfer coding is chunked (uvicorn's header names are lower case)."""
+def _chunked_only(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request's one transfer coding is chunked (uvicorn's header names are lower case)."""
     codings = b",".join(value for name, value in headers if name == b"transfer-encoding")
-    return codings.rpartition(b",")[2].strip().lower() == b"chunked"
+    return [coding.strip().lower() for coding in codings.split(b",")] == [b"chunked"]
 
 
 async def _never_served(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -254,28 +254,33 @@ class ServiceProtocol(HttpToolsProtocol):
         client's address, which the line logged here adds)."""
         if self._refused:
             return  # what followed a refused request in its read: it gets no answer of its own
-        HTTP_REFUSALS.labels(reason="invalid_request").inc()
-        answer = self._answer_to_broken_body()
-        self._refuse(INVALID_REQUEST_ANSWER if answer is None else answer, "not valid HTTP: 400")  # after those before
+        cycle = self.cycle
+        if self._in_headers or cycle is None or not cycle.more_body or cycle.response_started:
+            # In a request line or headers, after a request read in full, or in the body of one the app answers.
+            HTTP_REFUSALS.labels(reason="invalid_request").inc()
+            self._refuse(INVALID_REQUEST_ANSWER, "not valid HTTP: 400")  # after the answers before it
+        elif not _chunked_only(self.headers):
+            # A framing the parser refuses (Transfer-Encoding: identity, or gzip, chunked) of a request the app has
+            # begun: the app refuses it itself (400, 415), counts and logs it, and its answer closes the connection.
+            self._refuse(INVALID_REQUEST_ANSWER, None)
+        else:
+            HTTP_REFUSALS.labels(reason="invalid_request").inc()
+            self._drop_from_app(cycle)
+            where = f'"{cycle.scope["method"]} {cycle.scope["path"]}"'
+            self._refuse(INVALID_CHUNKED_BODY_ANSWER, f"{where}: its chunked body is not valid: 400")
 
-    def _answer_to_broken_body(self) -> bytes | None:
-        """The answer if what could not be parsed is the chunked body of the latest request, or None.
+    def _drop_from_app(self, cycle: RequestResponseCycle) -> None:
+        """The request whose chunked body could not be parsed (its headers could): its 400 is the HTTP layer's.
 
         The app was reading that body (or would have, once the answers before it were done) and waited for the
         rest until ``VQVAE_BODY_TIMEOUT_S``, then answered 408 "did not arrive" (a review). It is now told that
-        the client left, and its metrics leave the request out, as they leave out the HTTP layer's other refusals:
-        the 400 is the HTTP layer's. One whose answer the app has begun (before reading the body: a 415) keeps it."""
-        cycle = self.cycle
-        if self._in_headers or cycle is None or not cycle.more_body or cycle.response_started:
-            return None  # the error is in a request line or headers, follows a request read in full, or is answered
-        if not _chunked(self.headers):
-            return None  # a framing the parser refuses (Transfer-Encoding: identity): the app says why, first
+        the client left, and its metrics leave the request out, as they leave out the HTTP layer's other
+        refusals."""
         cycle.scope[REFUSED_BY_HTTP_LAYER] = True  # type: ignore[literal-required]
         if self.pipeline and self.pipeline[0][0] is cycle:
             self.pipeline[0] = (cycle, _never_served)  # queued behind an answer under way: the app never sees it
         cycle.disconnected = True  # what the app's receive() says from now on: http.disconnect
         cycle.message_event.set()
-        return INVALID_CHUNKED_BODY_ANSWER
 
     def handle_websocket_upgrade(self) -> None:
         if not self._refused:  # a refused request asking to upgrade has no scope to upgrade with

@@ -122,9 +122,9 @@ def open_image(data: bytes, *, max_pixels: int, min_size: int) -> Image.Image:
     except DECODE_ERRORS as exc:  # a recognised format whose header is cut short or corrupt
         if isinstance(exc, ValueError) and any(limit in str(exc) for limit in _PNG_METADATA_LIMITS):
             raise UnsupportedImageError(
-                "the PNG's compressed metadata (text or ICC profile chunks) inflates past "
-                f"{PngImagePlugin.MAX_TEXT_CHUNK // MIB} MiB in one chunk or {MAX_PNG_TEXT_BYTES // MIB} MiB of text "
-                "in all; a slice needs none: save the image without it"
+                "the PNG's metadata (text or ICC profile chunks) is too large: over "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK // MIB} MiB in one compressed chunk once inflated, or over "
+                f"{MAX_PNG_TEXT_BYTES // MIB} MiB of text in all; a slice needs none: save the image without it"
             ) from exc
         raise UnsupportedImageError(f"could not read the image header (truncated or corrupt file?): {exc}") from exc
     try:

@@ -205,10 +205,12 @@ class Trainer:
         run_lock.claim(self.out)  # a folder made just now; held already if it was there
         if config.overwrite:
             run_folder.clear(self.out)
-        if config.warmup_steps >= self.total_steps:  # a short trial run with the default warm-up of 300 steps
-            note(  # once the run is sure to start: not before a refusal
+        # A short trial run with the default warm-up of 300 steps. Not before the refusals up to here, and not on
+        # --resume, where the setting may not change (and try_resume may still refuse the run).
+        if config.warmup_steps >= self.total_steps and self.resume_state is None:
+            note(
                 f"--warmup-steps {config.warmup_steps} is not under the run's {self.total_steps} steps: the learning "
-                f"rate rises for the whole run, never reaching --lr {config.lr:g} or decaying, and a short run "
+                f"rate rises through the whole run to --lr {config.lr:g} at most, and never decays, so a short run "
                 f"learns little; try --warmup-steps {max(1, self.total_steps // 10)}"
             )
 

@@ -46,15 +46,17 @@ Answer = Annotated[str, Depends(_json_or_png)]  # the same call as in the route'
 _ERRORS = error_responses(400, 406, 408, 413, 415, 422, 431, 503)
 ImageFile = Annotated[UploadFile, File(description="PNG, JPEG, TIFF or BMP; colour is converted to grayscale")]
 _PNG: dict[str, Any] = {"content": {PNG: {}}}
-# The headers of /reconstruct's PNG answer, declared so that generated clients know them (OpenAPI's response headers).
+# The headers of /reconstruct's PNG answer, declared so that generated clients know them (OpenAPI's response headers,
+# which are per status, not per content type: each says that the JSON answer has the figures in its body instead).
 _SCORE_HEADERS: dict[str, Any] = {
     "X-SSIM": {
-        "description": "SSIM of the reconstruction against the upload (as the JSON answer's ssim)",
+        "description": "PNG answer only: SSIM of the reconstruction against the upload (the JSON answer's ssim)",
         "schema": {"type": "number"},
     },
-    "X-PSNR": {"description": "PSNR in dB (as the JSON answer's psnr)", "schema": {"type": "number"}},
+    "X-PSNR": {"description": "PNG answer only: PSNR in dB (the JSON answer's psnr)", "schema": {"type": "number"}},
     "X-Note-1": {
-        "description": "the first of the notes on how the upload was read (X-Note-2... for the next ones), if any",
+        "description": "PNG answer only: the first of the notes on how the upload was read (X-Note-2... for the "
+        "next ones), if any (the JSON answer's notes)",
         "schema": {"type": "string"},
     },
 }

@@ -776,6 +776,42 @@ def test_a_chunked_body_that_cannot_be_parsed_gets_a_400_at_once_counted_once(
     assert after == (before[0] + 1, before[1])
 
 
+def test_a_chunked_body_broken_after_the_app_has_read_part_of_it_gets_the_400_at_once(
+    header_deadline_server: Server,
+) -> None:
+    """The app is waiting for the rest of the body when the broken chunk comes: it is told that the client left."""
+    before = refusals(header_deadline_server, "invalid_request"), requests_counted(header_deadline_server, "/decode")
+    with raw_connection(header_deadline_server) as sock:
+        sock.sendall(chunked_request("/decode", "application/json") + b'5\r\n{"ind\r\n')
+        time.sleep(0.5)  # the first chunk delivered to the app
+        started = time.monotonic()
+        sock.sendall(b"zz\r\n")
+        answer = read_answer(sock)
+    assert time.monotonic() - started < 5
+    assert_broken_chunks_answer(answer)
+    time.sleep(0.5)
+    after = refusals(header_deadline_server, "invalid_request"), requests_counted(header_deadline_server, "/decode")
+    assert after == (before[0] + 1, before[1])
+    log = header_deadline_server.log.read_text(errors="replace")
+    assert re.search(r'127\.0\.0\.1:\d+ - "POST /decode": its chunked body is not valid: 400', log), log
+
+
+def test_a_broken_chunk_in_a_compressed_body_gets_the_app_s_415_however_it_arrives(
+    header_deadline_server: Server,
+) -> None:
+    """``gzip, chunked`` is the app's to refuse (415). Before the review's mend, a broken chunk in the same read as
+    the headers got the HTTP layer's 400 instead, and in a later read the 415."""
+    head = chunked_request("/decode", "application/json").replace(b"chunked", b"gzip, chunked")
+    for later in (False, True):
+        with raw_connection(header_deadline_server) as sock:
+            sock.sendall(head if later else head + b"zz\r\n")
+            if later:
+                time.sleep(0.3)
+                sock.sendall(b"zz\r\n")
+            answer = read_answer(sock)
+        assert answer.status_code == 415, (later, answer.text)
+
+
 def test_a_broken_chunked_body_pipelined_behind_an_answer_under_way_gets_its_400_after_it(
     header_deadline_server: Server, image_file: Any
 ) -> None:

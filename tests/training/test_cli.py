@@ -687,10 +687,13 @@ def test_a_warm_up_as_long_as_the_run_is_noted_and_bars_stay_off_a_log_file(
     assert train.main(argv) == 0
     out, err = capsys.readouterr()
     assert "4 train / 8 validation images, 1 step per epoch" in out, out
-    noted = "note: --warmup-steps 300 is not under the run's 1 steps: the learning rate rises for the whole run"
+    noted = "note: --warmup-steps 300 is not under the run's 1 steps: the learning rate rises through the whole run"
     assert (noted in err and "; try --warmup-steps 1" in err) == (warmup == 300), err
     assert ("warmup" in err) == (warmup == 300), err
     assert "epoch 1/1" not in err, err  # the bar's label
+    # Not on --resume, where --warmup-steps may not change (its advice could not be taken: a review).
+    assert train.main([*argv, "--resume", "--epochs", "2"]) == 0
+    assert "warmup" not in capsys.readouterr().err
 
 
 def test_a_resume_state_of_another_architecture_with_as_many_parameters_is_refused(
