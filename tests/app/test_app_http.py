@@ -722,12 +722,14 @@ def test_a_body_whose_transfer_coding_does_not_end_in_chunked_is_a_400_at_once(
         f"POST /decode HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: {coding}\r\n\r\n"
         '{"indices": [[1, 2]]}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n'
     ).encode()
+    before = refusals(header_deadline_server, "invalid_request")
     with raw_connection(header_deadline_server) as sock:
         started = time.monotonic()
         sock.sendall(request)
         answer = read_answer(sock)
         assert sock.recv(1024) == b""  # closed after it: the pipelined request is not read as a body, nor served
     assert time.monotonic() - started < 5
+    assert refusals(header_deadline_server, "invalid_request") == before  # the app's refusal, counted by the app
     assert answer.status_code == 400 and answer.headers["connection"] == "close"
     assert answer.json()["detail"].startswith(f"the body's length cannot be told (Transfer-Encoding: {coding})")
 
