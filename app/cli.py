@@ -24,7 +24,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.arguments import checkpoint_path, host_name, port_number, worker_count
-from app.command_output import say
+from app.command_output import CommandParser, say
 from app.errors import settings_problems
 from app.http_protocol import ServiceProtocol
 from app.listen_socket import bind_problem, serve_on_both_families, takes_both_families, where
@@ -41,7 +41,7 @@ LOOP_FACTORY = "app.event_loop:new_event_loop"  # uvloop, with the TLS handshake
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="vqvae-serve", description="Serve the VQ-VAE over HTTP (settings: VQVAE_* environment variables)."
     )
     parser.add_argument("--host", type=host_name, default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")

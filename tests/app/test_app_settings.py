@@ -160,6 +160,26 @@ def test_under_json_logs_the_lines_before_the_server_are_json_too(
     assert refusal["level"] == "ERROR" and refusal["message"].startswith("invalid settings: VQVAE_MIN_SIZE: ")
 
 
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_refused_argument_is_one_json_line_under_json_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    """argparse's usage and error, three plain lines, reached a JSON pipeline as lines without a level (a review)."""
+    monkeypatch.setenv("VQVAE_LOG_FORMAT", log_format)
+    with pytest.raises(SystemExit) as stopped:
+        main(["--port", "99999"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    said = "argument --port: must be a TCP port from 0 to 65535, got 99999"
+    if log_format == "text":  # argparse's own, as before
+        assert error.startswith("usage: vqvae-serve") and f"vqvae-serve: error: {said}" in error, error
+        return
+    (line,) = error.splitlines()
+    refusal = json.loads(line)
+    assert (refusal["level"], refusal["logger"]) == ("ERROR", "vqvae-serve")
+    assert refusal["message"] == f"{said} (see vqvae-serve --help)"
+
+
 def test_a_log_format_that_is_not_json_leaves_the_lines_before_the_server_plain(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
