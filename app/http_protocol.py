@@ -312,7 +312,8 @@ class ServiceProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes, what: str | None) -> None:
         """Answer a request whose headers never reached the app, and close its connection: at once, or once the
         requests before it on the connection (pipelined) are answered. Requests after it get no answer. ``what`` is
-        logged with the client's address, unless None (refusals of connections, logged in sum)."""
+        logged with the client's address, unless None: refusals of connections (logged in sum), and a framing that
+        the app refuses itself (it logs that)."""
         self._disarm()
         if self._head:
             answer = _without_body(answer)
