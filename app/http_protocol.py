@@ -37,7 +37,7 @@ from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope  # the t
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.metrics import HTTP_REFUSALS, REFUSED_BY_HTTP_LAYER
-from app.middleware import error_body
+from app.middleware import body_refusal, error_body
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)  # "app.*": vqvae-serve logs it beside uvicorn's access log
@@ -108,12 +108,6 @@ INVALID_CHUNKED_BODY_ANSWER = _closing_answer(
     "the request's chunked body could not be parsed (Transfer-Encoding: chunked): each chunk is its size in "
     "hexadecimal digits, CRLF, that many bytes, CRLF; a chunk of size 0 ends the body",
 )
-
-
-def _chunked_only(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request's one transfer coding is chunked (uvicorn's header names are lower case)."""
-    codings = b",".join(value for name, value in headers if name == b"transfer-encoding")
-    return [coding.strip().lower() for coding in codings.split(b",")] == [b"chunked"]
 
 
 async def _never_served(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -259,9 +253,10 @@ class ServiceProtocol(HttpToolsProtocol):
             # In a request line or headers, after a request read in full, or in the body of one the app answers.
             HTTP_REFUSALS.labels(reason="invalid_request").inc()
             self._refuse(INVALID_REQUEST_ANSWER, "not valid HTTP: 400")  # after the answers before it
-        elif not _chunked_only(self.headers):
-            # A framing the parser refuses (Transfer-Encoding: identity, or gzip, chunked) of a request the app has
-            # begun: the app refuses it itself (400, 415), counts and logs it, and its answer closes the connection.
+        elif body_refusal(cycle.scope) is not None:  # type: ignore[arg-type]  # uvicorn types its scope apart
+            # A framing or coding of a request the app has begun that the app refuses itself before reading the body
+            # (Transfer-Encoding: identity, or gzip, chunked; a Content-Encoding): it answers (400, 415), counts and
+            # logs it, and its answer closes the connection.
             self._refuse(INVALID_REQUEST_ANSWER, None)
         else:
             HTTP_REFUSALS.labels(reason="invalid_request").inc()

@@ -140,24 +140,33 @@ class ContentEncodingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (framing := _unframed(scope)):
-            detail = (
-                f"the body's length cannot be told (Transfer-Encoding: {_shown(framing)}): a Transfer-Encoding "
-                "must end in chunked (RFC 9112); send a Content-Length or chunked"
-            )
-            await send_json_error(send, 400, detail, close=True)
+        if scope["type"] == "http" and (refusal := body_refusal(scope)) is not None:
+            status, detail, headers = refusal
+            await send_json_error(send, status, detail, close=True, headers=headers)
             return
-        if scope["type"] == "http" and _declares_body(scope):
-            for header, plain in _PLAIN_CODINGS.items():
-                if coding := _codings(scope, header, plain):
-                    detail = (
-                        f"compressed request bodies are not accepted ({header.decode().title()}: {_shown(coding)}); "
-                        "send it uncompressed"
-                    )
-                    accepted = [(b"accept-encoding", b"identity")] if header == b"content-encoding" else []  # RFC 7694
-                    await send_json_error(send, 415, detail, close=True, headers=accepted)
-                    return
         await self.app(scope, receive, send)
+
+
+def body_refusal(scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """The status, detail and headers ``ContentEncodingMiddleware`` answers a request's body framing or coding with,
+    before reading the body, or None. The HTTP layer asks it too (``app.http_protocol``): a broken chunk in such a
+    body is the app's to answer, as the same body unbroken is."""
+    if framing := _unframed(scope):
+        detail = (
+            f"the body's length cannot be told (Transfer-Encoding: {_shown(framing)}): a Transfer-Encoding "
+            "must end in chunked (RFC 9112); send a Content-Length or chunked"
+        )
+        return 400, detail, []
+    if _declares_body(scope):
+        for header, plain in _PLAIN_CODINGS.items():
+            if coding := _codings(scope, header, plain):
+                detail = (
+                    f"compressed request bodies are not accepted ({header.decode().title()}: {_shown(coding)}); "
+                    "send it uncompressed"
+                )
+                accepted = [(b"accept-encoding", b"identity")] if header == b"content-encoding" else []  # RFC 7694
+                return 415, detail, accepted
+    return None
 
 
 # The codings of a body sent as it is. A transfer coding but chunked compresses it too (``gzip, chunked``): uvicorn
