@@ -13,7 +13,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 # The project with its pinned dependencies (torch==2.13.0 is already met by 2.13.0+cpu), and every other package at
 # the version CI tested (constraints.txt), as CI installs it.
 # models/weights/*.safetensors is package data, so the shipped checkpoint is the default (VQVAE_CHECKPOINT overrides).
-# pip's build folder (21 MB, a third copy of the weights) is removed in the same layer.
+# pip's build folder (43 MB, a third copy of the weights) is removed in the same layer.
 COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY models ./models
 COPY training ./training

@@ -497,7 +497,7 @@ def test_evaluate_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
         (["--codebook-size", "100000000"], "codebook_size (--codebook-size) must be from 2 to 65536"),  # a traceback
         (["--embedding-dim", "0"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 0"),
         (["--embedding-dim", "100000"], "embedding_dim (--embedding-dim) must be from 1 to 1024, got 100000"),  # OOM
-        (["--preset", "bogus"], "preset (--preset) must be one of default, grid64, grid16, tiny, got 'bogus'"),
+        (["--preset", "bogus"], "preset (--preset) must be one of default, wide, grid64, grid16, tiny, got 'bogus'"),
         (["--precision", "fp16"], "precision (--precision) must be one of auto, bf16, fp32, got 'fp16'"),
         (
             ["--malloc-retain-mb", "-1"],
