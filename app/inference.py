@@ -35,8 +35,9 @@ ObserveBatch = Callable[[str, int, float], None]  # (operation, requests in the 
 
 WARM_UP_SIDE = 256  # the OASIS slice size: what most callers send
 # Pixels one forward pass may gather from several requests (one larger image still runs, alone): four 512x512
-# images, but no two of 1024x1024. Four of those would take about 4 x 304 MB of activations in one pass (one 1024x1024
-# reconstruct: +304 MB, python -m benchmarks.bench_image_size), and batches gain little even for slices (README).
+# images, but no two of 1024x1024. Four of those would take about 4 x 326 MB of activations in one pass (one 1024x1024
+# reconstruct: +326 MB with the shipped model, python -m benchmarks.bench_image_size), and batches gain little even
+# for slices (README).
 BATCH_PIXELS = 1024 * 1024
 # torch's own default, read at import: torch.set_num_threads (which helper threads call) also changes the default
 # that threads starting later inherit.

@@ -40,7 +40,8 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "
 # The most pixels (width x height) of an image that vqvae-train and vqvae-eval read, checked from its header before any
 # pixel is decoded: a 140 KB PNG claiming 12000x12000 took vqvae-eval 77 s and 19.7 GB of memory (Pillow only warns
 # up to twice its own 89.5 million). 4096x4096 is 256 OASIS slices, or 64 slices of 512x512; reconstructing one such
-# image takes the shipped model about 3 GB (README, VQVAE_MAX_PIXELS, the service's own limit, 1024x1024 by default).
+# image took the previous default model about 3 GB, the shipped one more (README, VQVAE_MAX_PIXELS, the service's own
+# limit, 1024x1024 by default).
 MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
 # The largest file read as an image: above what any image of MAX_PIXELS takes stored raw (16-bit RGBA, 8 bytes a

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with memory_errors("try a smaller --batch-size, or fewer pixels an image"):
             report, result = score(model, slices, args.batch_size)
-    except OutOfMemory as exc:  # a batch of 4 images of 4096x4096 takes the shipped model about 12 GB
+    except OutOfMemory as exc:  # 4 images of 4096x4096: about 12 GB with the previous default model, more now
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if not math.isfinite(report["ssim"]["mean"]):  # NaN in a report is not even valid JSON
