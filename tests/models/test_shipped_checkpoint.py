@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import load
+from models.config import PRESETS
 from models.decoder_id import decoder_id
 from training.data import load_split
 from training.evaluate import score
@@ -51,6 +52,15 @@ def test_released_checkpoint_loads_and_meets_its_targets(
     assert test["codebook_usage"] >= 0.90
     assert metadata["data"]["train"]["images"] == train_images and metadata["git_commit"]
     assert metadata["data"]["train"].get("distinct_images", train_images) == distinct
+
+
+@pytest.mark.parametrize(
+    ("path", "preset"), [pytest.param(SHIPPED, "wide", id="default"), pytest.param(GRID16, "grid16")]
+)
+def test_released_checkpoint_is_its_preset(path: Path, preset: str) -> None:
+    """`vqvae-train --preset NAME`, the README's recipe, builds the released architecture (the default's metadata
+    names the experiment's 'wboth', which became 'wide')."""
+    assert load(path)[0].config == PRESETS[preset]
 
 
 @pytest.mark.parametrize(("path", "expected"), DECODER_IDS)
