@@ -30,7 +30,8 @@ SSIM_MIN_SIDE = 7
 # The highest VQVAE_MAX_PIXELS: Pillow's decompression-bomb threshold (89,478,485 pixels, about 9459x9459). Above it
 # Pillow warns of every such image, and refuses those over twice as many before the service's own limit is checked,
 # with a message that contradicts the limit the operator set. One forward pass of a 4096x4096 image already took
-# 22 s on the 2-core VM (README, VQVAE_MAX_PIXELS).
+# 22 s on the 2-core VM with the default model shipped before session 28; the shipped `wide` one took 18.9 s at
+# 2048x2048 (README, VQVAE_MAX_PIXELS).
 MAX_PIXELS_CEILING = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
