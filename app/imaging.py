@@ -25,6 +25,7 @@ from models.grayscale import (
     check_single_frame,
     narrow_range,
     narrow_range_effect,
+    opacity,
     to_grey_levels,
     to_uint8,
 )
@@ -80,7 +81,7 @@ class Pixels(NamedTuple):
     """A decoded upload, and what its caller should know about how it was read."""
 
     image: np.ndarray  # (H, W) float32 in [0, 1]
-    notes: list[str]  # empty for almost every image; see ``narrow_note``
+    notes: list[str]  # empty for almost every image; see ``narrow_note`` and ``transparency_note``
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_size: int) -> Pixels:
@@ -149,7 +150,7 @@ def load_pixels(image: Image.Image) -> Pixels:
         ) from exc
     try:
         levels = to_grey_levels(image)  # the levels training reads: see to_grey_levels
-        return Pixels(levels.astype(np.float32) / 255.0, narrow_note(image))
+        return Pixels(levels.astype(np.float32) / 255.0, narrow_note(image) + transparency_note(image))
     except UnmappablePixelsError as exc:
         raise UnsupportedImageError(str(exc)) from exc
     except DECODE_ERRORS as exc:
@@ -164,6 +165,22 @@ def narrow_note(image: Image.Image) -> list[str]:
     if narrow is None:
         return []
     return [f"the image holds integer values only up to {narrow.top} (12 bits or fewer): {narrow_range_effect(narrow)}"]
+
+
+def transparency_note(image: Image.Image) -> list[str]:
+    """A note for an image with transparent pixels, which were read on black (``models.grayscale.opacity``): the
+    answer is about that image, not the colours hidden under them. Nothing for an image whose alpha is opaque
+    everywhere, as many tools save RGBA."""
+    alpha = opacity(image)
+    if alpha is None:
+        return []
+    hidden = int(np.count_nonzero(alpha < 1.0))
+    if not hidden:
+        return []
+    return [
+        f"{hidden} of {alpha.size} pixels are transparent or partly so: they were read on black, a slice's "
+        "background, as a viewer on black shows them"
+    ]
 
 
 def _check_single_frame(image: Image.Image) -> None:

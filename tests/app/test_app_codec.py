@@ -208,6 +208,30 @@ async def test_twelve_bit_data_in_a_sixteen_bit_file_gets_a_note(
         assert not [name for name in answer.headers if name.lower().startswith("x-note")]
 
 
+async def test_transparent_pixels_are_read_on_black_with_a_note(
+    client: httpx.AsyncClient, as_upload: Files, image_file: Any, noise: Any
+) -> None:
+    """A slice whose background is transparent white is answered as the slice on black, and says so in JSON and in
+    the PNG answer's headers; an RGBA file whose alpha is opaque everywhere gets no note."""
+    on_black = noise(24, 24, seed=11)
+    on_black[:, :6] = 0
+    hidden = np.where(on_black == 0, 255, on_black).astype(np.uint8)
+    alpha = np.where(on_black == 0, 0, 255).astype(np.uint8)
+    transparent = as_upload(image_file(np.stack([hidden, hidden, hidden, alpha], axis=-1)))
+    expected = (await client.post("/encode", files=as_upload(image_file(on_black)))).json()["indices"]
+    answer = (await client.post("/encode", files=transparent)).json()
+    assert answer["indices"] == expected
+    hidden_count = int((alpha == 0).sum())
+    assert answer["notes"] == [
+        f"{hidden_count} of {alpha.size} pixels are transparent or partly so: they were read on black, a slice's "
+        "background, as a viewer on black shows them"
+    ]
+    as_png = await client.post("/reconstruct", files=transparent, headers={"Accept": "image/png"})
+    assert as_png.status_code == 200 and as_png.headers["X-Note-1"].startswith(f"{hidden_count} of {alpha.size}")
+    opaque = np.stack([hidden, hidden, hidden, np.full_like(alpha, 255)], axis=-1)
+    assert (await client.post("/encode", files=as_upload(image_file(opaque)))).json()["notes"] == []
+
+
 async def test_model_metadata(client: httpx.AsyncClient, model: VQVAE, checkpoint: Path) -> None:
     body = (await client.get("/model")).json()
     assert body["checkpoint"] == checkpoint.name

@@ -172,3 +172,71 @@ def test_float_samples_within_half_a_grey_level_of_0_1_are_clipped_to_the_same_l
     levels = to_grey_levels(float_image(pixels))
     assert levels[0, 0] == 0 and levels[-1, -1] == 255
     np.testing.assert_array_equal(levels[1:-1], np.rint(pixels[1:-1] * 255))
+
+
+def png(image: Image.Image, **options: object) -> Image.Image:
+    """``image`` saved as PNG and opened again, as an upload or a training file is read."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return opened(buffer.getvalue())
+
+
+def textured(seed: int = 0) -> np.ndarray:
+    """A 16x16 uint8 image of levels 1 to 254, all different from their neighbours'."""
+    return np.random.default_rng(seed).integers(1, 255, (16, 16)).astype(np.uint8)
+
+
+def hidden_white() -> tuple[np.ndarray, np.ndarray]:
+    """(slice, the same slice with its background white): a slice exported with a transparent white background."""
+    slice_ = textured()
+    slice_[:, :4] = 0  # a background to hide
+    background = slice_ == 0
+    return slice_, np.where(background, 255, slice_).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "RGBa", "PA"])
+def test_transparent_pixels_are_read_on_black(mode: str) -> None:
+    """A transparent background reads black, whatever colour it hides; opaque pixels read as before."""
+    slice_, white = hidden_white()
+    alpha = np.where(slice_ == 0, 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([white, alpha], axis=-1), "LA")
+    if mode == "PA":  # grey levels on a palette, exactly: L -> P keeps each level as its own palette entry
+        image = Image.merge("PA", (Image.fromarray(white).convert("P"), Image.fromarray(alpha)))
+    elif mode != "LA":
+        image = image.convert("RGBA").convert(mode)
+    np.testing.assert_array_equal(to_grey_levels(image), slice_)
+    assert to_grey_levels(Image.fromarray(white)).max() == 255  # without the alpha, the background reads white
+
+
+@pytest.mark.parametrize(
+    ("array", "marked"),
+    [("grey", 255), ("palette", 255), ("sixteen", 65535), ("rgb", (255, 255, 255))],
+)
+def test_a_colour_marked_transparent_reads_black(array: str, marked: object) -> None:
+    """PNG's tRNS chunk: the pixels of the marked grey value or colour read black, the others as their values."""
+    slice_, white = hidden_white()
+    slice_ = np.minimum(slice_, 254)  # no brain pixel of the marked value
+    white = np.where(slice_ == 0, 255, slice_).astype(np.uint8)
+    images = {
+        "grey": Image.fromarray(white),
+        "palette": Image.fromarray(white).convert("P"),
+        "sixteen": Image.fromarray(white.astype(np.uint16) * 257),
+        "rgb": Image.fromarray(np.stack([white] * 3, axis=-1)),
+    }
+    read = png(images[array], transparency=marked)
+    assert "transparency" in read.info
+    np.testing.assert_array_equal(to_grey_levels(read), slice_)
+
+
+def test_partly_transparent_pixels_are_weighted_towards_black() -> None:
+    slice_ = textured()
+    half = Image.fromarray(np.stack([slice_, np.full_like(slice_, 128)], axis=-1), "LA")
+    expected = np.rint(slice_.astype(np.float64) * 128 / 255)
+    assert np.abs(to_grey_levels(half).astype(np.float64) - expected).max() <= 1
+
+
+def test_an_opaque_alpha_band_changes_nothing() -> None:
+    """Many tools save RGBA with every pixel opaque: read as the RGB image, level for level."""
+    rgb = np.stack([textured(seed) for seed in range(3)], axis=-1)
+    opaque = Image.fromarray(np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1), "RGBA")
+    np.testing.assert_array_equal(to_grey_levels(png(opaque)), to_grey_levels(Image.fromarray(rgb)))
