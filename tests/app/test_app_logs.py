@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.logs import LOG_FORMATS, QuietProbes, log_config
+from app.logs import LOG_FORMATS, QuietProbes, ShutdownDeadline, log_config
 
 
 def access_record(method: str, path: str, status: int) -> logging.LogRecord:
@@ -121,3 +121,24 @@ def test_probes_are_left_out_unless_asked_for_in_either_format(log_format: Any) 
     with configured(log_config("info", log_format, probes=True)) as (_, access):
         log_a_request_and_a_probe()
     assert "/readyz" in access.getvalue()
+
+
+@pytest.mark.parametrize("log_format", LOG_FORMATS)
+def test_the_shutdown_deadline_is_a_warning_that_says_what_requests_get(log_format: Any) -> None:
+    """uvicorn logs requests still running at VQVAE_SHUTDOWN_TIMEOUT_S as an error; each gets its designed 503."""
+    error = logging.getLogger("uvicorn.error")
+    with configured(log_config("info", log_format)) as (default, _):
+        error.error(ShutdownDeadline.MESSAGE, 7)
+        error.error("Exception in ASGI application")  # any other error stays one
+    deadline, other = default.getvalue().splitlines()
+    assert "Cancel 7 running task(s), timeout graceful shutdown exceeded: each is answered 503" in deadline
+    assert "WARNING" in deadline and "ERROR" not in deadline
+    assert "ERROR" in other
+    level = error.level
+    with configured(log_config("error", log_format)) as (default, _):
+        error.setLevel(logging.ERROR)  # as uvicorn sets it from --log-level, after the config
+        try:
+            error.error(ShutdownDeadline.MESSAGE, 7)
+        finally:
+            error.setLevel(level)
+    assert default.getvalue() == ""  # a log kept to errors leaves the warning out
