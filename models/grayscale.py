@@ -248,16 +248,13 @@ def opacity(image: Image.Image) -> np.ndarray | None:
     values were read as if visible, so a slice exported with a transparent white background came back with a white
     one, SSIM 0.84 and no word (a review's finding). An alpha band counts, and so does a colour or grey value marked
     transparent (PNG's tRNS chunk, Pillow's ``info["transparency"]``)."""
-    if "A" in image.getbands() or "a" in image.getbands():
-        return np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
     marked = image.info.get("transparency")
-    if marked is None:
-        return None
-    if image.mode in (*_SIXTEEN_BIT, "I"):  # a marked grey value of a 16-bit image: Pillow keeps it as an int
-        if not isinstance(marked, int):
+    if not {"A", "a"} & set(image.getbands()):
+        if marked is None:
             return None
-        return (np.asarray(image, dtype=np.int64) != marked).astype(np.float32)
-    return np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+        if image.mode in (*_SIXTEEN_BIT, "I"):  # a marked grey value of a 16-bit image, which RGBA cannot hold
+            return (np.asarray(image, dtype=np.int64) != marked).astype(np.float32) if isinstance(marked, int) else None
+    return np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0  # tRNS applied as alpha
 
 
 def _opaque_unit_float(image: Image.Image) -> np.ndarray:
